@@ -1,0 +1,185 @@
+//! `xgate check`: the summary of a valid configuration, with no secret values.
+
+use std::io::Write;
+
+use super::{CliError, io_error};
+use crate::config::{ClientAuth, Config, UserAuth, format_duration};
+
+pub(super) fn run(
+    config: &Config,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> Result<(), CliError> {
+    for w in &config.warnings {
+        writeln!(err, "warning: {w}").map_err(|e| io_error(&e))?;
+    }
+    // `check` never creates the store; it only looks whether one is there.
+    let store_exists = config.store.path.exists();
+    for user in config.users.values() {
+        if matches!(user.auth, UserAuth::Oauth2 { .. }) && !store_exists {
+            writeln!(
+                err,
+                "warning: users.{0}: no stored OAuth 2.0 token yet (the store {1} does not exist); run `xgate login --identity {0}`",
+                user.name,
+                config.store.path.display()
+            )
+            .map_err(|e| io_error(&e))?;
+        }
+    }
+    summary(config, out).map_err(|e| io_error(&e))
+}
+
+fn summary(c: &Config, out: &mut dyn Write) -> std::io::Result<()> {
+    if let Some(src) = &c.source {
+        writeln!(out, "config {}: OK", src.display())?;
+    } else {
+        writeln!(out, "config: OK")?;
+    }
+    writeln!(out, "listeners:")?;
+    let scheme = if c.server.tls.is_some() {
+        "https (TLS; HTTP/1.1 and HTTP/2)"
+    } else {
+        "http (HTTP/1.1 and h2c)"
+    };
+    writeln!(out, "  proxy  {}  {scheme}", c.server.listen)?;
+    writeln!(
+        out,
+        "  admin  {}  /healthz /readyz /metrics",
+        c.admin.listen
+    )?;
+    writeln!(
+        out,
+        "upstream: {}  allowed prefixes: {}{}",
+        c.upstream.base_url,
+        c.upstream.allowed_prefixes.join(" "),
+        if c.upstream.ca_file.is_some() {
+            "  extra CA file: yes"
+        } else {
+            ""
+        }
+    )?;
+    writeln!(
+        out,
+        "store: {}  encryption: {}",
+        c.store.path.display(),
+        if c.store.encryption_key.is_some() {
+            "on"
+        } else {
+            "off"
+        }
+    )?;
+
+    writeln!(out, "identities:")?;
+    for app in c.apps.values() {
+        let bearer = if app.bearer_token.is_some() {
+            "configured"
+        } else {
+            "from the store (xgate bearer)"
+        };
+        let mut extras = Vec::new();
+        if app.consumer.is_some() {
+            extras.push("consumer key");
+        }
+        if let Some(o) = &app.oauth2 {
+            extras.push(if o.client_secret.is_some() {
+                "OAuth 2.0 confidential client"
+            } else {
+                "OAuth 2.0 public client"
+            });
+        }
+        let extras = if extras.is_empty() {
+            String::new()
+        } else {
+            format!("; {}", extras.join(", "))
+        };
+        writeln!(
+            out,
+            "  app   {:<16} app-only Bearer ({bearer}{extras})",
+            app.name
+        )?;
+    }
+    for user in c.users.values() {
+        match &user.auth {
+            UserAuth::Oauth1 { token } => writeln!(
+                out,
+                "  user  {:<16} OAuth 1.0a via app {} (token: {})",
+                user.name,
+                user.app,
+                if token.is_some() {
+                    "configured"
+                } else {
+                    "from the store"
+                }
+            )?,
+            UserAuth::Oauth2 { scopes } => writeln!(
+                out,
+                "  user  {:<16} OAuth 2.0 via app {} (scopes: {})",
+                user.name,
+                user.app,
+                scopes.join(" ")
+            )?,
+        }
+    }
+
+    writeln!(out, "clients:")?;
+    if c.clients.is_empty() {
+        writeln!(out, "  (none)")?;
+    }
+    for client in &c.clients {
+        let how = match client.auth {
+            ClientAuth::KeySha256(_) => "key",
+            ClientAuth::Anonymous => "anonymous",
+        };
+        let default = client
+            .default_identity
+            .as_deref()
+            .map(|d| format!("  default: {d}"))
+            .unwrap_or_default();
+        let rate = client
+            .rate
+            .map(|r| format!("  rate: {r}"))
+            .unwrap_or_default();
+        writeln!(
+            out,
+            "  {:<16} {how:<9} identities: {}{default}{rate}",
+            client.name,
+            client.identities.join(", ")
+        )?;
+    }
+
+    let l = &c.limits;
+    writeln!(
+        out,
+        "limits: on_exhausted = {}  max_wait = {}  usage_cap_cooldown = {}",
+        match l.on_exhausted {
+            crate::config::OnExhausted::Reject => "reject",
+            crate::config::OnExhausted::Wait => "wait",
+        },
+        format_duration(l.max_wait),
+        format_duration(l.usage_cap_cooldown)
+    )?;
+    if !l.overrides.is_empty() {
+        writeln!(out, "overrides:")?;
+        for o in &l.overrides {
+            let list = |rates: &[crate::config::Rate]| {
+                if rates.is_empty() {
+                    "(built-in)".to_owned()
+                } else {
+                    rates
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                }
+            };
+            writeln!(
+                out,
+                "  {:<40} app {}  user {}",
+                o.endpoint.to_string(),
+                list(&o.app),
+                list(&o.user)
+            )?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,192 @@
+//! The command line (CONTRACT section 1): flags, commands and exit codes.
+//!
+//! Owns argument parsing (clap) and turning each command's outcome into an exit status:
+//! 0 success, 1 runtime failure, 2 usage or configuration error. Commands write their output
+//! to the writers they are given, so tests can read it; nothing here prints a secret except
+//! the one deliberate case, `xgate key new` showing the key it just made.
+
+mod check;
+mod key;
+mod sign;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{Config, ConfigError, Env, ProcessEnv};
+use crate::telemetry::{self, LogFormat};
+
+/// xgate: an authenticating reverse proxy for the X API v2.
+///
+/// Applications send xgate plain HTTP requests; xgate picks the identity each one acts as
+/// (an App or a user of it), attaches that identity's credentials (Bearer, OAuth 1.0a or
+/// OAuth 2.0), enforces X's rate limits locally and forwards it to api.x.com.
+///
+/// Start with `xgate check` to validate proxy.toml, then `xgate key new` to make a key for each
+/// application that will call the proxy.
+#[derive(Debug, Parser)]
+#[command(name = "xgate", version, propagate_version = true)]
+pub struct Cli {
+    /// Path to the configuration file.
+    #[arg(
+        long,
+        global = true,
+        env = "XGATE_CONFIG",
+        default_value = "proxy.toml",
+        value_name = "PATH"
+    )]
+    pub config: PathBuf,
+
+    /// Log output format (logs go to stderr; level from XGATE_LOG or RUST_LOG, default info).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, value_name = "FORMAT")]
+    pub log_format: LogFormat,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate proxy.toml, resolve every secret, and print a summary without secret values.
+    ///
+    /// Exit 0 when the configuration is valid (warnings go to stderr), 2 with one line per
+    /// problem, each naming its key path. Never creates the token store.
+    Check,
+
+    /// Print the Authorization header value xgate would attach to a request.
+    ///
+    /// A debugging aid like twurl's: compare it with what X expects. URL is a full URL or a
+    /// path such as `/2/tweets?ids=20`, which is joined to upstream.base_url. OAuth 1.0a
+    /// headers are printed whole; a Bearer value only with --reveal.
+    Sign(SignArgs),
+
+    /// Manage client keys.
+    #[command(subcommand)]
+    Key(KeyCommand),
+}
+
+/// `xgate sign`.
+#[derive(Debug, Args)]
+pub struct SignArgs {
+    /// The identity (an [apps] or [users] name) to sign as.
+    #[arg(long, value_name = "ID")]
+    pub identity: String,
+
+    /// A form-body parameter (application/x-www-form-urlencoded); repeat for several.
+    #[arg(long = "form", value_name = "K=V")]
+    pub form: Vec<String>,
+
+    /// Use this oauth_nonce instead of a random one (to reproduce a signature).
+    #[arg(long, value_name = "N")]
+    pub nonce: Option<String>,
+
+    /// Use this oauth_timestamp (Unix seconds) instead of the clock.
+    #[arg(long, value_name = "T")]
+    pub timestamp: Option<u64>,
+
+    /// Show a Bearer token instead of `Bearer [redacted]`.
+    #[arg(long)]
+    pub reveal: bool,
+
+    /// HTTP method, e.g. GET or POST.
+    #[arg(value_name = "METHOD")]
+    pub method: String,
+
+    /// Full URL, or a path joined to upstream.base_url.
+    #[arg(value_name = "URL")]
+    pub url: String,
+}
+
+/// `xgate key ...`.
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Make a new random client key and print it once, with its [[clients]] snippet.
+    ///
+    /// proxy.toml keeps only the key's SHA-256; the key itself is shown only now.
+    New {
+        /// The client's name in the snippet (used in logs and metrics).
+        #[arg(long, default_value = "my-service", value_name = "NAME")]
+        name: String,
+    },
+}
+
+/// How a command failed, which decides the exit status.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// The configuration is invalid: exit 2, one line per problem.
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    /// The command line is wrong: exit 2.
+    #[error("{0}")]
+    Usage(String),
+    /// Something failed while running: exit 1.
+    #[error("{0}")]
+    Runtime(String),
+}
+
+impl CliError {
+    /// The exit status for this failure (CONTRACT section 1).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::Config(_) | Self::Usage(_) => 2,
+            Self::Runtime(_) => 1,
+        }
+    }
+}
+
+/// Runs a parsed command line and returns the process exit status.
+pub fn run(cli: &Cli) -> ExitCode {
+    let env = ProcessEnv;
+    let filter = match telemetry::filter_from(
+        env.var("XGATE_LOG").as_deref(),
+        env.var("RUST_LOG").as_deref(),
+    ) {
+        Ok(f) => f,
+        Err(e) => return report(&CliError::Usage(e)),
+    };
+    telemetry::init(cli.log_format, filter);
+    let mut out = std::io::stdout().lock();
+    let mut err = std::io::stderr().lock();
+    match execute(cli, &env, &mut out, &mut err) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            drop(out);
+            drop(err);
+            report(&e)
+        }
+    }
+}
+
+/// Runs `cli` with its output going to `out` (results) and `err` (warnings).
+pub fn execute(
+    cli: &Cli,
+    env: &dyn Env,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> Result<(), CliError> {
+    match &cli.command {
+        Command::Check => check::run(&load(cli, env)?, out, err),
+        Command::Sign(args) => sign::run(&load(cli, env)?, args, out),
+        Command::Key(KeyCommand::New { name }) => key::new(name, out),
+    }
+}
+
+fn load(cli: &Cli, env: &dyn Env) -> Result<Config, CliError> {
+    Ok(Config::load(&cli.config, env)?)
+}
+
+fn report(e: &CliError) -> ExitCode {
+    let mut err = std::io::stderr().lock();
+    // Each problem on its own line, as CONTRACT section 1 shows them.
+    let _ignored = writeln!(err, "{e}");
+    ExitCode::from(e.exit_code())
+}
+
+/// Maps an I/O failure on stdout/stderr (a closed pipe) to a runtime error.
+pub(crate) fn io_error(e: &std::io::Error) -> CliError {
+    CliError::Runtime(format!("cannot write output: {e}"))
+}

@@ -1,0 +1,371 @@
+//! `proxy.toml` → a validated [`Config`] (CONTRACT section 2).
+//!
+//! Owns the configuration model. Loading is two-stage (ripgrep's low/high args, STYLE habit 9):
+//! [`raw`] parses the file into serde structs, [`validate`] checks the whole graph and resolves
+//! every secret into typed values. Every problem is reported, one [`Problem`] each with its key
+//! path; a valid config can still carry warnings. Relative paths are resolved against the
+//! config file's directory. The environment is injected ([`Env`]) so tests never set variables.
+
+mod raw;
+pub mod units;
+mod validate;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use units::{Rate, format_duration, parse_duration};
+pub use validate::parse_sha256_hex;
+
+use crate::secret::{SecretString, StoreKey};
+
+/// One problem (or warning) found in the config, with the key path it concerns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Where: `apps.main.consumer_secret`, `clients[1].rate`.
+    pub path: String,
+    /// What is wrong, never containing a secret value.
+    pub message: String,
+}
+
+impl Problem {
+    pub(crate) fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+/// Every problem that made a config invalid.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    /// One entry per problem, in file order as far as possible.
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.problems.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{p}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Where `{ env = "NAME" }` secrets are read from.
+pub trait Env {
+    /// The variable's value, if set.
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+/// The process environment.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+}
+
+impl Env for HashMap<String, String> {
+    fn var(&self, name: &str) -> Option<String> {
+        self.get(name).cloned()
+    }
+}
+
+impl Env for BTreeMap<&str, &str> {
+    fn var(&self, name: &str) -> Option<String> {
+        self.get(name).map(|v| (*v).to_owned())
+    }
+}
+
+/// The validated configuration.
+#[derive(Debug)]
+pub struct Config {
+    /// The file it was read from, when it was read from one.
+    pub source: Option<PathBuf>,
+    /// `[server]`: the proxy listener.
+    pub server: Server,
+    /// `[admin]`: the admin listener.
+    pub admin: Admin,
+    /// `[upstream]`: where requests go.
+    pub upstream: Upstream,
+    /// `[store]`: the token store.
+    pub store: Store,
+    /// `[apps.*]`, by name.
+    pub apps: BTreeMap<String, App>,
+    /// `[users.*]`, by name.
+    pub users: BTreeMap<String, User>,
+    /// `[[clients]]`, in file order.
+    pub clients: Vec<Client>,
+    /// `[limits]`.
+    pub limits: Limits,
+    /// Things that work but deserve the operator's attention (`xgate check` prints them).
+    pub warnings: Vec<Problem>,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone)]
+pub struct Server {
+    /// Proxy listener address.
+    pub listen: SocketAddr,
+    /// Inbound TLS, when set.
+    pub tls: Option<TlsFiles>,
+    /// Larger request bodies get 413.
+    pub max_body_bytes: u64,
+    /// Larger request heads get 431 (at least 8192, hyper's smallest read buffer).
+    pub max_header_bytes: usize,
+    /// Further connections wait in the accept queue.
+    pub max_connections: usize,
+    /// A client that sends its request head slower than this is dropped.
+    pub header_read_timeout: Duration,
+    /// Idle client connection between requests.
+    pub keepalive_timeout: Duration,
+    /// Inbound TLS handshake limit.
+    pub tls_handshake_timeout: Duration,
+    /// HTTP/2 streams per connection.
+    pub http2_max_concurrent_streams: u32,
+    /// Time until upstream's response head.
+    pub request_timeout: Duration,
+    /// After the head: a body with no bytes for this long is closed.
+    pub idle_timeout: Duration,
+    /// Time in-flight requests get after SIGTERM.
+    pub shutdown_grace: Duration,
+}
+
+/// Certificate chain and key files for inbound TLS (PEM).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// Certificate chain.
+    pub cert: PathBuf,
+    /// Private key.
+    pub key: PathBuf,
+}
+
+/// `[admin]`.
+#[derive(Debug, Clone)]
+pub struct Admin {
+    /// `/metrics`, `/healthz`, `/readyz`.
+    pub listen: SocketAddr,
+}
+
+/// `[upstream]`.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    /// `scheme://authority` of the X API (no path, no query).
+    pub base_url: http::Uri,
+    /// Extra trusted roots (PEM).
+    pub ca_file: Option<PathBuf>,
+    /// TCP + TLS connect limit.
+    pub connect_timeout: Duration,
+    /// Pooled connections idle longer are closed.
+    pub pool_idle_timeout: Duration,
+    /// Pool size per host.
+    pub pool_max_idle_per_host: usize,
+    /// Only paths under these are forwarded.
+    pub allowed_prefixes: Vec<String>,
+}
+
+/// `[store]`.
+#[derive(Debug, Clone)]
+pub struct Store {
+    /// SQLite file, created on first use (never by `xgate check`).
+    pub path: PathBuf,
+    /// Encrypts tokens at rest when set.
+    pub encryption_key: Option<StoreKey>,
+}
+
+/// `[apps.NAME]`: an X App; as an identity it means app-only Bearer auth.
+#[derive(Debug, Clone)]
+pub struct App {
+    /// The identity name.
+    pub name: String,
+    /// API key and secret (OAuth 1.0a consumer credentials), when configured.
+    pub consumer: Option<ConsumerKeys>,
+    /// App-only Bearer token, when configured (else obtained by `xgate bearer`).
+    pub bearer_token: Option<SecretString>,
+    /// OAuth 2.0 client, needed by `auth = "oauth2"` users.
+    pub oauth2: Option<Oauth2Client>,
+    /// Where X redirects after an OAuth 2.0 authorisation.
+    pub oauth2_redirect_uri: http::Uri,
+    /// X's OAuth 2.0 authorize page.
+    pub oauth2_authorize_url: http::Uri,
+    /// X's OAuth 1.0a authorize page.
+    pub oauth1_authorize_url: http::Uri,
+}
+
+/// An App's consumer key and secret.
+#[derive(Debug, Clone)]
+pub struct ConsumerKeys {
+    /// `oauth_consumer_key`.
+    pub key: SecretString,
+    /// Consumer secret (signing key, first half).
+    pub secret: SecretString,
+}
+
+/// An App's OAuth 2.0 client credentials.
+#[derive(Debug, Clone)]
+pub struct Oauth2Client {
+    /// Client ID.
+    pub client_id: SecretString,
+    /// Client secret: confidential clients only.
+    pub client_secret: Option<SecretString>,
+}
+
+/// `[users.NAME]`: a user of an App.
+#[derive(Debug, Clone)]
+pub struct User {
+    /// The identity name.
+    pub name: String,
+    /// The App it acts through.
+    pub app: String,
+    /// How its requests are authorised.
+    pub auth: UserAuth,
+}
+
+/// How a user identity is authorised.
+#[derive(Debug, Clone)]
+pub enum UserAuth {
+    /// OAuth 1.0a; the token pair from proxy.toml, or later from the store.
+    Oauth1 {
+        /// Access token and token secret, when configured.
+        token: Option<(SecretString, SecretString)>,
+    },
+    /// OAuth 2.0 user tokens from the store.
+    Oauth2 {
+        /// Scopes requested at login.
+        scopes: Vec<String>,
+    },
+}
+
+/// What an identity name refers to.
+#[derive(Debug, Clone, Copy)]
+pub enum Identity<'a> {
+    /// App-only.
+    App(&'a App),
+    /// User context.
+    User(&'a User),
+}
+
+/// How a client is recognised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// By its key's SHA-256.
+    KeySha256([u8; 32]),
+    /// Requests that carry no client key.
+    Anonymous,
+}
+
+/// `[[clients]]`: who may use the proxy, and as whom.
+#[derive(Debug, Clone)]
+pub struct Client {
+    /// Name in logs and metrics.
+    pub name: String,
+    /// How it is recognised.
+    pub auth: ClientAuth,
+    /// Identities it may act as.
+    pub identities: Vec<String>,
+    /// The identity used when a request names none.
+    pub default_identity: Option<String>,
+    /// Its own smoothing rate, on top of X's buckets.
+    pub rate: Option<Rate>,
+}
+
+/// `limits.on_exhausted`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnExhausted {
+    /// Answer 429 at once.
+    Reject,
+    /// Hold the request up to `max_wait`.
+    Wait,
+}
+
+/// `[limits]`.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// What to do when a bucket is empty.
+    pub on_exhausted: OnExhausted,
+    /// How long `wait` may hold a request.
+    pub max_wait: Duration,
+    /// How long an App stays blocked after a `usage-capped` answer.
+    pub usage_cap_cooldown: Duration,
+    /// `[[limits.override]]`, in file order.
+    pub overrides: Vec<Override>,
+}
+
+/// `[[limits.override]]`: replaces the built-in figures of one endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Override {
+    /// Method and path pattern.
+    pub endpoint: EndpointPattern,
+    /// Per-App rates (empty: keep the catalogue's).
+    pub app: Vec<Rate>,
+    /// Per-user rates (empty: keep the catalogue's).
+    pub user: Vec<Rate>,
+}
+
+/// `METHOD /2/path/:param` (or `{param}`), compared by shape, not parameter names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointPattern {
+    /// Upper-case method.
+    pub method: String,
+    /// The path with every parameter segment written `:param` in docs style, as written by
+    /// the user otherwise.
+    pub path: String,
+    /// The path with each parameter segment replaced by `{}`: what matching compares.
+    pub shape: String,
+}
+
+impl fmt::Display for EndpointPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.method, self.path)
+    }
+}
+
+impl Config {
+    /// Reads and validates the file at `path`, resolving secrets from `env`.
+    pub fn load(path: &Path, env: &dyn Env) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            problems: vec![Problem::new(
+                path.display().to_string(),
+                format!("cannot read the config file: {e}"),
+            )],
+        })?;
+        let base_dir = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let mut config = Self::from_toml_str(&text, &base_dir, env)?;
+        config.source = Some(path.to_path_buf());
+        Ok(config)
+    }
+
+    /// Validates config text; relative paths are resolved against `base_dir`.
+    pub fn from_toml_str(text: &str, base_dir: &Path, env: &dyn Env) -> Result<Self, ConfigError> {
+        validate::validate(text, base_dir, env)
+    }
+
+    /// Looks up an identity by name.
+    pub fn identity(&self, name: &str) -> Option<Identity<'_>> {
+        self.apps
+            .get(name)
+            .map(Identity::App)
+            .or_else(|| self.users.get(name).map(Identity::User))
+    }
+}
+
+#[cfg(test)]
+mod tests;
