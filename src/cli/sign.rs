@@ -73,11 +73,8 @@ fn header(
                     .ok_or_else(|| {
                         CliError::Runtime(format!("apps.{} has no consumer key", user.app))
                     })?;
-                let key = Oauth1Key::new(
-                    consumer.key.clone(),
-                    &consumer.secret,
-                    Some((token.clone(), token_secret)),
-                );
+                let key =
+                    Oauth1Key::new(&consumer.key, &consumer.secret, Some((token, token_secret)));
                 let body = form_body(&args.form)?;
                 let nonce = match &args.nonce {
                     Some(n) => n.clone(),

@@ -14,7 +14,10 @@ fn env() -> BTreeMap<&'static str, &'static str> {
         ("X_CLIENT_SECRET", "client-secret-value"),
         ("ALICE_ACCESS_TOKEN", "alice-token-value"),
         ("ALICE_ACCESS_TOKEN_SECRET", "alice-secret-value"),
-        ("XGATE_STORE_KEY", "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="),
+        (
+            "XGATE_STORE_KEY",
+            "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
+        ),
         ("EMPTY", ""),
     ])
 }
@@ -138,13 +141,19 @@ fn full_config_becomes_typed_values() {
     let main = &c.apps["main"];
     assert_eq!(main.consumer.as_ref().unwrap().secret.expose(), "cs-value");
     assert!(main.oauth2.as_ref().unwrap().client_secret.is_some());
-    assert!(matches!(c.users["alice"].auth, UserAuth::Oauth1 { token: Some(_) }));
+    assert!(matches!(
+        c.users["alice"].auth,
+        UserAuth::Oauth1 { token: Some(_) }
+    ));
     assert!(matches!(&c.users["bob"].auth, UserAuth::Oauth2 { scopes } if scopes.len() == 3));
     assert!(matches!(c.identity("alice"), Some(Identity::User(_))));
     assert!(matches!(c.identity("main"), Some(Identity::App(_))));
     assert!(c.identity("nobody").is_none());
     assert_eq!(c.clients.len(), 2);
-    assert_eq!(c.clients[0].auth, ClientAuth::KeySha256(crate::client_key::sha256("abc")));
+    assert_eq!(
+        c.clients[0].auth,
+        ClientAuth::KeySha256(crate::client_key::sha256("abc"))
+    );
     assert_eq!(c.clients[0].rate.unwrap().to_string(), "50/1s");
     assert_eq!(c.clients[1].auth, ClientAuth::Anonymous);
     assert_eq!(c.limits.on_exhausted, OnExhausted::Wait);
@@ -183,7 +192,10 @@ fn defaults_match_the_contract() {
     assert_eq!(c.limits.usage_cap_cooldown, Duration::from_secs(300));
     let app = &c.apps["main"];
     assert_eq!(app.oauth2_authorize_url, "https://x.com/i/oauth2/authorize");
-    assert_eq!(app.oauth1_authorize_url, "https://api.x.com/oauth/authorize");
+    assert_eq!(
+        app.oauth1_authorize_url,
+        "https://api.x.com/oauth/authorize"
+    );
     assert_eq!(app.oauth2_redirect_uri, "http://127.0.0.1:8765/callback");
     // No clients is valid, but worth a warning.
     assert!(c.warnings.iter().any(|w| w.path == "clients"));
@@ -207,9 +219,18 @@ colour = "blue"
 [surprise]
 "#,
     );
-    assert!(p.contains(&"server.max_body_byte: unknown key".to_owned()), "{p:?}");
-    assert!(p.contains(&"apps.main.consumer_scret: unknown key".to_owned()), "{p:?}");
-    assert!(p.contains(&"clients.0.colour: unknown key".to_owned()), "{p:?}");
+    assert!(
+        p.contains(&"server.max_body_byte: unknown key".to_owned()),
+        "{p:?}"
+    );
+    assert!(
+        p.contains(&"apps.main.consumer_scret: unknown key".to_owned()),
+        "{p:?}"
+    );
+    assert!(
+        p.contains(&"clients.0.colour: unknown key".to_owned()),
+        "{p:?}"
+    );
     assert!(p.contains(&"surprise: unknown key".to_owned()), "{p:?}");
 }
 
@@ -278,8 +299,14 @@ endpoint = "GET /2/tweets/:id"
         ("upstream.base_url", "absolute http:// or https://"),
         ("upstream.allowed_prefixes[0]", "must start with \"/\""),
         ("store.encryption_key", "exactly 32 bytes, got 5 bytes"),
-        ("apps.main.consumer_secret", "environment variable X_API_SECRET_MISSING is not set"),
-        ("apps.other.bearer_token", "environment variable EMPTY is empty"),
+        (
+            "apps.main.consumer_secret",
+            "environment variable X_API_SECRET_MISSING is not set",
+        ),
+        (
+            "apps.other.bearer_token",
+            "environment variable EMPTY is empty",
+        ),
         ("users.main", "already used by apps.main"),
         ("users.main.auth", "oauth1 needs apps.main.consumer_key"),
         ("users.carol.app", "no App named \"nope\""),
@@ -289,7 +316,10 @@ endpoint = "GET /2/tweets/:id"
         ("users.dave.scopes", "missing"),
         ("clients[0].key_sha256", "64 lower-case hex"),
         ("clients[0].identities", "no identity named \"ghost\""),
-        ("clients[0].default_identity", "not one of this client's identities"),
+        (
+            "clients[0].default_identity",
+            "not one of this client's identities",
+        ),
         ("clients[0].rate", "invalid rate \"fast\""),
         ("clients[1].name", "already the name of clients[0]"),
         ("clients[1].identities", "at least one identity"),
@@ -338,9 +368,19 @@ bearer_token = "literal-bearer"
         &env(),
     )
     .unwrap();
-    assert_eq!(c.apps["a"].bearer_token.as_ref().unwrap().expose(), "file-bearer");
-    assert_eq!(c.apps["b"].bearer_token.as_ref().unwrap().expose(), "literal-bearer");
-    assert!(c.warnings.iter().any(|w| w.path == "apps.b.bearer_token" && w.message.contains("literally")));
+    assert_eq!(
+        c.apps["a"].bearer_token.as_ref().unwrap().expose(),
+        "file-bearer"
+    );
+    assert_eq!(
+        c.apps["b"].bearer_token.as_ref().unwrap().expose(),
+        "literal-bearer"
+    );
+    assert!(
+        c.warnings
+            .iter()
+            .any(|w| w.path == "apps.b.bearer_token" && w.message.contains("literally"))
+    );
     assert!(!c.warnings.iter().any(|w| w.path == "apps.a.bearer_token"));
 
     let e = Config::from_toml_str(
@@ -367,8 +407,14 @@ bearer_token = { env = "X", file = "y" }
     )
     .unwrap_err();
     let p: Vec<String> = e.problems.iter().map(ToString::to_string).collect();
-    assert!(has(&p, "apps.a.bearer_token: secret file") && has(&p, "is empty"), "{p:?}");
-    assert!(has(&p, "apps.b.bearer_token: cannot read secret file"), "{p:?}");
+    assert!(
+        has(&p, "apps.a.bearer_token: secret file") && has(&p, "is empty"),
+        "{p:?}"
+    );
+    assert!(
+        has(&p, "apps.b.bearer_token: cannot read secret file"),
+        "{p:?}"
+    );
 }
 
 #[test]
@@ -381,7 +427,9 @@ fn problems_and_debug_never_contain_secret_values() {
         }
     }
     // A literal secret in an invalid config is never echoed back.
-    let p = problems("[apps.a]\nconsumer_key = \"literal-ck-value\"\n[users.u]\napp = \"a\"\nauth = \"oauth1\"\n");
+    let p = problems(
+        "[apps.a]\nconsumer_key = \"literal-ck-value\"\n[users.u]\napp = \"a\"\nauth = \"oauth1\"\n",
+    );
     assert!(!p.iter().any(|l| l.contains("literal-ck-value")), "{p:?}");
 }
 
@@ -395,10 +443,16 @@ fn relative_paths_resolve_against_the_config_directory() {
         &env(),
     )
     .unwrap();
-    assert_eq!(c.upstream.ca_file.as_deref(), Some(dir.join("ca.pem").as_path()));
+    assert_eq!(
+        c.upstream.ca_file.as_deref(),
+        Some(dir.join("ca.pem").as_path())
+    );
     assert_eq!(c.store.path, Path::new("/var/lib/xgate/x.db"));
     let p = problems("[server]\ntls = { cert = \"nope.pem\" }\n");
-    assert!(has(&p, "server.tls.cert: cannot read /etc/xgate/nope.pem"), "{p:?}");
+    assert!(
+        has(&p, "server.tls.cert: cannot read /etc/xgate/nope.pem"),
+        "{p:?}"
+    );
     assert!(has(&p, "server.tls.key: missing"), "{p:?}");
 }
 
@@ -427,7 +481,13 @@ identities = ["main"]
     )
     .unwrap();
     let w: Vec<String> = c.warnings.iter().map(ToString::to_string).collect();
-    assert!(has(&w, "clients[0]: anonymous client on non-loopback listener 0.0.0.0:8080"), "{w:?}");
+    assert!(
+        has(
+            &w,
+            "clients[0]: anonymous client on non-loopback listener 0.0.0.0:8080"
+        ),
+        "{w:?}"
+    );
     assert!(has(&w, "users.alice: no token/token_secret"), "{w:?}");
     assert!(has(&w, "\"tweet.fly\" is not a scope X documents"), "{w:?}");
     assert!(has(&w, "no offline.access"), "{w:?}");
@@ -442,9 +502,26 @@ fn endpoint_patterns_compare_by_shape() {
     let p = problems(
         "[[limits.override]]\nendpoint = \"GET /2/tweets/:id\"\napp = \"1/1s\"\n[[limits.override]]\nendpoint = \"GET /2/tweets/{x}\"\nuser = [\"1/1s\", \"2/1s\"]\n",
     );
-    assert!(has(&p, "limits.override[1].endpoint: GET /2/tweets/:x is the same endpoint as limits.override[0]"), "{p:?}");
-    assert!(has(&p, "limits.override[1].user: two rates with the same window"), "{p:?}");
-    for bad in ["/2/tweets", "GET 2/tweets", "GET /2/tweets?x=1", "GET /2/:/x"] {
+    assert!(
+        has(
+            &p,
+            "limits.override[1].endpoint: GET /2/tweets/:x is the same endpoint as limits.override[0]"
+        ),
+        "{p:?}"
+    );
+    assert!(
+        has(
+            &p,
+            "limits.override[1].user: two rates with the same window"
+        ),
+        "{p:?}"
+    );
+    for bad in [
+        "/2/tweets",
+        "GET 2/tweets",
+        "GET /2/tweets?x=1",
+        "GET /2/:/x",
+    ] {
         assert!(EndpointPattern::parse(bad).is_err(), "{bad}");
     }
 }

@@ -17,9 +17,9 @@ const X_BODY: &[u8] =
 
 fn x_key() -> Oauth1Key {
     Oauth1Key::new(
-        CK.into(),
+        &CK.into(),
         &CS.into(),
-        Some((TOKEN.into(), &SecretString::from(TS))),
+        Some((&TOKEN.into(), &SecretString::from(TS))),
     )
 }
 
@@ -164,9 +164,9 @@ fn rfc5849_base_string_and_signature() {
         "POST&http%3A%2F%2Fexample.com%2Frequest&a2%3Dr%2520b%26a3%3D2%2520q%26a3%3Da%26b5%3D%253D%25253D%26c%2540%3D%26c2%3D%26oauth_consumer_key%3D9djdj82h48djs9d2%26oauth_nonce%3D7d8f3e4a%26oauth_signature_method%3DHMAC-SHA1%26oauth_timestamp%3D137131201%26oauth_token%3Dkkk9d7dh3k39sjv7"
     );
     let key = Oauth1Key::new(
-        "9djdj82h48djs9d2".into(),
+        &"9djdj82h48djs9d2".into(),
         &"j49sk3j29djd".into(),
-        Some(("kkk9d7dh3k39sjv7".into(), &"dh893hdasih9".into())),
+        Some((&"kkk9d7dh3k39sjv7".into(), &"dh893hdasih9".into())),
     );
     assert_eq!(key.signature(&base), "r6/TJjbCOr97/+UU0NsvSne7s5g=");
 }
@@ -191,7 +191,7 @@ fn rfc5849_base_string_uri() {
 #[test]
 fn request_token_key_has_trailing_ampersand() {
     // No token secret yet: the key is `enc(consumer_secret)&`.
-    let key = Oauth1Key::new("ck".into(), &"a b".into(), None);
+    let key = Oauth1Key::new(&"ck".into(), &"a b".into(), None);
     let mut mac = <HmacSha1 as Mac>::new_from_slice(b"a%20b&").unwrap();
     mac.update(b"base");
     assert_eq!(
