@@ -4,18 +4,32 @@
 //! acts as, attaches that identity's credentials and forwards it to `api.x.com`.
 //! See ARCHITECTURE.md for the map of modules and the path of a request.
 //!
+//! - [`server`]: [`server::run`], listeners, connections, shutdown; [`admin`]: health.
+//! - [`stack`], [`proxy`]: the service for a connection and the phases of a request.
+//! - [`inbound`], [`client_auth`], [`headers`], [`body`], [`upstream`]: the rules of each
+//!   phase; [`error`]: every failure and its one mapping to a response.
 //! - [`config`]: `proxy.toml` parsed and validated into a [`config::Config`].
-//! - [`auth`]: outbound credentials (the OAuth 1.0a signer).
+//! - [`auth`]: outbound credentials (Bearer, the OAuth 1.0a signer, clock skew).
 //! - [`secret`]: the redacting secret types.
 //! - [`clock`]: injected time and randomness.
 //! - [`client_key`]: client keys (`xgate key new`) and their hashes.
 //! - [`cli`]: the command line and its commands.
 //! - [`telemetry`]: log setup.
 
+pub mod admin;
 pub mod auth;
+pub mod body;
 pub mod cli;
+pub mod client_auth;
 pub mod client_key;
 pub mod clock;
 pub mod config;
+pub mod error;
+pub mod headers;
+pub mod inbound;
+pub mod proxy;
 pub mod secret;
+pub mod server;
+pub mod stack;
 pub mod telemetry;
+pub mod upstream;

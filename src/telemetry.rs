@@ -34,12 +34,14 @@ pub fn filter_from(xgate_log: Option<&str>, rust_log: Option<&str>) -> Result<Ta
 pub fn init(format: LogFormat, filter: Targets) {
     let registry = tracing_subscriber::registry().with(filter);
     let writer = std::io::stderr;
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     // `try_init` fails only if a subscriber is already set (tests); that one keeps working.
     let _already_set = match format {
         LogFormat::Text => registry
             .with(
                 tracing_subscriber::fmt::layer()
                     .with_writer(writer)
+                    .with_ansi(ansi)
                     .with_target(false),
             )
             .try_init(),

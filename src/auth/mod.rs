@@ -1,6 +1,272 @@
 //! Outbound credentials: what xgate attaches to a request before it goes upstream.
 //!
-//! Owns the credential schemes of CONTRACT section 4. Today: the OAuth 1.0a signer
-//! ([`oauth1`]). Only this module and `config` ever read secret values.
+//! Owns the identities table built from the config ([`Identities`]), the credential of each
+//! ([`Credential`]: a Bearer header value, an OAuth 1.0a key, or missing with a hint for the
+//! operator), attaching it to a request ([`Identities::authorize`]), and the offset to
+//! upstream's clock for OAuth 1.0a timestamps ([`ClockSkew`], CONTRACT section 4). Only this
+//! module and `config` read secret values; header values made from them are marked sensitive.
 
 pub mod oauth1;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+
+use http::{HeaderMap, HeaderValue, header};
+
+use crate::clock::{Clock, OsNonce, SystemClock};
+use crate::config::{Config, UserAuth};
+use crate::error::ProxyError;
+use oauth1::{Oauth1Key, Oauth1Signer};
+
+/// What kind of identity a name refers to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdentityKind {
+    /// An App: app-only Bearer.
+    App,
+    /// A user with OAuth 1.0a.
+    Oauth1User,
+    /// A user with OAuth 2.0 tokens from the store.
+    Oauth2User,
+}
+
+/// How a request as this identity is authorised.
+#[derive(Debug)]
+pub enum Credential {
+    /// `Authorization: Bearer ...`, prepared once and marked sensitive.
+    Bearer(HeaderValue),
+    /// OAuth 1.0a user context.
+    Oauth1(Box<Oauth1Key>),
+    /// Nothing usable yet; `hint` tells the operator what to do.
+    Missing {
+        /// What the operator should do.
+        hint: String,
+    },
+}
+
+/// One identity: an App or a user of one.
+#[derive(Debug)]
+pub struct Identity {
+    /// The name clients use (`X-Xgate-Identity`).
+    pub name: Arc<str>,
+    /// App or user, and which auth.
+    pub kind: IdentityKind,
+    /// Its credential.
+    pub credential: Credential,
+}
+
+/// Index of an identity in [`Identities`].
+pub type IdentityId = usize;
+
+/// Every identity of the config, by index and by name.
+#[derive(Debug)]
+pub struct Identities {
+    list: Vec<Identity>,
+    by_name: HashMap<String, IdentityId>,
+    signer: Oauth1Signer<SystemClock, OsNonce>,
+    skew: ClockSkew,
+}
+
+/// A secret that cannot be a header value (control characters, newlines).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}: not usable in an HTTP header (control characters or non-ASCII text)")]
+pub struct BadCredential(pub String);
+
+fn bearer_header(token: &str, path: &str) -> Result<HeaderValue, BadCredential> {
+    let mut value = HeaderValue::try_from(format!("Bearer {token}"))
+        .map_err(|_invalid| BadCredential(path.to_owned()))?;
+    value.set_sensitive(true);
+    Ok(value)
+}
+
+impl Identities {
+    /// Builds the table from a validated config.
+    pub fn from_config(config: &Config) -> Result<Self, BadCredential> {
+        let mut list = Vec::with_capacity(config.apps.len() + config.users.len());
+        for app in config.apps.values() {
+            let credential = match &app.bearer_token {
+                Some(token) => Credential::Bearer(bearer_header(
+                    token.expose(),
+                    &format!("apps.{}.bearer_token", app.name),
+                )?),
+                None => Credential::Missing {
+                    hint: format!(
+                        "set apps.{0}.bearer_token or run `xgate bearer --app {0}`",
+                        app.name
+                    ),
+                },
+            };
+            list.push(Identity {
+                name: Arc::from(app.name.as_str()),
+                kind: IdentityKind::App,
+                credential,
+            });
+        }
+        for user in config.users.values() {
+            let (kind, credential) = match &user.auth {
+                UserAuth::Oauth1 { token } => {
+                    let consumer = config.apps.get(&user.app).and_then(|a| a.consumer.as_ref());
+                    let credential = match (consumer, token) {
+                        (Some(c), Some((token, secret))) => Credential::Oauth1(Box::new(
+                            Oauth1Key::new(&c.key, &c.secret, Some((token, secret))),
+                        )),
+                        _ => Credential::Missing {
+                            hint: format!(
+                                "set users.{0}.token and token_secret, or run `xgate login --identity {0} --oauth1`",
+                                user.name
+                            ),
+                        },
+                    };
+                    (IdentityKind::Oauth1User, credential)
+                }
+                UserAuth::Oauth2 { .. } => (
+                    IdentityKind::Oauth2User,
+                    Credential::Missing {
+                        hint: format!(
+                            "no OAuth 2.0 token is stored for {0}: run `xgate login --identity {0}`",
+                            user.name
+                        ),
+                    },
+                ),
+            };
+            list.push(Identity {
+                name: Arc::from(user.name.as_str()),
+                kind,
+                credential,
+            });
+        }
+        let by_name = list
+            .iter()
+            .enumerate()
+            .map(|(i, id)| (id.name.to_string(), i))
+            .collect();
+        Ok(Self {
+            list,
+            by_name,
+            signer: Oauth1Signer::new(SystemClock, OsNonce),
+            skew: ClockSkew::default(),
+        })
+    }
+
+    /// The identity called `name`.
+    pub fn find(&self, name: &str) -> Option<IdentityId> {
+        self.by_name.get(name).copied()
+    }
+
+    /// The identity at `id`.
+    pub fn get(&self, id: IdentityId) -> Option<&Identity> {
+        self.list.get(id)
+    }
+
+    /// The offset to upstream's clock.
+    pub fn skew(&self) -> &ClockSkew {
+        &self.skew
+    }
+
+    /// Sets `Authorization` on `headers` for a request to `uri` as `identity`; `form_body` is
+    /// the request's `application/x-www-form-urlencoded` body, whose parameters OAuth 1.0a
+    /// signs.
+    pub fn authorize(
+        &self,
+        identity: &Identity,
+        method: &http::Method,
+        uri: &http::Uri,
+        form_body: Option<&[u8]>,
+        headers: &mut HeaderMap,
+    ) -> Result<(), ProxyError> {
+        let value = match &identity.credential {
+            Credential::Bearer(value) => value.clone(),
+            Credential::Oauth1(key) => {
+                let signed = self
+                    .signer
+                    .sign(key, method.as_str(), uri, form_body, self.skew.offset())
+                    .map_err(|e| match e {
+                        oauth1::SignError::Request(e) => ProxyError::BadRequest(e.to_string()),
+                        oauth1::SignError::Random(e) => ProxyError::Prepare(e.to_string()),
+                    })?;
+                let mut value = HeaderValue::try_from(signed)
+                    .map_err(|e| ProxyError::Prepare(e.to_string()))?;
+                value.set_sensitive(true);
+                value
+            }
+            Credential::Missing { hint } => {
+                return Err(ProxyError::CredentialsMissing {
+                    identity: identity.name.to_string(),
+                    hint: hint.clone(),
+                });
+            }
+        };
+        headers.insert(header::AUTHORIZATION, value);
+        Ok(())
+    }
+}
+
+/// Offset between upstream's clock (its `Date` header) and ours, applied to OAuth 1.0a
+/// timestamps when it is over 30 s (X rejects skewed timestamps with error 135).
+#[derive(Debug, Default)]
+pub struct ClockSkew {
+    offset: AtomicI64,
+    logged: AtomicBool,
+}
+
+/// Differences up to this are normal network and clock jitter.
+const SKEW_TOLERANCE_SECS: i64 = 30;
+
+impl ClockSkew {
+    /// Seconds to add to the local clock.
+    pub fn offset(&self) -> i64 {
+        self.offset.load(Ordering::Relaxed)
+    }
+
+    /// Learns from an upstream `Date` header value.
+    pub fn observe(&self, date: &HeaderValue, clock: &dyn Clock) {
+        let Some(upstream) = date
+            .to_str()
+            .ok()
+            .and_then(|d| httpdate::parse_http_date(d).ok())
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        else {
+            return;
+        };
+        let diff = i64::try_from(upstream.as_secs()).unwrap_or(i64::MAX)
+            - i64::try_from(clock.unix_seconds()).unwrap_or(i64::MAX);
+        let offset = if diff.abs() > SKEW_TOLERANCE_SECS {
+            diff
+        } else {
+            0
+        };
+        let previous = self.offset.swap(offset, Ordering::Relaxed);
+        if offset != 0 && previous == 0 && !self.logged.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                offset_seconds = offset,
+                "upstream's clock differs from ours by more than {SKEW_TOLERANCE_SECS} s; OAuth 1.0a timestamps follow upstream's clock"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+
+    #[test]
+    fn skew_applies_only_past_thirty_seconds() {
+        let skew = ClockSkew::default();
+        let clock = ManualClock::at(1_700_000_000);
+        let date = |t: u64| {
+            let st = std::time::UNIX_EPOCH + std::time::Duration::from_secs(t);
+            HeaderValue::from_str(&httpdate::fmt_http_date(st)).unwrap()
+        };
+        skew.observe(&date(1_700_000_020), &*clock);
+        assert_eq!(skew.offset(), 0);
+        skew.observe(&date(1_700_003_600), &*clock);
+        assert_eq!(skew.offset(), 3600);
+        skew.observe(&date(1_699_999_900), &*clock);
+        assert_eq!(skew.offset(), -100);
+        skew.observe(&HeaderValue::from_static("not a date"), &*clock);
+        assert_eq!(skew.offset(), -100);
+        skew.observe(&date(1_700_000_001), &*clock);
+        assert_eq!(skew.offset(), 0);
+    }
+}

@@ -7,6 +7,7 @@
 
 mod check;
 mod key;
+mod serve;
 mod sign;
 
 use std::io::Write;
@@ -51,6 +52,13 @@ pub struct Cli {
 /// The commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the proxy and its admin listener until SIGTERM or SIGINT.
+    ///
+    /// Listens on server.listen (the proxy) and admin.listen (/healthz, /readyz). On SIGTERM
+    /// or SIGINT, /readyz turns 503, the listener stops accepting, and in-flight requests get
+    /// server.shutdown_grace to finish; then the process exits 0.
+    Serve,
+
     /// Validate proxy.toml, resolve every secret, and print a summary without secret values.
     ///
     /// Exit 0 when the configuration is valid (warnings go to stderr), 2 with one line per
@@ -149,15 +157,13 @@ pub fn run(cli: &Cli) -> ExitCode {
         Err(e) => return report(&CliError::Usage(e)),
     };
     telemetry::init(cli.log_format, filter);
-    let mut out = std::io::stdout().lock();
-    let mut err = std::io::stderr().lock();
+    // Unlocked handles: `serve` logs to stderr from every worker thread, and a lock held
+    // here for the whole command would block them all.
+    let mut out = std::io::stdout();
+    let mut err = std::io::stderr();
     match execute(cli, &env, &mut out, &mut err) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            drop(out);
-            drop(err);
-            report(&e)
-        }
+        Err(e) => report(&e),
     }
 }
 
@@ -169,6 +175,7 @@ pub fn execute(
     err: &mut dyn Write,
 ) -> Result<(), CliError> {
     match &cli.command {
+        Command::Serve => serve::run(load(cli, env)?),
         Command::Check => check::run(&load(cli, env)?, out, err),
         Command::Sign(args) => sign::run(&load(cli, env)?, args, out),
         Command::Key(KeyCommand::New { name }) => key::new(name, out),

@@ -1,11 +1,18 @@
-//! Shared test helpers: scratch directories and running the `xgate` binary.
+//! Shared test helpers: FakeX, an in-process proxy, HTTP clients, a TLS CA, log capture,
+//! scratch directories and running the `xgate` binary.
+
+pub mod fake_x;
+pub mod http;
+pub mod logs;
+pub mod proxy;
+pub mod tls;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// A fresh directory under cargo's per-target temp dir.
-pub(crate) fn scratch(name: &str) -> PathBuf {
+pub fn scratch(name: &str) -> PathBuf {
     static N: AtomicUsize = AtomicUsize::new(0);
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
         "{name}-{}-{}",
@@ -19,10 +26,10 @@ pub(crate) fn scratch(name: &str) -> PathBuf {
 
 /// Result of one `xgate` run.
 #[derive(Debug)]
-pub(crate) struct Run {
-    pub(crate) code: i32,
-    pub(crate) stdout: String,
-    pub(crate) stderr: String,
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
 }
 
 impl From<Output> for Run {
@@ -36,7 +43,7 @@ impl From<Output> for Run {
 }
 
 /// `xgate` with a clean environment plus `env`, run in `cwd`.
-pub(crate) fn xgate(cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
+pub fn xgate(cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_xgate"));
     cmd.current_dir(cwd).args(args).env_clear();
     if let Ok(path) = std::env::var("PATH") {

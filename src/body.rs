@@ -1,0 +1,255 @@
+//! Body types: what goes upstream and what comes back.
+//!
+//! Owns the two body types of the data path, both plain enums (no boxing per request):
+//! - [`UpstreamBody`]: the client's body streamed through a byte limit (`max_body_bytes`,
+//!   413), or a body already read (an OAuth 1.0a form body, whose parameters are signed);
+//! - [`ProxyBody`]: a response made here (problems, admin pages), or upstream's body relayed
+//!   frame by frame with an idle timeout (`idle_timeout`) and no total timeout.
+//!
+//! Trailers are dropped in both directions (CONTRACT section 3). Each [`ProxyBody`] can carry
+//! a guard that is dropped when the body is done, which is how a connection knows it is idle.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::future::Future as _;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use tokio::time::Sleep;
+
+/// A boxed error, as hyper's body traits want them.
+pub type BoxError = Box<dyn StdError + Send + Sync>;
+
+/// The client sent more than `max_body_bytes`.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("request body is larger than {limit} bytes")]
+pub struct BodyTooLarge {
+    /// The limit that was crossed.
+    pub limit: u64,
+}
+
+/// Upstream sent no body bytes for `idle_timeout`.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("upstream body idle for {0:?}")]
+pub struct BodyIdle(pub Duration);
+
+// === UpstreamBody ===
+
+/// The body of the request sent upstream.
+#[derive(Debug)]
+pub enum UpstreamBody {
+    /// The client's body, streamed, at most `limit` bytes.
+    Stream {
+        /// The client's body.
+        inner: Incoming,
+        /// Bytes still allowed.
+        remaining: u64,
+        /// `max_body_bytes`.
+        limit: u64,
+    },
+    /// A body already read in full (taken on the first poll).
+    Full(Option<Bytes>),
+}
+
+impl UpstreamBody {
+    /// Streams `inner`, failing with [`BodyTooLarge`] past `limit` bytes.
+    pub fn limited(inner: Incoming, limit: u64) -> Self {
+        Self::Stream {
+            inner,
+            remaining: limit,
+            limit,
+        }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            Self::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Self::Stream {
+                inner,
+                remaining,
+                limit,
+            } => loop {
+                let Some(frame) = ready!(Pin::new(&mut *inner).poll_frame(cx)) else {
+                    return Poll::Ready(None);
+                };
+                let frame = frame.map_err(|e| Box::new(e) as BoxError)?;
+                match frame.into_data() {
+                    Ok(data) => {
+                        let len = data.len() as u64;
+                        if len > *remaining {
+                            *remaining = 0;
+                            return Poll::Ready(Some(Err(Box::new(BodyTooLarge {
+                                limit: *limit,
+                            }))));
+                        }
+                        *remaining -= len;
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                    // Trailers are dropped; keep reading (the stream ends after them).
+                    Err(_trailers) => {}
+                }
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Full(b) => b.is_none(),
+            Self::Stream { inner, .. } => inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
+            Self::Full(None) => SizeHint::with_exact(0),
+            Self::Stream { inner, .. } => inner.size_hint(),
+        }
+    }
+}
+
+// === ProxyBody ===
+
+/// Something to drop when a response body is finished or abandoned.
+pub trait BodyGuard: Send + Sync + 'static {}
+
+impl<T: Send + Sync + 'static> BodyGuard for T {}
+
+/// The body of a response sent to the client.
+pub struct ProxyBody {
+    kind: Kind,
+    /// Dropped with the body: marks the end of the exchange for the connection.
+    guard: Option<Box<dyn BodyGuard>>,
+}
+
+enum Kind {
+    Full(Option<Bytes>),
+    Upstream {
+        inner: Incoming,
+        idle: Duration,
+        timer: Pin<Box<Sleep>>,
+    },
+}
+
+impl fmt::Debug for ProxyBody {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.kind {
+            Kind::Full(b) => f
+                .debug_tuple("ProxyBody::Full")
+                .field(&b.as_ref().map(Bytes::len))
+                .finish(),
+            Kind::Upstream { idle, .. } => f
+                .debug_struct("ProxyBody::Upstream")
+                .field("idle", idle)
+                .finish(),
+        }
+    }
+}
+
+impl ProxyBody {
+    /// A complete body made here.
+    pub fn full(bytes: impl Into<Bytes>) -> Self {
+        Self {
+            kind: Kind::Full(Some(bytes.into())),
+            guard: None,
+        }
+    }
+
+    /// An empty body.
+    pub fn empty() -> Self {
+        Self {
+            kind: Kind::Full(None),
+            guard: None,
+        }
+    }
+
+    /// Upstream's body, relayed frame by frame; closed after `idle` without a frame.
+    pub fn upstream(inner: Incoming, idle: Duration) -> Self {
+        Self {
+            kind: Kind::Upstream {
+                inner,
+                idle,
+                timer: Box::pin(tokio::time::sleep(idle)),
+            },
+            guard: None,
+        }
+    }
+
+    /// Attaches `guard`, dropped when this body is.
+    pub fn set_guard(&mut self, guard: impl BodyGuard) {
+        self.guard = Some(Box::new(guard));
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        match &mut this.kind {
+            Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Kind::Upstream { inner, idle, timer } => loop {
+                match Pin::new(&mut *inner).poll_frame(cx) {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        let deadline = tokio::time::Instant::now() + *idle;
+                        timer.as_mut().reset(deadline);
+                        match frame.into_data() {
+                            Ok(data) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                            // Trailers are dropped.
+                            Err(_trailers) => {}
+                        }
+                    }
+                    Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(Box::new(e)))),
+                    Poll::Ready(None) => return Poll::Ready(None),
+                    Poll::Pending => {
+                        ready!(timer.as_mut().poll(cx));
+                        return Poll::Ready(Some(Err(Box::new(BodyIdle(*idle)))));
+                    }
+                }
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Full(b) => b.is_none(),
+            Kind::Upstream { inner, .. } => inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
+            Kind::Full(None) => SizeHint::with_exact(0),
+            Kind::Upstream { inner, .. } => inner.size_hint(),
+        }
+    }
+}
+
+/// Whether `err` (or anything in its source chain) is a [`BodyTooLarge`].
+pub fn find_body_too_large(err: &(dyn StdError + 'static)) -> Option<BodyTooLarge> {
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        if let Some(t) = e.downcast_ref::<BodyTooLarge>() {
+            return Some(*t);
+        }
+        cur = e.source();
+    }
+    None
+}

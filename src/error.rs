@@ -1,0 +1,325 @@
+//! Every failure the proxy answers itself, and its one mapping to a response (CONTRACT 7).
+//!
+//! Owns [`ProxyError`] (grouped by origin: the client's request, policy, credentials,
+//! upstream), the [`ErrorKind`] table of the contract (kind, status, title), and
+//! [`ProxyError::to_response`], the only place that chooses a failure's status code, body and
+//! headers. Details shown to clients never contain a secret, a token or a client key.
+
+use std::fmt;
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+
+use crate::body::ProxyBody;
+
+/// The error kinds of CONTRACT section 7, with their status codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// 400.
+    BadRequest,
+    /// 401: no or unknown client key.
+    ClientUnauthenticated,
+    /// 401: X refused the refresh token.
+    TokenRefreshFailed,
+    /// 401: the identity has no usable credentials.
+    CredentialsMissing,
+    /// 403: identity unknown or not allowed for this client.
+    IdentityForbidden,
+    /// 403: the endpoint does not accept this identity's kind of auth.
+    AuthTypeUnsupported,
+    /// 403: the identity's OAuth 2.0 scopes lack one the endpoint needs.
+    ScopeMissing,
+    /// 404.
+    PathNotAllowed,
+    /// 405.
+    MethodNotAllowed,
+    /// 413.
+    BodyTooLarge,
+    /// 429: a rate-limit bucket is empty.
+    RateLimited,
+    /// 429: the App's usage cap is spent.
+    UsageCapped,
+    /// 502.
+    UpstreamUnavailable,
+    /// 504.
+    UpstreamTimeout,
+}
+
+impl ErrorKind {
+    /// Every kind, for tests and documentation.
+    pub const ALL: [Self; 14] = [
+        Self::BadRequest,
+        Self::ClientUnauthenticated,
+        Self::TokenRefreshFailed,
+        Self::CredentialsMissing,
+        Self::IdentityForbidden,
+        Self::AuthTypeUnsupported,
+        Self::ScopeMissing,
+        Self::PathNotAllowed,
+        Self::MethodNotAllowed,
+        Self::BodyTooLarge,
+        Self::RateLimited,
+        Self::UsageCapped,
+        Self::UpstreamUnavailable,
+        Self::UpstreamTimeout,
+    ];
+
+    /// The `x-xgate-error` value and the end of the problem `type`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::BadRequest => "bad-request",
+            Self::ClientUnauthenticated => "client-unauthenticated",
+            Self::TokenRefreshFailed => "token-refresh-failed",
+            Self::CredentialsMissing => "credentials-missing",
+            Self::IdentityForbidden => "identity-forbidden",
+            Self::AuthTypeUnsupported => "auth-type-unsupported",
+            Self::ScopeMissing => "scope-missing",
+            Self::PathNotAllowed => "path-not-allowed",
+            Self::MethodNotAllowed => "method-not-allowed",
+            Self::BodyTooLarge => "body-too-large",
+            Self::RateLimited => "rate-limited",
+            Self::UsageCapped => "usage-capped",
+            Self::UpstreamUnavailable => "upstream-unavailable",
+            Self::UpstreamTimeout => "upstream-timeout",
+        }
+    }
+
+    /// The HTTP status of CONTRACT section 7.
+    pub fn status(self) -> StatusCode {
+        match self {
+            Self::BadRequest => StatusCode::BAD_REQUEST,
+            Self::ClientUnauthenticated | Self::TokenRefreshFailed | Self::CredentialsMissing => {
+                StatusCode::UNAUTHORIZED
+            }
+            Self::IdentityForbidden | Self::AuthTypeUnsupported | Self::ScopeMissing => {
+                StatusCode::FORBIDDEN
+            }
+            Self::PathNotAllowed => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::RateLimited | Self::UsageCapped => StatusCode::TOO_MANY_REQUESTS,
+            Self::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
+            Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How an upstream exchange failed (the `kind` label of `xgate_upstream_errors_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamFailure {
+    /// TCP connect failed or timed out.
+    Connect,
+    /// The TLS handshake failed (certificate, protocol).
+    Tls,
+    /// The connection broke while the request or response was in flight.
+    Reset,
+}
+
+impl UpstreamFailure {
+    /// Label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Connect => "connect",
+            Self::Tls => "tls",
+            Self::Reset => "reset",
+        }
+    }
+}
+
+/// A failure the proxy answers itself.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    // === the client's request ===
+    /// A request xgate cannot forward as sent.
+    #[error("{0}")]
+    BadRequest(String),
+    /// `CONNECT`, `TRACE`.
+    #[error("method {0} is not allowed")]
+    MethodNotAllowed(http::Method),
+    /// No client key (and no anonymous client), or an unknown one.
+    #[error("missing or unknown client key")]
+    ClientUnauthenticated,
+    /// The identity does not exist or the client may not use it (the same answer for both).
+    #[error("identity not allowed")]
+    IdentityForbidden,
+    /// The path is outside `upstream.allowed_prefixes`.
+    #[error("path is not under an allowed prefix")]
+    PathNotAllowed,
+    /// The body is over `server.max_body_bytes`.
+    #[error("request body is larger than {limit} bytes")]
+    BodyTooLarge {
+        /// `server.max_body_bytes`.
+        limit: u64,
+    },
+
+    // === credentials ===
+    /// The identity has no usable credentials; `hint` tells the operator what to do.
+    #[error("identity {identity} has no credentials: {hint}")]
+    CredentialsMissing {
+        /// Identity name.
+        identity: String,
+        /// What the operator should do.
+        hint: String,
+    },
+
+    // === upstream ===
+    /// Upstream could not be reached, or the exchange broke.
+    #[error("upstream {}: {detail}", .failure.as_str())]
+    UpstreamUnavailable {
+        /// What failed.
+        failure: UpstreamFailure,
+        /// Client-safe description (no URL query, no headers).
+        detail: String,
+    },
+    /// Upstream sent no response head within `server.request_timeout`.
+    #[error("upstream sent no response within {0:?}")]
+    UpstreamTimeout(std::time::Duration),
+    /// The request could not be prepared for upstream (e.g. the OS random source failed).
+    #[error("request could not be prepared for upstream: {0}")]
+    Prepare(String),
+}
+
+impl ProxyError {
+    /// The contract kind; exhaustive on purpose (no wildcard arm).
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::BadRequest(_) => ErrorKind::BadRequest,
+            Self::MethodNotAllowed(_) => ErrorKind::MethodNotAllowed,
+            Self::ClientUnauthenticated => ErrorKind::ClientUnauthenticated,
+            Self::IdentityForbidden => ErrorKind::IdentityForbidden,
+            Self::PathNotAllowed => ErrorKind::PathNotAllowed,
+            Self::BodyTooLarge { .. } => ErrorKind::BodyTooLarge,
+            Self::CredentialsMissing { .. } => ErrorKind::CredentialsMissing,
+            Self::UpstreamUnavailable { .. } | Self::Prepare(_) => ErrorKind::UpstreamUnavailable,
+            Self::UpstreamTimeout(_) => ErrorKind::UpstreamTimeout,
+        }
+    }
+
+    /// The problem `title`.
+    fn title(&self) -> &'static str {
+        match self.kind().status() {
+            StatusCode::BAD_REQUEST => "Bad Request",
+            StatusCode::UNAUTHORIZED => "Unauthorized",
+            StatusCode::FORBIDDEN => "Forbidden",
+            StatusCode::NOT_FOUND => "Not Found",
+            StatusCode::METHOD_NOT_ALLOWED => "Method Not Allowed",
+            StatusCode::PAYLOAD_TOO_LARGE => "Payload Too Large",
+            StatusCode::TOO_MANY_REQUESTS => "Too Many Requests",
+            StatusCode::GATEWAY_TIMEOUT => "Gateway Timeout",
+            _ => "Bad Gateway",
+        }
+    }
+
+    /// The response: status, `application/problem+json` body, `x-xgate-error`.
+    pub fn to_response(&self) -> Response<ProxyBody> {
+        let kind = self.kind();
+        let body = serde_json::json!({
+            "type": format!("urn:xgate:problem:{}", kind.as_str()),
+            "title": self.title(),
+            "status": kind.status().as_u16(),
+            "detail": self.to_string(),
+        });
+        let mut resp = Response::new(ProxyBody::full(Bytes::from(body.to_string())));
+        *resp.status_mut() = kind.status();
+        let headers = resp.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        headers.insert("x-xgate-error", HeaderValue::from_static(kind.as_str()));
+        if let Self::MethodNotAllowed(_) = self {
+            // RFC 9110 15.5.6: a 405 lists what is allowed.
+            headers.insert(
+                header::ALLOW,
+                HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
+            );
+        }
+        resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_has_its_contract_status() {
+        let want = [
+            ("bad-request", 400),
+            ("client-unauthenticated", 401),
+            ("token-refresh-failed", 401),
+            ("credentials-missing", 401),
+            ("identity-forbidden", 403),
+            ("auth-type-unsupported", 403),
+            ("scope-missing", 403),
+            ("path-not-allowed", 404),
+            ("method-not-allowed", 405),
+            ("body-too-large", 413),
+            ("rate-limited", 429),
+            ("usage-capped", 429),
+            ("upstream-unavailable", 502),
+            ("upstream-timeout", 504),
+        ];
+        let got: Vec<(&str, u16)> = ErrorKind::ALL
+            .iter()
+            .map(|k| (k.as_str(), k.status().as_u16()))
+            .collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn every_error_maps_to_its_kind_and_a_problem_response() {
+        let cases = [
+            (ProxyError::BadRequest("x".into()), ErrorKind::BadRequest),
+            (
+                ProxyError::MethodNotAllowed(http::Method::TRACE),
+                ErrorKind::MethodNotAllowed,
+            ),
+            (
+                ProxyError::ClientUnauthenticated,
+                ErrorKind::ClientUnauthenticated,
+            ),
+            (ProxyError::IdentityForbidden, ErrorKind::IdentityForbidden),
+            (ProxyError::PathNotAllowed, ErrorKind::PathNotAllowed),
+            (
+                ProxyError::BodyTooLarge { limit: 1 },
+                ErrorKind::BodyTooLarge,
+            ),
+            (
+                ProxyError::CredentialsMissing {
+                    identity: "bob".into(),
+                    hint: "h".into(),
+                },
+                ErrorKind::CredentialsMissing,
+            ),
+            (
+                ProxyError::UpstreamUnavailable {
+                    failure: UpstreamFailure::Connect,
+                    detail: "refused".into(),
+                },
+                ErrorKind::UpstreamUnavailable,
+            ),
+            (
+                ProxyError::UpstreamTimeout(std::time::Duration::from_secs(1)),
+                ErrorKind::UpstreamTimeout,
+            ),
+            (
+                ProxyError::Prepare("rng".into()),
+                ErrorKind::UpstreamUnavailable,
+            ),
+        ];
+        for (err, kind) in cases {
+            assert_eq!(err.kind(), kind, "{err:?}");
+            let resp = err.to_response();
+            assert_eq!(resp.status(), kind.status());
+            assert_eq!(resp.headers()["content-type"], "application/problem+json");
+            assert_eq!(resp.headers()["x-xgate-error"], kind.as_str());
+        }
+    }
+}

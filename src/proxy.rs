@@ -1,0 +1,374 @@
+//! The proxy itself: one request from the client to X and back.
+//!
+//! Owns [`handle`], which runs the phases of a request in the order of answers of CONTRACT
+//! section 7 — method, client key, identity, path, stored credentials, body size, then
+//! credentials and upstream — so that order lives in exactly one function. Also owns the
+//! shared [`State`] built from the config, the tower service that wraps `handle`
+//! ([`ProxyService`]: errors become responses here, through `ProxyError::to_response`), the
+//! per-request access record (a client that goes away before the response head is recorded
+//! as 499), and the per-connection activity count the server uses for `keepalive_timeout`.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response, StatusCode, Version, header};
+use http_body_util::BodyExt as _;
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use crate::auth::{Credential, Identities, IdentityKind};
+use crate::body::{ProxyBody, UpstreamBody};
+use crate::client_auth::Clients;
+use crate::clock::{Clock, SystemClock};
+use crate::config::Config;
+use crate::error::ProxyError;
+use crate::{headers, inbound, upstream::Upstream};
+
+/// Everything a request needs, built once at startup and shared by all connections.
+#[derive(Debug)]
+pub struct State {
+    identities: Identities,
+    clients: Clients,
+    upstream: Upstream,
+    allowed_prefixes: Vec<String>,
+    max_body_bytes: u64,
+    idle_timeout: Duration,
+}
+
+/// The proxy could not be set up from a valid config.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct SetupError(pub String);
+
+impl State {
+    /// Builds the shared state from a validated config.
+    pub fn from_config(config: &Config) -> Result<Self, SetupError> {
+        let identities = Identities::from_config(config).map_err(|e| SetupError(e.to_string()))?;
+        let clients = Clients::from_config(config, &identities);
+        let upstream = Upstream::new(&config.upstream, config.server.request_timeout)
+            .map_err(|e| SetupError(e.to_string()))?;
+        Ok(Self {
+            identities,
+            clients,
+            upstream,
+            allowed_prefixes: config.upstream.allowed_prefixes.clone(),
+            max_body_bytes: config.server.max_body_bytes,
+            idle_timeout: config.server.idle_timeout,
+        })
+    }
+}
+
+/// What the access log records about a request.
+#[derive(Debug)]
+struct AccessRecord {
+    start: Instant,
+    method: Method,
+    /// The path only: queries can be long and personal.
+    path: String,
+    client: Option<Arc<str>>,
+    identity: Option<Arc<str>>,
+    upstream_status: Option<u16>,
+    done: bool,
+}
+
+impl AccessRecord {
+    fn new(method: Method, path: &str) -> Self {
+        Self {
+            start: Instant::now(),
+            method,
+            path: path.to_owned(),
+            client: None,
+            identity: None,
+            upstream_status: None,
+            done: false,
+        }
+    }
+
+    fn emit(&self, status: u16) {
+        tracing::info!(
+            target: "xgate::access",
+            method = %self.method,
+            path = %self.path,
+            client = self.client.as_deref().unwrap_or("-"),
+            identity = self.identity.as_deref().unwrap_or("-"),
+            status,
+            upstream_status = self.upstream_status,
+            duration_ms = self.start.elapsed().as_secs_f64() * 1000.0,
+            "request"
+        );
+    }
+
+    fn finish(&mut self, status: StatusCode) {
+        self.done = true;
+        self.emit(status.as_u16());
+    }
+}
+
+impl Drop for AccessRecord {
+    fn drop(&mut self) {
+        if !self.done {
+            // The client went away before the response head: its upstream request, if any,
+            // was cancelled with this future.
+            self.emit(499);
+        }
+    }
+}
+
+/// Whether a request's body is `application/x-www-form-urlencoded`.
+fn is_form(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|m| {
+            m.trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        })
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// One request, phase by phase. Each `?` is one of CONTRACT section 7's answers, in its order.
+async fn handle(
+    state: &State,
+    req: Request<Incoming>,
+    record: &mut AccessRecord,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let (mut parts, body) = req.into_parts();
+
+    // 1. Method (405). Unparseable requests (400, 431) never get here: hyper answers them.
+    inbound::check_method(&parts.method)?;
+
+    // 2. Client key (401), then identity (400, 403).
+    let client = state.clients.authenticate(&parts.headers)?;
+    record.client = Some(client.name.clone());
+    let id = Clients::identity(client, &parts.headers, &state.identities)?;
+    let identity = state
+        .identities
+        .get(id)
+        .ok_or(ProxyError::IdentityForbidden)?;
+    record.identity = Some(identity.name.clone());
+
+    // 3. Path: encoding and dot segments (400), then the allowed prefixes (404). Only the
+    //    path and query are used; the target's authority and Host are ignored.
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .ok_or_else(|| ProxyError::BadRequest("the request target has no path".to_owned()))?;
+    inbound::check_target(path_and_query.path(), path_and_query.query())?;
+    inbound::check_prefix(path_and_query.path(), &state.allowed_prefixes)?;
+
+    // 4. An OAuth 2.0 user with no stored token (401), before anything costs work.
+    if identity.kind == IdentityKind::Oauth2User {
+        if let Credential::Missing { hint } = &identity.credential {
+            return Err(ProxyError::CredentialsMissing {
+                identity: identity.name.to_string(),
+                hint: hint.clone(),
+            });
+        }
+    }
+
+    // 5. Body size, when declared (413); a streamed body is cut at the same limit below.
+    if content_length(&parts.headers).is_some_and(|n| n > state.max_body_bytes) {
+        return Err(ProxyError::BodyTooLarge {
+            limit: state.max_body_bytes,
+        });
+    }
+
+    // 6. Credentials (401), over exactly the URL that goes upstream. A form body on an
+    //    OAuth 1.0a identity is read (bounded) because its parameters are signed; every other
+    //    body is streamed.
+    let uri = state.upstream.uri(path_and_query)?;
+    let form = matches!(identity.credential, Credential::Oauth1(_)) && is_form(&parts.headers);
+    let (form_body, body) = if form {
+        let bytes = read_bounded(body, state.max_body_bytes).await?;
+        (Some(bytes.clone()), UpstreamBody::Full(Some(bytes)))
+    } else {
+        (None, UpstreamBody::limited(body, state.max_body_bytes))
+    };
+    headers::clean_request(&mut parts.headers);
+    state.identities.authorize(
+        identity,
+        &parts.method,
+        &uri,
+        form_body.as_deref(),
+        &mut parts.headers,
+    )?;
+
+    // 7. Upstream (502, 504), and the answer streamed back.
+    parts.uri = uri;
+    parts.version = Version::HTTP_11;
+    let resp = state
+        .upstream
+        .send(Request::from_parts(parts, body))
+        .await?;
+    let (mut parts, body) = resp.into_parts();
+    if let Some(date) = parts.headers.get(header::DATE) {
+        state
+            .identities
+            .skew()
+            .observe(date, &SystemClock as &dyn Clock);
+    }
+    record.upstream_status = Some(parts.status.as_u16());
+    headers::clean_response(&mut parts.headers);
+    parts.version = Version::HTTP_11;
+    Ok(Response::from_parts(
+        parts,
+        ProxyBody::upstream(body, state.idle_timeout),
+    ))
+}
+
+/// Reads a whole body, at most `limit` bytes (413 past it).
+async fn read_bounded(body: Incoming, limit: u64) -> Result<Bytes, ProxyError> {
+    let limit_usize = usize::try_from(limit).unwrap_or(usize::MAX);
+    match http_body_util::Limited::new(body, limit_usize)
+        .collect()
+        .await
+    {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(ProxyError::BodyTooLarge { limit })
+        }
+        Err(e) => Err(ProxyError::BadRequest(format!(
+            "the request body could not be read: {e}"
+        ))),
+    }
+}
+
+// === connection activity ===
+
+/// Requests in flight on one connection, and when it last became idle; the server closes a
+/// connection idle for `keepalive_timeout`.
+#[derive(Debug)]
+pub struct ConnActivity {
+    base: Instant,
+    inflight: AtomicUsize,
+    idle_since_ms: AtomicU64,
+}
+
+impl Default for ConnActivity {
+    fn default() -> Self {
+        Self {
+            base: Instant::now(),
+            inflight: AtomicUsize::new(0),
+            idle_since_ms: AtomicU64::new(0),
+        }
+    }
+}
+
+impl ConnActivity {
+    fn begin(self: &Arc<Self>) -> InflightGuard {
+        self.inflight.fetch_add(1, Ordering::AcqRel);
+        InflightGuard(Arc::clone(self))
+    }
+
+    /// `None` while a request is in flight, else when the connection became idle.
+    pub fn idle_since(&self) -> Option<Instant> {
+        if self.inflight.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let ms = self.idle_since_ms.load(Ordering::Acquire);
+        Some(self.base + Duration::from_millis(ms))
+    }
+}
+
+/// Held from the start of a request until its response body is done or dropped.
+#[derive(Debug)]
+struct InflightGuard(Arc<ConnActivity>);
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        let a = &self.0;
+        let ms = u64::try_from(a.base.elapsed().as_millis()).unwrap_or(u64::MAX);
+        a.idle_since_ms.store(ms, Ordering::Release);
+        a.inflight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+// === the service ===
+
+/// The proxy as a tower service for one connection; never fails (errors are responses).
+#[derive(Debug, Clone)]
+pub struct ProxyService {
+    state: Arc<State>,
+    activity: Arc<ConnActivity>,
+}
+
+impl ProxyService {
+    /// The service for a connection whose activity is tracked in `activity`.
+    pub fn new(state: Arc<State>, activity: Arc<ConnActivity>) -> Self {
+        Self { state, activity }
+    }
+}
+
+impl tower::Service<Request<Incoming>> for ProxyService {
+    type Response = Response<ProxyBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+        let state = Arc::clone(&self.state);
+        let guard = self.activity.begin();
+        Box::pin(async move {
+            let mut record = AccessRecord::new(req.method().clone(), req.uri().path());
+            let mut resp = match handle(&state, req, &mut record).await {
+                Ok(resp) => resp,
+                Err(e) => {
+                    tracing::debug!(error = %e, kind = %e.kind(), "request refused");
+                    e.to_response()
+                }
+            };
+            record.finish(resp.status());
+            resp.body_mut().set_guard(guard);
+            Ok(resp)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn form_detection() {
+        let mut h = HeaderMap::new();
+        assert!(!is_form(&h));
+        h.insert(
+            header::CONTENT_TYPE,
+            "Application/X-WWW-Form-Urlencoded; charset=UTF-8"
+                .parse()
+                .unwrap(),
+        );
+        assert!(is_form(&h));
+        h.insert(header::CONTENT_TYPE, "application/json".parse().unwrap());
+        assert!(!is_form(&h));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn activity_tracks_inflight_and_idle_time() {
+        let a = Arc::new(ConnActivity::default());
+        assert!(a.idle_since().is_some());
+        let g = a.begin();
+        assert!(a.idle_since().is_none());
+        tokio::time::advance(Duration::from_secs(5)).await;
+        drop(g);
+        let since = a.idle_since().unwrap();
+        assert!(since.duration_since(a.base) >= Duration::from_secs(5));
+    }
+}

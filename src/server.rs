@@ -1,0 +1,293 @@
+//! Listeners and connections: [`run`] is the entry point of a running proxy.
+//!
+//! Owns accepting connections (at most `max_connections` at once; further ones wait in the
+//! accept queue), the TLS handshake (`tls_handshake_timeout`), hyper-util's auto connection
+//! (HTTP/1.1 and HTTP/2 with the `[server]` limits: `max_header_bytes` on both, answered with
+//! 431; `header_read_timeout`; `http2_max_concurrent_streams`), closing connections idle for
+//! `keepalive_timeout`, the admin listener, and graceful shutdown (CONTRACT section 9):
+//! `/readyz` turns 503, the listener stops accepting, connections finish their requests
+//! within `shutdown_grace`, then whatever is left (streams) is closed.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+
+use crate::admin::{self, Readiness};
+use crate::config::{Config, TlsFiles};
+use crate::proxy::{ConnActivity, State};
+use crate::stack;
+
+/// The two listening sockets, bound by the caller (tests bind `127.0.0.1:0`).
+#[derive(Debug)]
+pub struct Listeners {
+    /// The proxy listener (`server.listen`).
+    pub proxy: TcpListener,
+    /// The admin listener (`admin.listen`).
+    pub admin: TcpListener,
+}
+
+/// The proxy could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct StartError(pub String);
+
+/// Loads the inbound TLS certificate chain and key.
+fn tls_acceptor(files: &TlsFiles) -> Result<TlsAcceptor, StartError> {
+    let certs = CertificateDer::pem_file_iter(&files.cert)
+        .and_then(Iterator::collect::<Result<Vec<_>, _>>)
+        .map_err(|e| StartError(format!("server.tls.cert {}: {e}", files.cert.display())))?;
+    if certs.is_empty() {
+        return Err(StartError(format!(
+            "server.tls.cert {}: no PEM certificate in it",
+            files.cert.display()
+        )));
+    }
+    let key = PrivateKeyDer::from_pem_file(&files.key)
+        .map_err(|e| StartError(format!("server.tls.key {}: {e}", files.key.display())))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| StartError(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| StartError(format!("server.tls: {e}")))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// hyper-util's connection builder with the `[server]` settings.
+fn connection_builder(config: &Config) -> auto::Builder<TokioExecutor> {
+    let s = &config.server;
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .keep_alive(true)
+        .max_buf_size(s.max_header_bytes)
+        .header_read_timeout(s.header_read_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(s.http2_max_concurrent_streams)
+        .max_header_list_size(u32::try_from(s.max_header_bytes).unwrap_or(u32::MAX));
+    builder
+}
+
+/// Runs the proxy on `listeners` until `shutdown` completes, then shuts down gracefully.
+pub async fn run(
+    listeners: Listeners,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), StartError> {
+    let state = Arc::new(State::from_config(&config).map_err(|e| StartError(e.to_string()))?);
+    let tls = config.server.tls.as_ref().map(tls_acceptor).transpose()?;
+    let builder = Arc::new(connection_builder(&config));
+    let readiness = Arc::new(Readiness::default());
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    let proxy_addr = listeners
+        .proxy
+        .local_addr()
+        .map_err(|e| StartError(e.to_string()))?;
+    let admin_addr = listeners
+        .admin
+        .local_addr()
+        .map_err(|e| StartError(e.to_string()))?;
+    let admin = tokio::spawn(serve_admin(listeners.admin, Arc::clone(&readiness)));
+    tracing::info!(
+        "proxy listening on {proxy_addr} ({})",
+        if tls.is_some() {
+            "https: TLS, HTTP/1.1 and HTTP/2"
+        } else {
+            "http: HTTP/1.1 and h2c"
+        }
+    );
+    tracing::info!("admin listening on {admin_addr} (/healthz /readyz)");
+    tracing::info!(
+        upstream = %config.upstream.base_url,
+        apps = config.apps.len(),
+        users = config.users.len(),
+        clients = config.clients.len(),
+        "serving"
+    );
+    readiness.set(true);
+
+    let limit = Arc::new(Semaphore::new(config.server.max_connections));
+    let mut conns = JoinSet::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            accepted = accept(&listeners.proxy, &limit) => {
+                let Some((stream, peer, permit)) = accepted else { continue };
+                let conn = Connection {
+                    state: Arc::clone(&state),
+                    builder: Arc::clone(&builder),
+                    tls: tls.clone(),
+                    handshake_timeout: config.server.tls_handshake_timeout,
+                    keepalive: config.server.keepalive_timeout,
+                    stop: stop_rx.clone(),
+                };
+                conns.spawn(async move {
+                    conn.serve(stream, peer).await;
+                    drop(permit);
+                });
+            }
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    }
+
+    tracing::info!(
+        in_flight_connections = conns.len(),
+        grace = ?config.server.shutdown_grace,
+        "shutting down: no longer accepting"
+    );
+    readiness.set(false);
+    drop(listeners.proxy);
+    let _receivers_gone = stop_tx.send(true);
+    let drained = tokio::time::timeout(config.server.shutdown_grace, async {
+        while conns.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            closed = conns.len(),
+            "shutdown grace period over: closing the remaining connections"
+        );
+        conns.abort_all();
+        while conns.join_next().await.is_some() {}
+    }
+    admin.abort();
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Waits for a connection slot, then a connection. `None` after a failed accept (logged, with
+/// a short pause so a full file table does not spin the loop).
+async fn accept(
+    listener: &TcpListener,
+    limit: &Arc<Semaphore>,
+) -> Option<(
+    tokio::net::TcpStream,
+    SocketAddr,
+    tokio::sync::OwnedSemaphorePermit,
+)> {
+    let permit = Arc::clone(limit).acquire_owned().await.ok()?;
+    match listener.accept().await {
+        Ok((stream, peer)) => {
+            if let Err(e) = stream.set_nodelay(true) {
+                tracing::debug!(%peer, error = %e, "set_nodelay failed");
+            }
+            Some((stream, peer, permit))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "accept failed");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            None
+        }
+    }
+}
+
+/// One accepted connection and what it needs.
+struct Connection {
+    state: Arc<State>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    tls: Option<TlsAcceptor>,
+    handshake_timeout: Duration,
+    keepalive: Duration,
+    stop: watch::Receiver<bool>,
+}
+
+impl Connection {
+    async fn serve(self, stream: tokio::net::TcpStream, peer: SocketAddr) {
+        match self.tls.clone() {
+            None => self.serve_io(stream, peer).await,
+            Some(acceptor) => {
+                match tokio::time::timeout(self.handshake_timeout, acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => self.serve_io(tls, peer).await,
+                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                    Err(_elapsed) => tracing::debug!(%peer, "TLS handshake timed out"),
+                }
+            }
+        }
+    }
+
+    async fn serve_io<I>(mut self, io: I, peer: SocketAddr)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let activity = Arc::new(ConnActivity::default());
+        let service = TowerToHyperService::new(stack::proxy_connection(&self.state, &activity));
+        let conn = self.builder.serve_connection(TokioIo::new(io), service);
+        let mut conn = std::pin::pin!(conn);
+        let mut draining = false;
+        loop {
+            tokio::select! {
+                result = conn.as_mut() => {
+                    if let Err(e) = result {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                    return;
+                }
+                _stopping = self.stop.wait_for(|stop| *stop), if !draining => {
+                    conn.as_mut().graceful_shutdown();
+                    draining = true;
+                }
+                () = idle_for(&activity, self.keepalive), if !draining => {
+                    conn.as_mut().graceful_shutdown();
+                    draining = true;
+                }
+            }
+        }
+    }
+}
+
+/// Completes once the connection has had no request in flight for `keepalive`.
+async fn idle_for(activity: &ConnActivity, keepalive: Duration) {
+    loop {
+        match activity.idle_since() {
+            Some(since) if since.elapsed() >= keepalive => return,
+            Some(since) => tokio::time::sleep_until(since + keepalive).await,
+            None => tokio::time::sleep(keepalive).await,
+        }
+    }
+}
+
+/// Serves the admin endpoints until aborted.
+async fn serve_admin(listener: TcpListener, readiness: Arc<Readiness>) {
+    let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
+    loop {
+        let (stream, _peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                tracing::warn!(error = %e, "admin accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let readiness = Arc::clone(&readiness);
+        let builder = Arc::clone(&builder);
+        tokio::spawn(async move {
+            let service = service_fn(move |req| admin::handle(Arc::clone(&readiness), req));
+            if let Err(e) = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                tracing::debug!(error = %e, "admin connection ended with an error");
+            }
+        });
+    }
+}

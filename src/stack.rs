@@ -1,0 +1,25 @@
+//! The one place where the service that serves a proxy connection is assembled.
+//!
+//! Order, outermost first (a request passes down, its response back up):
+//!
+//! 1. `TowerToHyperService` (in `server`): hyper's connection drives the tower service.
+//! 2. [`ProxyService`]: the error boundary and access record. Below it everything returns
+//!    `Result<Response, ProxyError>`; here each error becomes its contract response
+//!    (`ProxyError::to_response`), so the service's error type is `Infallible`, and the
+//!    request's status is recorded (499 if the client left first).
+//! 3. `proxy::handle`: the phases of one request in CONTRACT section 7's order (method, client
+//!    key, identity, path, stored credentials, body size, credentials, upstream). They are
+//!    plain sequential steps rather than one tower layer each: they share the request's parts
+//!    and the identity, which layers would have to pass through request extensions, and a
+//!    reader sees the whole order in one function.
+//!
+//! Layers that observe every request (metrics, request ids) go around [`ProxyService`] here.
+
+use std::sync::Arc;
+
+use crate::proxy::{ConnActivity, ProxyService, State};
+
+/// The service for one proxy connection.
+pub fn proxy_connection(state: &Arc<State>, activity: &Arc<ConnActivity>) -> ProxyService {
+    tower::ServiceBuilder::new().service(ProxyService::new(Arc::clone(state), Arc::clone(activity)))
+}

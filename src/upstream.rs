@@ -1,0 +1,176 @@
+//! The connection to X: a pooled HTTP client over rustls (CONTRACT section 3, "Timing").
+//!
+//! Owns the hyper-util client (HTTP/1.1, or HTTP/2 when ALPN picks it; webpki roots plus
+//! `upstream.ca_file`), the upstream URL of a request, `request_timeout` (until the response
+//! head) and the classification of failures into 502 `upstream-unavailable` (connect, TLS,
+//! reset) and 504 `upstream-timeout`. A request body that crosses `max_body_bytes` while
+//! streaming surfaces here and becomes 413.
+
+use std::error::Error as StdError;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Request, Response, Uri};
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject as _;
+
+use crate::body::{UpstreamBody, find_body_too_large};
+use crate::config;
+use crate::error::{ProxyError, UpstreamFailure};
+
+/// The pooled client and where it sends requests.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    client: Client<HttpsConnector<HttpConnector>, UpstreamBody>,
+    scheme: Scheme,
+    authority: Authority,
+    request_timeout: Duration,
+}
+
+/// The upstream client could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UpstreamSetupError(String);
+
+/// The TLS client configuration: rustls on ring, webpki roots plus `extra_ca` (PEM).
+pub fn tls_client_config(
+    extra_ca: Option<&std::path::Path>,
+) -> Result<rustls::ClientConfig, UpstreamSetupError> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = extra_ca {
+        let certs = CertificateDer::pem_file_iter(path)
+            .and_then(Iterator::collect::<Result<Vec<_>, _>>)
+            .map_err(|e| UpstreamSetupError(format!("upstream.ca_file {}: {e}", path.display())))?;
+        if certs.is_empty() {
+            return Err(UpstreamSetupError(format!(
+                "upstream.ca_file {}: no PEM certificate in it",
+                path.display()
+            )));
+        }
+        for cert in certs {
+            roots.add(cert).map_err(|e| {
+                UpstreamSetupError(format!("upstream.ca_file {}: {e}", path.display()))
+            })?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| UpstreamSetupError(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+impl Upstream {
+    /// The client for `upstream`, with `server.request_timeout`.
+    pub fn new(
+        upstream: &config::Upstream,
+        request_timeout: Duration,
+    ) -> Result<Self, UpstreamSetupError> {
+        let tls = tls_client_config(upstream.ca_file.as_deref())?;
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(upstream.connect_timeout));
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(upstream.pool_idle_timeout)
+            .pool_max_idle_per_host(upstream.pool_max_idle_per_host)
+            .build(connector);
+        let (Some(scheme), Some(authority)) = (
+            upstream.base_url.scheme().cloned(),
+            upstream.base_url.authority().cloned(),
+        ) else {
+            return Err(UpstreamSetupError(format!(
+                "upstream.base_url {} is not absolute",
+                upstream.base_url
+            )));
+        };
+        Ok(Self {
+            client,
+            scheme,
+            authority,
+            request_timeout,
+        })
+    }
+
+    /// The upstream URL for a client's path and query, byte for byte.
+    pub fn uri(&self, path_and_query: PathAndQuery) -> Result<Uri, ProxyError> {
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(path_and_query)
+            .build()
+            .map_err(|e| ProxyError::BadRequest(format!("request target: {e}")))
+    }
+
+    /// Sends `req` and waits for the response head, at most `request_timeout`.
+    pub async fn send(&self, req: Request<UpstreamBody>) -> Result<Response<Incoming>, ProxyError> {
+        match tokio::time::timeout(self.request_timeout, self.client.request(req)).await {
+            Err(_elapsed) => Err(ProxyError::UpstreamTimeout(self.request_timeout)),
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(e)) => Err(classify(&e)),
+        }
+    }
+}
+
+/// Maps a client error to the contract's answer.
+fn classify(e: &hyper_util::client::legacy::Error) -> ProxyError {
+    if let Some(too_large) = find_body_too_large(e) {
+        return ProxyError::BodyTooLarge {
+            limit: too_large.limit,
+        };
+    }
+    let failure = if chain_has_tls_error(e) {
+        UpstreamFailure::Tls
+    } else if e.is_connect() {
+        UpstreamFailure::Connect
+    } else {
+        UpstreamFailure::Reset
+    };
+    ProxyError::UpstreamUnavailable {
+        failure,
+        detail: describe(e),
+    }
+}
+
+/// The innermost message of the chain: no URL (it could carry a query), no headers.
+fn describe(e: &(dyn StdError + 'static)) -> String {
+    let mut last = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        last = s.to_string();
+        cur = s.source();
+    }
+    last
+}
+
+/// Whether a rustls error is anywhere in the chain. `io::Error`s (hyper-rustls nests two)
+/// hide their inner error from `source()`, so they are opened with `get_ref()`.
+fn chain_has_tls_error(e: &(dyn StdError + 'static)) -> bool {
+    let mut cur: Option<&(dyn StdError + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if err.is::<rustls::Error>() {
+            return true;
+        }
+        cur = match err.downcast_ref::<std::io::Error>() {
+            Some(io) => io.get_ref().map(|inner| inner as &(dyn StdError + 'static)),
+            None => err.source(),
+        };
+    }
+    false
+}

@@ -1,0 +1,258 @@
+//! Upstream behaviour (CONTRACT sections 3 and 7): streaming, timeouts, failures, TLS,
+//! response hygiene, cancellation.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+
+use crate::support::fake_x::{FakeX, Reply};
+use crate::support::http::{get, request, send, send_streaming};
+use crate::support::logs;
+use crate::support::proxy::{KEY, Proxy, config};
+use crate::support::scratch;
+use crate::support::tls::TestCa;
+
+#[tokio::test]
+async fn streams_are_relayed_chunk_by_chunk_keepalives_included() {
+    let fake = FakeX::start().await;
+    let proxy = Proxy::start(&config(
+        &fake.base_url(),
+        "#server\nidle_timeout = \"2s\"\n",
+    ))
+    .await;
+    let target = "/2/tweets/search/stream?tweet.fields=id";
+    fake.script(
+        "/2/tweets/search/stream",
+        Reply::stream(
+            "{\"data\":{\"id\":\"1\"}}\r\n",
+            "\r\n",
+            Duration::from_millis(50),
+            30,
+            "{\"data\":{\"id\":\"2\"}}\r\n",
+        ),
+    );
+    let resp = send_streaming(
+        proxy.addr,
+        request("GET", target)
+            .header("x-xgate-key", KEY)
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    // The first line arrives long before the stream ends (30 keep-alives at 50 ms later).
+    let first = tokio::time::timeout(Duration::from_secs(5), body.frame())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        first.into_data().unwrap(),
+        Bytes::from_static(b"{\"data\":{\"id\":\"1\"}}\r\n")
+    );
+    assert!(
+        !fake.stream_done(target),
+        "the proxy waited for the stream to end"
+    );
+    let mut rest = Vec::new();
+    while let Some(frame) = tokio::time::timeout(Duration::from_secs(10), body.frame())
+        .await
+        .unwrap()
+    {
+        rest.extend_from_slice(&frame.unwrap().into_data().unwrap());
+    }
+    let expected = format!("{}{{\"data\":{{\"id\":\"2\"}}}}\r\n", "\r\n".repeat(30));
+    assert_eq!(String::from_utf8(rest).unwrap(), expected);
+}
+
+#[tokio::test]
+async fn no_total_timeout_but_idle_bodies_are_closed() {
+    let fake = FakeX::start().await;
+    let proxy = Proxy::start(&config(
+        &fake.base_url(),
+        "#server\nrequest_timeout = \"500ms\"\nidle_timeout = \"300ms\"\n",
+    ))
+    .await;
+    // Lives 1.2 s (> request_timeout and > idle_timeout) but never idles 300 ms.
+    fake.script(
+        "/2/live",
+        Reply::stream("a", "b", Duration::from_millis(60), 20, "z"),
+    );
+    let a = get(proxy.addr, "/2/live", None).await;
+    assert_eq!(a.status, 200);
+    assert_eq!(a.text(), format!("a{}z", "b".repeat(20)));
+    // Idles 1 s between chunks: closed after the head and first chunk.
+    fake.script(
+        "/2/stall",
+        Reply::stream("a", "b", Duration::from_secs(1), 3, "z"),
+    );
+    let resp = send_streaming(
+        proxy.addr,
+        request("GET", "/2/stall")
+            .header("x-xgate-key", KEY)
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    let collected = tokio::time::timeout(Duration::from_secs(5), resp.into_body().collect())
+        .await
+        .unwrap();
+    assert!(collected.is_err(), "a stalled body must be cut off");
+}
+
+#[tokio::test]
+async fn slow_head_gets_504_and_dead_upstream_502() {
+    let fake = FakeX::start().await;
+    let proxy = Proxy::start(&config(
+        &fake.base_url(),
+        "#server\nrequest_timeout = \"300ms\"\n",
+    ))
+    .await;
+    fake.script(
+        "/2/slow",
+        Reply::json(200, "{}").delay(Duration::from_secs(3)),
+    );
+    let a = get(proxy.addr, "/2/slow", None).await;
+    assert_eq!(
+        (a.status.as_u16(), a.kind()),
+        (504, Some("upstream-timeout"))
+    );
+
+    // Nothing listens on this port.
+    let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dead_url = format!("http://{}", dead.local_addr().unwrap());
+    drop(dead);
+    let proxy = Proxy::start(&config(&dead_url, "")).await;
+    let a = get(proxy.addr, "/2/tweets/1", None).await;
+    assert_eq!(
+        (a.status.as_u16(), a.kind()),
+        (502, Some("upstream-unavailable"))
+    );
+    assert!(a.text().contains("connect"), "{}", a.text());
+}
+
+#[tokio::test]
+async fn upstream_errors_pass_through_untouched() {
+    let fake = FakeX::start().await;
+    let proxy = Proxy::start(&config(&fake.base_url(), "")).await;
+    let body = r#"{"title":"Too Many Requests","detail":"Too Many Requests","type":"about:blank","status":429}"#;
+    fake.script(
+        "/2/limited",
+        Reply::json(429, body)
+            .header("x-rate-limit-remaining", "0")
+            .header("x-rate-limit-reset", "4102444800"),
+    );
+    let a = get(proxy.addr, "/2/limited", None).await;
+    assert_eq!(a.status, 429);
+    assert_eq!(a.text(), body);
+    assert_eq!(a.header("x-rate-limit-remaining"), Some("0"));
+    assert!(
+        a.kind().is_none(),
+        "an upstream answer is not a proxy error"
+    );
+}
+
+#[tokio::test]
+async fn response_hygiene_and_no_decompression() {
+    let fake = FakeX::start().await;
+    let proxy = Proxy::start(&config(&fake.base_url(), "")).await;
+    let gz: &[u8] = &[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3, 1, 2, 3];
+    let mut reply = Reply::json(200, "")
+        .header("content-encoding", "gzip")
+        .header("keep-alive", "timeout=99")
+        .header("x-rate-limit-limit", "900");
+    reply.body = crate::support::fake_x::ReplyBody::Full(Bytes::from_static(gz));
+    fake.script("/2/gz", reply);
+    let a = send(
+        proxy.addr,
+        request("GET", "/2/gz")
+            .header("x-xgate-key", KEY)
+            .header("accept-encoding", "gzip")
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(a.status, 200);
+    assert_eq!(&a.body[..], gz, "the body was altered");
+    assert_eq!(a.header("content-encoding"), Some("gzip"));
+    assert_eq!(a.header("x-rate-limit-limit"), Some("900"));
+    assert!(
+        a.headers.get("keep-alive").is_none(),
+        "hop-by-hop header passed back"
+    );
+    assert_eq!(fake.requests()[0].header("accept-encoding"), Some("gzip"));
+}
+
+#[tokio::test]
+async fn tls_upstream_with_ca_file_and_tls_failures() {
+    let ca = TestCa::new();
+    let fake = FakeX::start_tls(&ca).await;
+    let dir = scratch("upstream-tls");
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    let with_ca = Proxy::start_in(
+        &config(&fake.base_url(), "#upstream\nca_file = \"ca.pem\"\n"),
+        &dir,
+    )
+    .await;
+    let a = get(with_ca.addr, "/2/users/me", Some("alice")).await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert!(matches!(
+        fake.requests()[0].auth,
+        crate::support::fake_x::Auth::Oauth1 { valid: true, .. }
+    ));
+    // Without the CA the certificate is not trusted: 502, and the request never arrived.
+    let without = Proxy::start(&config(&fake.base_url(), "")).await;
+    let a = get(without.addr, "/2/users/me", None).await;
+    assert_eq!(
+        (a.status.as_u16(), a.kind()),
+        (502, Some("upstream-unavailable"))
+    );
+    assert!(a.text().contains("upstream tls"), "{}", a.text());
+    assert_eq!(fake.requests().len(), 1);
+}
+
+#[tokio::test]
+async fn client_disconnect_cancels_upstream_and_is_recorded_as_499() {
+    let fake = FakeX::start().await;
+    let proxy = Proxy::start(&config(&fake.base_url(), "")).await;
+    fake.script(
+        "/2/cancel-me",
+        Reply::json(200, "{}").delay(Duration::from_secs(30)),
+    );
+    let target = "/2/cancel-me/499";
+    let req = format!("GET {target} HTTP/1.1\r\nHost: x\r\nx-xgate-key: {KEY}\r\n\r\n");
+    let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut s, req.as_bytes())
+        .await
+        .unwrap();
+    assert!(
+        fake.wait_until(Duration::from_secs(10), |f| !f
+            .requests_to(target)
+            .is_empty())
+            .await
+    );
+    drop(s);
+    assert!(
+        fake.wait_until(Duration::from_secs(10), |f| f.was_cancelled(target))
+            .await,
+        "upstream request was not cancelled"
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = logs::text();
+        if text
+            .lines()
+            .any(|l| l.contains(&format!("path={target}")) && l.contains("status=499"))
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no 499 access record in:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
