@@ -6,13 +6,7 @@ use super::{CliError, io_error};
 use crate::client_key;
 
 pub(super) fn new(name: &str, out: &mut dyn Write) -> Result<(), CliError> {
-    let valid = !name.is_empty()
-        && name.len() <= 64
-        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
-    if !valid {
+    if !crate::config::is_valid_name(name) {
         return Err(CliError::Usage(format!(
             "--name {name:?}: use 1 to 64 of A-Z a-z 0-9 _ . - starting with a letter or digit"
         )));

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use units::{Rate, format_duration, parse_duration};
-pub use validate::parse_sha256_hex;
+pub use validate::{is_valid_name, parse_sha256_hex};
 
 use crate::secret::{SecretString, StoreKey};
 

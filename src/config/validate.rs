@@ -256,14 +256,8 @@ impl Validator<'_> {
         Some(SecretString::new(value))
     }
 
-    /// Identity and client names end up in logs and metric labels: keep them plain.
     fn name(&mut self, path: &str, name: &str) {
-        let ok = (1..=64).contains(&name.len())
-            && name.starts_with(|c: char| c.is_ascii_alphanumeric())
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
-        if !ok {
+        if !is_valid_name(name) {
             self.problem(
                 path,
                 format!(r#"invalid name "{name}": use 1 to 64 of A-Z a-z 0-9 _ . - starting with a letter or digit"#),
@@ -946,6 +940,16 @@ impl EndpointPattern {
             shape,
         })
     }
+}
+
+/// Identity and client names end up in logs and metric labels, so they stay plain: 1 to 64 of
+/// `A-Z a-z 0-9 _ . -`, starting with a letter or digit.
+pub fn is_valid_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
 
 /// 64 lower-case hex characters → 32 bytes.
