@@ -167,14 +167,6 @@ impl ProxyBody {
         }
     }
 
-    /// An empty body.
-    pub fn empty() -> Self {
-        Self {
-            kind: Kind::Full(None),
-            guard: None,
-        }
-    }
-
     /// Upstream's body, relayed frame by frame; closed after `idle` without a frame.
     pub fn upstream(inner: Incoming, idle: Duration) -> Self {
         Self {
