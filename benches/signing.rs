@@ -13,7 +13,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use hmac::{Hmac, Mac};
 use sha1::Sha1;
 use xgate::auth::oauth1::{self, Oauth1Key, Oauth1Signer, Params, RequestParams};
-use xgate::clock::{OsNonce, SystemClock};
+use xgate::clock::{RandomNonce, SystemClock};
 
 const RECENT: &str = "https://api.x.com/2/tweets/search/recent?query=from%3AXDevelopers%20-is%3Aretweet&max_results=10&tweet.fields=created_at%2Cauthor_id";
 const TWELVE: &str = "https://api.x.com/2/tweets/search/recent?query=from%3AXDevelopers%20-is%3Aretweet&max_results=10&tweet.fields=created_at%2Cauthor_id&expansions=author_id&user.fields=username%2Cverified&media.fields=url&place.fields=country&poll.fields=options&start_time=2026-01-01T00%3A00%3A00Z&end_time=2026-01-02T00%3A00%3A00Z&sort_order=recency&next_token=b26v89c19zqg8o3fo";
@@ -87,7 +87,7 @@ fn signing(c: &mut Criterion) {
             oauth1::authorization_header(&key, "GET", black_box(&twelve), None, params()).unwrap()
         })
     });
-    let signer = Oauth1Signer::new(SystemClock, OsNonce);
+    let signer = Oauth1Signer::new(SystemClock, RandomNonce);
     g.bench_function("header_with_os_nonce/recent", |b| {
         b.iter(|| {
             signer

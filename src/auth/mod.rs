@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 
 use http::{HeaderMap, HeaderValue, header};
 
-use crate::clock::{Clock, OsNonce, SystemClock};
+use crate::clock::{Clock, RandomNonce, SystemClock};
 use crate::config::{Config, UserAuth};
 use crate::error::ProxyError;
 use oauth1::{Oauth1Key, Oauth1Signer};
@@ -53,6 +53,11 @@ pub struct Identity {
     pub kind: IdentityKind,
     /// Its credential.
     pub credential: Credential,
+    /// The App it acts through (its own index for an App).
+    pub app: IdentityId,
+    /// OAuth 2.0 scopes it has (the configured ones until the token store lands); empty for
+    /// other kinds.
+    pub scopes: Vec<String>,
 }
 
 /// Index of an identity in [`Identities`].
@@ -63,7 +68,7 @@ pub type IdentityId = usize;
 pub struct Identities {
     list: Vec<Identity>,
     by_name: HashMap<String, IdentityId>,
-    signer: Oauth1Signer<SystemClock, OsNonce>,
+    signer: Oauth1Signer<SystemClock, RandomNonce>,
     skew: ClockSkew,
 }
 
@@ -83,6 +88,8 @@ impl Identities {
     /// Builds the table from a validated config.
     pub fn from_config(config: &Config) -> Result<Self, BadCredential> {
         let mut list = Vec::with_capacity(config.apps.len() + config.users.len());
+        // Apps come first, in `config.apps` order, so an App's index is its position there.
+        let app_index = |name: &str| config.apps.keys().position(|k| k == name).unwrap_or(0);
         for app in config.apps.values() {
             let credential = match &app.bearer_token {
                 Some(token) => Credential::Bearer(bearer_header(
@@ -100,9 +107,12 @@ impl Identities {
                 name: Arc::from(app.name.as_str()),
                 kind: IdentityKind::App,
                 credential,
+                app: list.len(),
+                scopes: Vec::new(),
             });
         }
         for user in config.users.values() {
+            let mut scopes = Vec::new();
             let (kind, credential) = match &user.auth {
                 UserAuth::Oauth1 { token } => {
                     let consumer = config.apps.get(&user.app).and_then(|a| a.consumer.as_ref());
@@ -119,20 +129,25 @@ impl Identities {
                     };
                     (IdentityKind::Oauth1User, credential)
                 }
-                UserAuth::Oauth2 { .. } => (
-                    IdentityKind::Oauth2User,
-                    Credential::Missing {
-                        hint: format!(
-                            "no OAuth 2.0 token is stored for {0}: run `xgate login --identity {0}`",
-                            user.name
-                        ),
-                    },
-                ),
+                UserAuth::Oauth2 { scopes: configured } => {
+                    scopes.clone_from(configured);
+                    (
+                        IdentityKind::Oauth2User,
+                        Credential::Missing {
+                            hint: format!(
+                                "no OAuth 2.0 token is stored for {0}: run `xgate login --identity {0}`",
+                                user.name
+                            ),
+                        },
+                    )
+                }
             };
             list.push(Identity {
                 name: Arc::from(user.name.as_str()),
                 kind,
                 credential,
+                app: app_index(&user.app),
+                scopes,
             });
         }
         let by_name = list
@@ -143,7 +158,7 @@ impl Identities {
         Ok(Self {
             list,
             by_name,
-            signer: Oauth1Signer::new(SystemClock, OsNonce),
+            signer: Oauth1Signer::new(SystemClock, RandomNonce),
             skew: ClockSkew::default(),
         })
     }
@@ -156,6 +171,11 @@ impl Identities {
     /// The identity at `id`.
     pub fn get(&self, id: IdentityId) -> Option<&Identity> {
         self.list.get(id)
+    }
+
+    /// Every identity, by index.
+    pub fn all(&self) -> &[Identity] {
+        &self.list
     }
 
     /// The offset to upstream's clock.

@@ -156,12 +156,15 @@ pub fn run(cli: &Cli) -> ExitCode {
         Ok(f) => f,
         Err(e) => return report(&CliError::Usage(e)),
     };
-    telemetry::init(cli.log_format, filter);
+    let log_guard = telemetry::init(cli.log_format, filter);
     // Unlocked handles: `serve` logs to stderr from every worker thread, and a lock held
     // here for the whole command would block them all.
     let mut out = std::io::stdout();
     let mut err = std::io::stderr();
-    match execute(cli, &env, &mut out, &mut err) {
+    let result = execute(cli, &env, &mut out, &mut err);
+    // Queued log lines go out before the final error line.
+    drop(log_guard);
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => report(&e),
     }

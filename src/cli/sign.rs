@@ -4,12 +4,12 @@ use std::io::Write;
 
 use super::{CliError, SignArgs, io_error};
 use crate::auth::oauth1::{self, Oauth1Key, RequestParams};
-use crate::clock::{Clock, NonceSource, OsNonce, SystemClock};
+use crate::clock::{Clock, NonceSource, RandomNonce, SystemClock};
 use crate::config::{Config, Identity, UserAuth};
 use crate::secret::REDACTED;
 
 pub(super) fn run(config: &Config, args: &SignArgs, out: &mut dyn Write) -> Result<(), CliError> {
-    let header = header(config, args, &SystemClock, &OsNonce)?;
+    let header = header(config, args, &SystemClock, &RandomNonce)?;
     writeln!(out, "{header}").map_err(|e| io_error(&e))
 }
 

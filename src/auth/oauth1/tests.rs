@@ -409,7 +409,7 @@ proptest! {
 
 #[test]
 fn signer_nonces_are_fresh() {
-    let signer = Oauth1Signer::new(ManualClock::at(TIMESTAMP), crate::clock::OsNonce);
+    let signer = Oauth1Signer::new(ManualClock::at(TIMESTAMP), crate::clock::RandomNonce);
     let u = uri("https://api.x.com/2/tweets?ids=1");
     let a = signer.sign(&x_key(), "GET", &u, None, 0).unwrap();
     let b = signer.sign(&x_key(), "GET", &u, None, 0).unwrap();
