@@ -16,6 +16,7 @@ use crate::client_key;
 use crate::config::{ClientAuth, Config};
 use crate::error::ProxyError;
 use crate::headers::{XGATE_IDENTITY, XGATE_KEY};
+use crate::limits::ClientRate;
 
 /// A configured client.
 #[derive(Debug)]
@@ -26,6 +27,8 @@ pub struct Client {
     identities: Vec<IdentityId>,
     /// Used when a request names none.
     default: Option<IdentityId>,
+    /// Its own smoothing bucket (`rate`), when set.
+    pub rate: Option<ClientRate>,
 }
 
 /// Every client, by key hash.
@@ -60,6 +63,7 @@ impl Clients {
                     .default_identity
                     .as_deref()
                     .and_then(|n| identities.find(n)),
+                rate: c.rate.map(ClientRate::new),
             });
         }
         Self {

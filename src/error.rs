@@ -158,6 +158,69 @@ pub enum ProxyError {
         limit: u64,
     },
 
+    // === policy: pre-check and rate limits ===
+    /// The endpoint does not accept the identity's kind of auth (CONTRACT section 4).
+    #[error("identity {identity} ({has}): {endpoint} needs {needs}")]
+    AuthTypeUnsupported {
+        /// Identity name.
+        identity: String,
+        /// Endpoint name (`GET /2/users/me`).
+        endpoint: String,
+        /// The auth kinds the endpoint accepts.
+        needs: String,
+        /// The identity's kind of auth.
+        has: &'static str,
+    },
+    /// The OAuth 2.0 identity lacks a scope the endpoint needs.
+    #[error(
+        "identity {identity}: {endpoint} needs scope {}; the identity has {}",
+        .missing.join(" "),
+        if .has.is_empty() { "none".to_owned() } else { .has.join(" ") }
+    )]
+    ScopeMissing {
+        /// Identity name.
+        identity: String,
+        /// Endpoint name.
+        endpoint: String,
+        /// Scopes needed and not granted.
+        missing: Vec<String>,
+        /// Scopes granted.
+        has: Vec<String>,
+    },
+    /// A local bucket is empty (CONTRACT section 5 rule 3).
+    #[error(
+        "{who}: {endpoint} limit {} reached; resets in {} s",
+        crate::limits::figure(*.limit, *.window),
+        retry_after_secs(*.reset_ms, *.now_ms)
+    )]
+    RateLimited {
+        /// `identity main` or `client backend`.
+        who: String,
+        /// Endpoint name, or `other`.
+        endpoint: String,
+        /// The refusing bucket's limit.
+        limit: u32,
+        /// Its window.
+        window: std::time::Duration,
+        /// When it next admits a request (Unix ms).
+        reset_ms: u64,
+        /// Now, by the limiter's clock (Unix ms).
+        now_ms: u64,
+    },
+    /// X answered `usage-capped` for the identity's App recently.
+    #[error(
+        "identity {identity}: X answered usage-capped for its App (credits or monthly cap spent); requests go upstream again in {} s",
+        retry_after_secs(*.until_ms, *.now_ms)
+    )]
+    UsageCapped {
+        /// Identity name.
+        identity: String,
+        /// End of the cooldown (Unix ms).
+        until_ms: u64,
+        /// Now (Unix ms).
+        now_ms: u64,
+    },
+
     // === credentials ===
     /// The identity has no usable credentials; `hint` tells the operator what to do.
     #[error("identity {identity} has no credentials: {hint}")]
@@ -196,6 +259,10 @@ impl ProxyError {
             Self::PathNotAllowed => ErrorKind::PathNotAllowed,
             Self::BodyTooLarge { .. } => ErrorKind::BodyTooLarge,
             Self::CredentialsMissing { .. } => ErrorKind::CredentialsMissing,
+            Self::AuthTypeUnsupported { .. } => ErrorKind::AuthTypeUnsupported,
+            Self::ScopeMissing { .. } => ErrorKind::ScopeMissing,
+            Self::RateLimited { .. } => ErrorKind::RateLimited,
+            Self::UsageCapped { .. } => ErrorKind::UsageCapped,
             Self::UpstreamUnavailable { .. } | Self::Prepare(_) => ErrorKind::UpstreamUnavailable,
             Self::UpstreamTimeout(_) => ErrorKind::UpstreamTimeout,
         }
@@ -233,15 +300,50 @@ impl ProxyError {
             HeaderValue::from_static("application/problem+json"),
         );
         headers.insert("x-xgate-error", HeaderValue::from_static(kind.as_str()));
-        if let Self::MethodNotAllowed(_) = self {
-            // RFC 9110 15.5.6: a 405 lists what is allowed.
-            headers.insert(
-                header::ALLOW,
-                HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
-            );
+        match self {
+            Self::MethodNotAllowed(_) => {
+                // RFC 9110 15.5.6: a 405 lists what is allowed.
+                headers.insert(
+                    header::ALLOW,
+                    HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
+                );
+            }
+            Self::RateLimited {
+                limit,
+                reset_ms,
+                now_ms,
+                ..
+            } => {
+                headers.insert("x-rate-limit-limit", HeaderValue::from(*limit));
+                headers.insert("x-rate-limit-remaining", HeaderValue::from_static("0"));
+                limited_headers(headers, *reset_ms, *now_ms);
+            }
+            Self::UsageCapped {
+                until_ms, now_ms, ..
+            } => limited_headers(headers, *until_ms, *now_ms),
+            _ => {}
         }
         resp
     }
+}
+
+/// Whole seconds from `now_ms` until `until_ms`, rounded up, at least 1 (`retry-after`).
+pub fn retry_after_secs(until_ms: u64, now_ms: u64) -> u64 {
+    until_ms.saturating_sub(now_ms).div_ceil(1000).max(1)
+}
+
+/// `x-rate-limit-reset` (Unix seconds, rounded up so a client that waits until then is never
+/// early), `retry-after` and `x-xgate-limited: local`.
+fn limited_headers(headers: &mut http::HeaderMap, until_ms: u64, now_ms: u64) {
+    headers.insert(
+        "x-rate-limit-reset",
+        HeaderValue::from(until_ms.div_ceil(1000)),
+    );
+    headers.insert(
+        header::RETRY_AFTER,
+        HeaderValue::from(retry_after_secs(until_ms, now_ms)),
+    );
+    headers.insert("x-xgate-limited", HeaderValue::from_static("local"));
 }
 
 #[cfg(test)]
@@ -313,6 +415,43 @@ mod tests {
                 ProxyError::Prepare("rng".into()),
                 ErrorKind::UpstreamUnavailable,
             ),
+            (
+                ProxyError::AuthTypeUnsupported {
+                    identity: "main".into(),
+                    endpoint: "GET /2/users/me".into(),
+                    needs: "OAuth 2.0 user context".into(),
+                    has: "app-only Bearer",
+                },
+                ErrorKind::AuthTypeUnsupported,
+            ),
+            (
+                ProxyError::ScopeMissing {
+                    identity: "bob".into(),
+                    endpoint: "GET /2/dm_events".into(),
+                    missing: vec!["dm.read".into()],
+                    has: vec![],
+                },
+                ErrorKind::ScopeMissing,
+            ),
+            (
+                ProxyError::RateLimited {
+                    who: "identity main".into(),
+                    endpoint: "GET /2/tweets/:id".into(),
+                    limit: 450,
+                    window: std::time::Duration::from_secs(900),
+                    reset_ms: 1_000_312_000,
+                    now_ms: 1_000_000_000,
+                },
+                ErrorKind::RateLimited,
+            ),
+            (
+                ProxyError::UsageCapped {
+                    identity: "main".into(),
+                    until_ms: 2_000,
+                    now_ms: 1_000,
+                },
+                ErrorKind::UsageCapped,
+            ),
         ];
         for (err, kind) in cases {
             assert_eq!(err.kind(), kind, "{err:?}");
@@ -321,5 +460,36 @@ mod tests {
             assert_eq!(resp.headers()["content-type"], "application/problem+json");
             assert_eq!(resp.headers()["x-xgate-error"], kind.as_str());
         }
+    }
+
+    #[test]
+    fn a_local_429_carries_the_contract_headers_and_detail() {
+        let err = ProxyError::RateLimited {
+            who: "identity main".into(),
+            endpoint: "GET /2/tweets/:id".into(),
+            limit: 450,
+            window: std::time::Duration::from_secs(900),
+            reset_ms: 1_000_311_200,
+            now_ms: 1_000_000_000,
+        };
+        assert_eq!(
+            err.to_string(),
+            "identity main: GET /2/tweets/:id limit 450/15m reached; resets in 312 s"
+        );
+        let resp = err.to_response();
+        let h = resp.headers();
+        assert_eq!(h["x-rate-limit-limit"], "450");
+        assert_eq!(h["x-rate-limit-remaining"], "0");
+        assert_eq!(h["x-rate-limit-reset"], "1000312");
+        assert_eq!(h["retry-after"], "312");
+        assert_eq!(h["x-xgate-limited"], "local");
+    }
+
+    #[test]
+    fn retry_after_is_rounded_up_and_at_least_one() {
+        assert_eq!(retry_after_secs(1_000, 1_000), 1);
+        assert_eq!(retry_after_secs(1_001, 1_000), 1);
+        assert_eq!(retry_after_secs(2_001, 1_000), 2);
+        assert_eq!(retry_after_secs(0, 1_000), 1);
     }
 }

@@ -10,6 +10,7 @@
 //!   phase; [`error`]: every failure and its one mapping to a response.
 //! - [`config`]: `proxy.toml` parsed and validated into a [`config::Config`].
 //! - [`auth`]: outbound credentials (Bearer, the OAuth 1.0a signer, clock skew).
+//! - [`limits`]: X's rate limits: the endpoint catalogue, buckets, the auth pre-check.
 //! - [`secret`]: the redacting secret types.
 //! - [`clock`]: injected time and randomness.
 //! - [`client_key`]: client keys (`xgate key new`) and their hashes.
@@ -27,6 +28,7 @@ pub mod config;
 pub mod error;
 pub mod headers;
 pub mod inbound;
+pub mod limits;
 pub mod proxy;
 pub mod secret;
 pub mod server;

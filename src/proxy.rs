@@ -22,12 +22,13 @@ use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use crate::auth::{Credential, Identities, IdentityKind};
+use crate::auth::{Credential, Identities, Identity, IdentityId, IdentityKind};
 use crate::body::{ProxyBody, UpstreamBody};
-use crate::client_auth::Clients;
+use crate::client_auth::{Client, Clients};
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
-use crate::error::ProxyError;
+use crate::error::{ProxyError, UpstreamFailure};
+use crate::limits::{self, Admission, Catalogue, EndpointId, Limiter, Refused};
 use crate::{headers, inbound, upstream::Upstream};
 
 /// Everything a request needs, built once at startup and shared by all connections.
@@ -35,6 +36,7 @@ use crate::{headers, inbound, upstream::Upstream};
 pub struct State {
     identities: Identities,
     clients: Clients,
+    limiter: Limiter,
     upstream: Upstream,
     allowed_prefixes: Vec<String>,
     max_body_bytes: u64,
@@ -49,13 +51,22 @@ pub struct SetupError(pub String);
 impl State {
     /// Builds the shared state from a validated config.
     pub fn from_config(config: &Config) -> Result<Self, SetupError> {
+        Self::with_clock(config, Arc::new(SystemClock))
+    }
+
+    /// Builds the shared state with the rate limits reading time from `clock`.
+    pub fn with_clock(config: &Config, clock: Arc<dyn Clock>) -> Result<Self, SetupError> {
         let identities = Identities::from_config(config).map_err(|e| SetupError(e.to_string()))?;
         let clients = Clients::from_config(config, &identities);
+        let catalogue =
+            Catalogue::new(&config.limits.overrides).map_err(|e| SetupError(e.to_string()))?;
+        let limiter = Limiter::new(catalogue, identities.all(), &config.limits, clock);
         let upstream = Upstream::new(&config.upstream, config.server.request_timeout)
             .map_err(|e| SetupError(e.to_string()))?;
         Ok(Self {
             identities,
             clients,
+            limiter,
             upstream,
             allowed_prefixes: config.upstream.allowed_prefixes.clone(),
             max_body_bytes: config.server.max_body_bytes,
@@ -169,6 +180,10 @@ async fn handle(
         .ok_or_else(|| ProxyError::BadRequest("the request target has no path".to_owned()))?;
     inbound::check_target(path_and_query.path(), path_and_query.query())?;
     inbound::check_prefix(path_and_query.path(), &state.allowed_prefixes)?;
+    // The X endpoint, matched on the exact path that goes upstream (`None` is `other`).
+    let catalogue = state.limiter.catalogue();
+    let endpoint_id = catalogue.lookup(&parts.method, path_and_query.path());
+    let endpoint = endpoint_id.and_then(|e| catalogue.get(e));
 
     // 4. An OAuth 2.0 user with no stored token (401), before anything costs work.
     if identity.kind == IdentityKind::Oauth2User {
@@ -180,16 +195,142 @@ async fn handle(
         }
     }
 
-    // 5. Body size, when declared (413); a streamed body is cut at the same limit below.
+    // 5. The endpoint's auth kinds and OAuth 2.0 scopes (403).
+    if let Some(endpoint) = endpoint {
+        limits::precheck(endpoint, identity, &identity.scopes)?;
+    }
+
+    // 6. Body size, when declared (413); a streamed body is cut at the same limit below.
     if content_length(&parts.headers).is_some_and(|n| n > state.max_body_bytes) {
         return Err(ProxyError::BodyTooLarge {
             limit: state.max_body_bytes,
         });
     }
 
-    // 6. Credentials (401), over exactly the URL that goes upstream. A form body on an
+    // 7. Rate limits (429): every bucket the request draws from, or none.
+    let mut admission = admit(state, client, id, identity, endpoint_id).await?;
+
+    // 8. Credentials (401), over exactly the URL that goes upstream. A form body on an
     //    OAuth 1.0a identity is read (bounded) because its parameters are signed; every other
-    //    body is streamed.
+    //    body is streamed. A failure here sends nothing, so the reservations are given back.
+    let prepared = prepare(state, identity, &mut parts, path_and_query, body).await;
+    let body = match prepared {
+        Ok(body) => body,
+        Err(e) => {
+            admission.release();
+            return Err(e);
+        }
+    };
+
+    // 9. Upstream (502, 504), and the answer streamed back.
+    let resp = match state.upstream.send(Request::from_parts(parts, body)).await {
+        Ok(resp) => resp,
+        Err(e) => {
+            if let ProxyError::UpstreamUnavailable {
+                failure: UpstreamFailure::Connect | UpstreamFailure::Tls,
+                ..
+            } = e
+            {
+                // No connection, so nothing reached X.
+                admission.release();
+            }
+            return Err(e);
+        }
+    };
+    let (mut parts, body) = resp.into_parts();
+    admission.learn(&parts.headers);
+    drop(admission);
+    if let Some(date) = parts.headers.get(header::DATE) {
+        state
+            .identities
+            .skew()
+            .observe(date, &SystemClock as &dyn Clock);
+    }
+    record.upstream_status = Some(parts.status.as_u16());
+    headers::clean_response(&mut parts.headers);
+    parts.version = Version::HTTP_11;
+    if parts.status == StatusCode::TOO_MANY_REQUESTS {
+        // Small, and read whole to see whether it is X's usage-capped problem (rule 3).
+        let bytes = read_upstream_small(body, state.idle_timeout).await?;
+        if limits::is_usage_capped(&bytes) {
+            tracing::warn!(
+                identity = %identity.name,
+                "X answered usage-capped: requests of this App are answered locally for limits.usage_cap_cooldown"
+            );
+            state.limiter.usage_capped(id);
+        }
+        return Ok(Response::from_parts(parts, ProxyBody::full(bytes)));
+    }
+    Ok(Response::from_parts(
+        parts,
+        ProxyBody::upstream(body, state.idle_timeout),
+    ))
+}
+
+/// Reserves the request's buckets (and the client's own share); with `on_exhausted =
+/// "wait"`, waits for room while it comes within `max_wait` of the request's arrival.
+async fn admit<'s>(
+    state: &'s State,
+    client: &Client,
+    id: IdentityId,
+    identity: &Identity,
+    endpoint_id: Option<EndpointId>,
+) -> Result<Admission<'s>, ProxyError> {
+    let limiter = &state.limiter;
+    let endpoint = endpoint_id.and_then(|e| limiter.catalogue().get(e));
+    let deadline = Instant::now() + limiter.max_wait();
+    loop {
+        let now_ms = limiter.now_ms();
+        let (wait, err) = match limiter.admit(id, endpoint_id) {
+            Ok(mut admission) => {
+                let Some(share) = &client.rate else {
+                    return Ok(admission);
+                };
+                match share.check() {
+                    Ok(()) => return Ok(admission),
+                    Err(wait) => {
+                        admission.release();
+                        let err = limits::client_rate_error(
+                            &client.name,
+                            share.rate(),
+                            endpoint,
+                            wait,
+                            now_ms,
+                        );
+                        (Some(wait), err)
+                    }
+                }
+            }
+            Err(refused) => {
+                let wait = match refused {
+                    Refused::Window(r) => {
+                        Some(Duration::from_millis(r.reset_ms.saturating_sub(now_ms)))
+                    }
+                    Refused::UsageCapped { .. } => None,
+                };
+                (
+                    wait,
+                    limits::refused_error(refused, &identity.name, endpoint, now_ms),
+                )
+            }
+        };
+        match wait {
+            Some(wait) if Instant::now() + wait <= deadline => {
+                tokio::time::sleep(wait.max(Duration::from_millis(1))).await;
+            }
+            _ => return Err(err),
+        }
+    }
+}
+
+/// The request as it goes upstream: URI, cleaned headers, credentials, and its body.
+async fn prepare(
+    state: &State,
+    identity: &Identity,
+    parts: &mut http::request::Parts,
+    path_and_query: http::uri::PathAndQuery,
+    body: Incoming,
+) -> Result<UpstreamBody, ProxyError> {
     let uri = state.upstream.uri(path_and_query)?;
     let form = matches!(identity.credential, Credential::Oauth1(_)) && is_form(&parts.headers);
     let (form_body, body) = if form {
@@ -206,28 +347,30 @@ async fn handle(
         form_body.as_deref(),
         &mut parts.headers,
     )?;
-
-    // 7. Upstream (502, 504), and the answer streamed back.
     parts.uri = uri;
     parts.version = Version::HTTP_11;
-    let resp = state
-        .upstream
-        .send(Request::from_parts(parts, body))
-        .await?;
-    let (mut parts, body) = resp.into_parts();
-    if let Some(date) = parts.headers.get(header::DATE) {
-        state
-            .identities
-            .skew()
-            .observe(date, &SystemClock as &dyn Clock);
+    Ok(body)
+}
+
+/// The most of an upstream 429 body read to look for `usage-capped`.
+const MAX_429_BODY: usize = 64 * 1024;
+
+/// Reads a small upstream body whole, within `idle` per wait.
+async fn read_upstream_small(body: Incoming, idle: Duration) -> Result<Bytes, ProxyError> {
+    let failed = |detail: String| ProxyError::UpstreamUnavailable {
+        failure: UpstreamFailure::Reset,
+        detail,
+    };
+    let collect = http_body_util::Limited::new(body, MAX_429_BODY).collect();
+    match tokio::time::timeout(idle, collect).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) => Err(failed(format!(
+            "the 429 answer's body could not be read: {e}"
+        ))),
+        Err(_elapsed) => Err(failed(format!(
+            "the 429 answer's body sent nothing for {idle:?}"
+        ))),
     }
-    record.upstream_status = Some(parts.status.as_u16());
-    headers::clean_response(&mut parts.headers);
-    parts.version = Version::HTTP_11;
-    Ok(Response::from_parts(
-        parts,
-        ProxyBody::upstream(body, state.idle_timeout),
-    ))
 }
 
 /// Reads a whole body, at most `limit` bytes (413 past it).

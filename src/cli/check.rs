@@ -4,6 +4,7 @@ use std::io::Write;
 
 use super::{CliError, io_error};
 use crate::config::{ClientAuth, Config, UserAuth, format_duration};
+use crate::limits::Catalogue;
 
 pub(super) fn run(
     config: &Config,
@@ -26,10 +27,22 @@ pub(super) fn run(
             .map_err(|e| io_error(&e))?;
         }
     }
-    summary(config, out).map_err(|e| io_error(&e))
+    let catalogue = Catalogue::new(&[]).map_err(|e| CliError::Runtime(e.to_string()))?;
+    for (i, o) in config.limits.overrides.iter().enumerate() {
+        if catalogue.find(&o.endpoint).is_none() {
+            writeln!(
+                err,
+                "warning: limits.override[{i}].endpoint: {} is not in the endpoint catalogue (X API v{}); it is added, with no auth pre-check",
+                o.endpoint,
+                Catalogue::spec().0
+            )
+            .map_err(|e| io_error(&e))?;
+        }
+    }
+    summary(config, &catalogue, out).map_err(|e| io_error(&e))
 }
 
-fn summary(c: &Config, out: &mut dyn Write) -> std::io::Result<()> {
+fn summary(c: &Config, catalogue: &Catalogue, out: &mut dyn Write) -> std::io::Result<()> {
     if let Some(src) = &c.source {
         writeln!(out, "config {}: OK", src.display())?;
     } else {
@@ -157,6 +170,12 @@ fn summary(c: &Config, out: &mut dyn Write) -> std::io::Result<()> {
         },
         format_duration(l.max_wait),
         format_duration(l.usage_cap_cooldown)
+    )?;
+    writeln!(
+        out,
+        "endpoint catalogue: {} endpoints (X API v{})",
+        catalogue.endpoints().len(),
+        Catalogue::spec().0
     )?;
     if !l.overrides.is_empty() {
         writeln!(out, "overrides:")?;

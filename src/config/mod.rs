@@ -306,6 +306,9 @@ pub struct Limits {
     pub overrides: Vec<Override>,
 }
 
+/// Most rates one `app` or `user` list of an override may hold.
+pub const MAX_RATES_PER_FIGURE: usize = 4;
+
 /// `[[limits.override]]`: replaces the built-in figures of one endpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Override {

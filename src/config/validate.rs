@@ -15,8 +15,8 @@ use super::raw::{self, RawApp, RawClient, RawOverride, RawSecret, RawUser};
 use super::units::{Rate, parse_duration};
 use super::{
     Admin, App, Client, ClientAuth, Config, ConfigError, ConsumerKeys, EndpointPattern, Env,
-    Limits, Oauth2Client, OnExhausted, Override, Problem, Server, Store, TlsFiles, Upstream, User,
-    UserAuth,
+    Limits, MAX_RATES_PER_FIGURE, Oauth2Client, OnExhausted, Override, Problem, Server, Store,
+    TlsFiles, Upstream, User, UserAuth,
 };
 use crate::secret::{SecretString, StoreKey};
 
@@ -867,6 +867,12 @@ impl Validator<'_> {
             let mut out: Vec<Rate> = Vec::with_capacity(list.len());
             for s in list {
                 match Rate::parse(&s) {
+                    Ok(_) if out.len() == MAX_RATES_PER_FIGURE => {
+                        self.problem(
+                            at(key),
+                            format!("at most {MAX_RATES_PER_FIGURE} rates per endpoint"),
+                        );
+                    }
                     Ok(r) if out.iter().any(|o| o.window == r.window) => {
                         self.problem(at(key), format!("two rates with the same window ({r})"));
                     }

@@ -37,6 +37,9 @@ rate = "50/1s"
 endpoint = "GET /2/tweets/search/recent"
 app = "450/15m"
 user = "180/15m"
+[[limits.override]]
+endpoint = "GET /2/not/{thing}"
+app = "5/1m"
 "#;
 
 const SECRETS: &[(&str, &str)] = &[
@@ -82,6 +85,7 @@ fn check_prints_a_summary_without_secrets_and_creates_no_store() {
         "rate: 50/1s",
         "GET /2/tweets/search/recent",
         "450/15m",
+        "endpoint catalogue: 181 endpoints (X API v2.167)",
     ] {
         assert!(
             run.stdout.contains(needle),
@@ -89,6 +93,14 @@ fn check_prints_a_summary_without_secrets_and_creates_no_store() {
             run.stdout
         );
     }
+    // An override for an endpoint the catalogue lacks adds it, with a warning.
+    assert!(
+        run.stderr.contains(
+            "warning: limits.override[1].endpoint: GET /2/not/:thing is not in the endpoint catalogue"
+        ),
+        "{}",
+        run.stderr
+    );
     // bob has no stored token yet: a warning, not an error.
     assert!(
         run.stderr

@@ -16,6 +16,8 @@ mod proxy_inbound;
 #[cfg(test)]
 mod proxy_lifecycle;
 #[cfg(test)]
+mod proxy_limits;
+#[cfg(test)]
 mod proxy_upstream;
 #[cfg(test)]
 mod support;

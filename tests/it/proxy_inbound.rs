@@ -391,7 +391,7 @@ async fn bodies_over_the_limit_get_413() {
     // Declared length over the limit: refused before upstream.
     let a = send(
         proxy.addr,
-        request("POST", "/2/tweets")
+        request("POST", "/2/compliance/jobs")
             .header("x-xgate-key", KEY)
             .header("content-type", "application/json")
             .body(Full::new(Bytes::from(vec![b'x'; 1001])))
@@ -402,7 +402,7 @@ async fn bodies_over_the_limit_get_413() {
     assert!(fake.requests().is_empty());
     // Chunked (no length) over the limit: cut while streaming.
     let chunked = format!(
-        "POST /2/tweets HTTP/1.1\r\nHost: x\r\nx-xgate-key: {KEY}\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n3e8\r\n{}\r\n3e8\r\n{}\r\n0\r\n\r\n",
+        "POST /2/compliance/jobs HTTP/1.1\r\nHost: x\r\nx-xgate-key: {KEY}\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n3e8\r\n{}\r\n3e8\r\n{}\r\n0\r\n\r\n",
         "y".repeat(1000),
         "y".repeat(1000)
     );
@@ -424,7 +424,7 @@ async fn bodies_over_the_limit_get_413() {
     // At the limit it passes.
     let a = send(
         proxy.addr,
-        request("POST", "/2/tweets")
+        request("POST", "/2/compliance/jobs")
             .header("x-xgate-key", KEY)
             .header("content-type", "application/json")
             .body(Full::new(Bytes::from(vec![b'z'; 1000])))
@@ -433,7 +433,11 @@ async fn bodies_over_the_limit_get_413() {
     .await;
     assert_eq!(a.status, 200);
     assert_eq!(
-        fake.requests_to("/2/tweets").last().unwrap().body.len(),
+        fake.requests_to("/2/compliance/jobs")
+            .last()
+            .unwrap()
+            .body
+            .len(),
         1000
     );
 }
@@ -443,7 +447,7 @@ async fn expect_continue_is_answered_here_and_trailers_are_dropped() {
     let (fake, proxy) = setup().await;
     let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    s.write_all(format!("POST /2/tweets HTTP/1.1\r\nHost: x\r\nx-xgate-key: {KEY}\r\ncontent-type: application/json\r\ncontent-length: 2\r\nexpect: 100-continue\r\nconnection: close\r\n\r\n").as_bytes()).await.unwrap();
+    s.write_all(format!("POST /2/compliance/jobs HTTP/1.1\r\nHost: x\r\nx-xgate-key: {KEY}\r\ncontent-type: application/json\r\ncontent-length: 2\r\nexpect: 100-continue\r\nconnection: close\r\n\r\n").as_bytes()).await.unwrap();
     let mut buf = [0u8; 64];
     let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
         .await
@@ -464,7 +468,7 @@ async fn expect_continue_is_answered_here_and_trailers_are_dropped() {
     // A chunked body with a trailer: the trailer stays here.
     let out = raw(
         proxy.addr,
-        format!("POST /2/tweets HTTP/1.1\r\nHost: x\r\nx-xgate-key: {KEY}\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\ntrailer: x-checksum\r\nconnection: close\r\n\r\n2\r\n{{}}\r\n0\r\nx-checksum: 1\r\n\r\n").as_bytes(),
+        format!("POST /2/compliance/jobs HTTP/1.1\r\nHost: x\r\nx-xgate-key: {KEY}\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\ntrailer: x-checksum\r\nconnection: close\r\n\r\n2\r\n{{}}\r\n0\r\nx-checksum: 1\r\n\r\n").as_bytes(),
         Duration::from_secs(10),
     )
     .await;
@@ -534,10 +538,22 @@ async fn order_of_answers() {
         "{}",
         a.text()
     );
-    // The body size (413) before other credentials (401).
+    // The auth pre-check (403: an App on an endpoint that needs user context) before the
+    // body size (413).
     let a = send(
         proxy.addr,
         request("POST", "/2/tweets")
+            .header("x-xgate-key", KEY)
+            .header("x-xgate-identity", "bare")
+            .body(huge())
+            .unwrap(),
+    )
+    .await;
+    assert_problem(&a, 403, "auth-type-unsupported");
+    // The body size (413) before other credentials (401).
+    let a = send(
+        proxy.addr,
+        request("POST", "/2/compliance/jobs")
             .header("x-xgate-key", KEY)
             .header("x-xgate-identity", "bare")
             .body(huge())

@@ -205,7 +205,7 @@ async fn tls_upstream_with_ca_file_and_tls_failures() {
     ));
     // Without the CA the certificate is not trusted: 502, and the request never arrived.
     let without = Proxy::start(&config(&fake.base_url(), "")).await;
-    let a = get(without.addr, "/2/users/me", None).await;
+    let a = get(without.addr, "/2/users/me", Some("alice")).await;
     assert_eq!(
         (a.status.as_u16(), a.kind()),
         (502, Some("upstream-unavailable"))

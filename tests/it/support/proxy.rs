@@ -33,7 +33,7 @@ fn sha(key: &str) -> String {
 
 /// The standard test config: App `main` (Bearer, consumer keys), OAuth 1.0a user `alice`,
 /// OAuth 2.0 user `bob` (no stored token), App `bare` (no credentials), clients `backend`
-/// (all identities, default main) and `narrow` (main only). `extra` is appended.
+/// (all identities, default main) and `narrow` (main only). `extra` is spliced in by section.
 pub fn config(upstream: &str, extra: &str) -> String {
     format!(
         r#"
@@ -71,16 +71,19 @@ name = "narrow"
 key_sha256 = "{narrow}"
 identities = ["main"]
 {extra_clients}
+{extra_limits}
 "#,
         extra_server = section(extra, "server"),
         extra_upstream = section(extra, "upstream"),
         extra_clients = section(extra, "clients"),
+        extra_limits = section(extra, "limits"),
         backend = sha(KEY),
         narrow = sha(NARROW_KEY),
     )
 }
 
-/// Lines of `extra` after a `#server` / `#upstream` / `#clients` marker line.
+/// Lines of `extra` after a `#server` / `#upstream` / `#clients` / `#limits` marker line
+/// (`#clients` lines continue the last client, `narrow`; `#limits` lines end the file).
 fn section(extra: &str, name: &str) -> String {
     let mut out = String::new();
     let mut on = false;

@@ -1,0 +1,304 @@
+//! The endpoint catalogue: every X API v2 operation, what auth it takes and X's limits.
+//!
+//! Owns the row type of the generated table (`catalogue_table.rs`, made by
+//! `scripts/gen_catalogue.py` from X's OpenAPI document and the fact sheet), the
+//! [`Catalogue`] built from it at startup with `[[limits.override]]` applied, and matching a
+//! request's method and path to an endpoint: one radix router (`matchit`) per method, so a
+//! lookup costs time proportional to the path, never to the number of endpoints. Matching is
+//! on the raw path that goes upstream; a path the catalogue does not know is `None` (the
+//! `other` endpoint of CONTRACT section 5 rule 5).
+
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use http::Method;
+
+use crate::config::{EndpointPattern, Override, Rate};
+
+/// Auth kind bits of [`Row::auth`]: app-only Bearer.
+pub(super) const APP: u8 = 1;
+/// OAuth 2.0 user context.
+pub(super) const O2U: u8 = 2;
+/// OAuth 1.0a user context.
+pub(super) const O1U: u8 = 4;
+
+/// One row of the generated table.
+#[derive(Debug)]
+pub(super) struct Row {
+    pub(super) method: &'static str,
+    /// Docs style: `/2/tweets/:id`.
+    pub(super) path: &'static str,
+    pub(super) auth: u8,
+    pub(super) scopes: &'static [&'static str],
+    pub(super) stream: bool,
+    pub(super) app: &'static [(u32, u32)],
+    pub(super) user: &'static [(u32, u32)],
+    /// False for the documented endpoints the spec lacks.
+    pub(super) in_spec: bool,
+}
+
+/// A rate of the table: `(limit, window in seconds)`.
+pub(super) const fn r(limit: u32, window_secs: u32) -> (u32, u32) {
+    (limit, window_secs)
+}
+
+/// Which kinds of auth an endpoint accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuthKinds(u8);
+
+impl AuthKinds {
+    /// App-only Bearer.
+    pub fn app(self) -> bool {
+        self.0 & APP != 0
+    }
+    /// OAuth 2.0 user context.
+    pub fn oauth2_user(self) -> bool {
+        self.0 & O2U != 0
+    }
+    /// OAuth 1.0a user context.
+    pub fn oauth1_user(self) -> bool {
+        self.0 & O1U != 0
+    }
+    /// No auth at all (X's `GET /2/openapi.json`): nothing to pre-check.
+    pub fn none(self) -> bool {
+        self.0 == 0
+    }
+
+    /// `"app-only Bearer, OAuth 2.0 user context"`, for problem details.
+    pub fn describe(self) -> String {
+        let names: Vec<&str> = [
+            (APP, "app-only Bearer"),
+            (O2U, "OAuth 2.0 user context"),
+            (O1U, "OAuth 1.0a user context"),
+        ]
+        .iter()
+        .filter(|(bit, _)| self.0 & bit != 0)
+        .map(|(_, name)| *name)
+        .collect();
+        names.join(" or ")
+    }
+}
+
+/// One window set of an endpoint (per App or per user), and whether `[[limits.override]]`
+/// set it (an override also wins over the limit X reports).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Figure {
+    /// The windows; empty when X publishes none.
+    pub rates: Vec<Rate>,
+    /// Set by `[[limits.override]]`.
+    pub overridden: bool,
+}
+
+/// An endpoint of the catalogue.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    /// `METHOD /2/path/:param`, as X's docs name it: the metrics' `endpoint` label.
+    pub name: String,
+    /// Auth kinds it accepts.
+    pub auth: AuthKinds,
+    /// OAuth 2.0 scopes it needs, all together.
+    pub scopes: &'static [&'static str],
+    /// A streaming endpoint.
+    pub stream: bool,
+    /// Per-App figure.
+    pub app: Figure,
+    /// Per-user figure.
+    pub user: Figure,
+    /// In X's OpenAPI document (false: a documented endpoint the spec lacks, or one added by
+    /// an override).
+    pub in_spec: bool,
+}
+
+/// Index of an endpoint in the [`Catalogue`].
+pub type EndpointId = usize;
+
+/// The methods X's API uses; each has its own router.
+const METHODS: [Method; 5] = [
+    Method::GET,
+    Method::POST,
+    Method::PUT,
+    Method::DELETE,
+    Method::PATCH,
+];
+
+fn method_index(method: &Method) -> Option<usize> {
+    METHODS.iter().position(|m| m == method)
+}
+
+/// Every endpoint, and the routers that find them.
+#[derive(Debug)]
+pub struct Catalogue {
+    endpoints: Vec<Endpoint>,
+    routers: [matchit::Router<EndpointId>; 5],
+}
+
+/// The catalogue could not be built (a generated row or an override that the router refuses).
+#[derive(Debug, thiserror::Error)]
+#[error("endpoint catalogue: {0}")]
+pub struct CatalogueError(String);
+
+fn rates_of(table: &[(u32, u32)]) -> Vec<Rate> {
+    table
+        .iter()
+        .filter_map(|&(limit, secs)| {
+            Some(Rate {
+                limit: NonZeroU32::new(limit)?,
+                window: Duration::from_secs(u64::from(secs)),
+            })
+        })
+        .collect()
+}
+
+/// `/2/tweets/:id` → `/2/tweets/{}`: the shape overrides are compared by.
+fn shape(docs_path: &str) -> String {
+    docs_path
+        .split('/')
+        .map(|seg| if seg.starts_with(':') { "{}" } else { seg })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// `/2/users/:id/following/:target` → `/2/users/{p0}/following/{p1}`: matchit needs one
+/// parameter name per position, and X's spec names the same position differently in
+/// different operations, so the router gets positional names.
+fn router_path(docs_path: &str) -> String {
+    let mut n = 0;
+    docs_path
+        .split('/')
+        .map(|seg| {
+            if seg.starts_with(':') {
+                n += 1;
+                format!("{{p{n}}}")
+            } else {
+                seg.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// The endpoint an override names: same method, same shape.
+fn find(endpoints: &[Endpoint], pattern: &EndpointPattern) -> Option<EndpointId> {
+    endpoints.iter().position(|e| {
+        e.name
+            .split_once(' ')
+            .is_some_and(|(m, p)| m == pattern.method && shape(p) == pattern.shape)
+    })
+}
+
+impl Catalogue {
+    /// The endpoint `pattern` (an override's `endpoint`) names, if the catalogue has it.
+    pub fn find(&self, pattern: &EndpointPattern) -> Option<&Endpoint> {
+        find(&self.endpoints, pattern).and_then(|i| self.endpoints.get(i))
+    }
+
+    /// The built-in catalogue with `overrides` applied. An override for an endpoint the
+    /// catalogue lacks adds that endpoint (any auth, no scopes).
+    pub fn new(overrides: &[Override]) -> Result<Self, CatalogueError> {
+        let mut endpoints: Vec<Endpoint> = super::catalogue_table::ROWS
+            .iter()
+            .map(|row| Endpoint {
+                name: format!("{} {}", row.method, row.path),
+                auth: AuthKinds(row.auth),
+                scopes: row.scopes,
+                stream: row.stream,
+                app: Figure {
+                    rates: rates_of(row.app),
+                    overridden: false,
+                },
+                user: Figure {
+                    rates: rates_of(row.user),
+                    overridden: false,
+                },
+                in_spec: row.in_spec,
+            })
+            .collect();
+        for o in overrides {
+            let i = match find(&endpoints, &o.endpoint) {
+                Some(i) => i,
+                None => {
+                    endpoints.push(Endpoint {
+                        name: o.endpoint.to_string(),
+                        auth: AuthKinds(APP | O2U | O1U),
+                        scopes: &[],
+                        stream: false,
+                        app: Figure::default(),
+                        user: Figure::default(),
+                        in_spec: false,
+                    });
+                    endpoints.len() - 1
+                }
+            };
+            if let Some(e) = endpoints.get_mut(i) {
+                if !o.app.is_empty() {
+                    e.app = Figure {
+                        rates: o.app.clone(),
+                        overridden: true,
+                    };
+                }
+                if !o.user.is_empty() {
+                    e.user = Figure {
+                        rates: o.user.clone(),
+                        overridden: true,
+                    };
+                }
+            }
+        }
+        let mut routers: [matchit::Router<EndpointId>; 5] = Default::default();
+        for (id, e) in endpoints.iter().enumerate() {
+            let (method, path) = e
+                .name
+                .split_once(' ')
+                .ok_or_else(|| CatalogueError(format!("{}: no method", e.name)))?;
+            let m = method
+                .parse::<Method>()
+                .ok()
+                .as_ref()
+                .and_then(method_index)
+                .ok_or_else(|| CatalogueError(format!("{}: unknown method", e.name)))?;
+            let router = routers
+                .get_mut(m)
+                .ok_or_else(|| CatalogueError(format!("{}: unknown method", e.name)))?;
+            router
+                .insert(router_path(path), id)
+                .map_err(|err| CatalogueError(format!("{}: {err}", e.name)))?;
+        }
+        Ok(Self { endpoints, routers })
+    }
+
+    /// The endpoint a request calls; `None` is `other`. `HEAD` counts as the `GET` it
+    /// mirrors.
+    pub fn lookup(&self, method: &Method, path: &str) -> Option<EndpointId> {
+        let method = if method == Method::HEAD {
+            &Method::GET
+        } else {
+            method
+        };
+        let router = self.routers.get(method_index(method)?)?;
+        router.at(path).ok().map(|m| *m.value)
+    }
+
+    /// The endpoint at `id`.
+    pub fn get(&self, id: EndpointId) -> Option<&Endpoint> {
+        self.endpoints.get(id)
+    }
+
+    /// Every endpoint, in table order (overrides' additions last).
+    pub fn endpoints(&self) -> &[Endpoint] {
+        &self.endpoints
+    }
+
+    /// The spec's `info.version` and SHA-256 the table was generated from.
+    pub fn spec() -> (&'static str, &'static str) {
+        (
+            super::catalogue_table::SPEC_VERSION,
+            super::catalogue_table::SPEC_SHA256,
+        )
+    }
+
+    /// Rows of the generated table (tests).
+    #[cfg(test)]
+    pub(super) fn rows() -> &'static [Row] {
+        super::catalogue_table::ROWS
+    }
+}
