@@ -6,8 +6,9 @@
 //! - [`ProxyBody`]: a response made here (problems, admin pages), or upstream's body relayed
 //!   frame by frame with an idle timeout (`idle_timeout`) and no total timeout.
 //!
-//! Trailers are dropped in both directions (CONTRACT section 3). Each [`ProxyBody`] can carry
-//! a guard that is dropped when the body is done, which is how a connection knows it is idle.
+//! Trailers are dropped in both directions (CONTRACT section 3). Each [`ProxyBody`] counts the
+//! bytes it relays and can carry a [`BodyDone`] told that count when the body is finished or
+//! dropped: that is where the access record is written and how a connection knows it is idle.
 
 use std::error::Error as StdError;
 use std::fmt;
@@ -122,16 +123,27 @@ impl Body for UpstreamBody {
 
 // === ProxyBody ===
 
-/// Something to drop when a response body is finished or abandoned.
-pub trait BodyGuard: Send + Sync + 'static {}
-
-impl<T: Send + Sync + 'static> BodyGuard for T {}
+/// Told once, when a response body is finished or abandoned, how many bytes it relayed.
+pub trait BodyDone: Send + Sync + 'static {
+    /// The body is done; `bytes` of data went to the client.
+    fn done(self: Box<Self>, bytes: u64);
+}
 
 /// The body of a response sent to the client.
 pub struct ProxyBody {
     kind: Kind,
-    /// Dropped with the body: marks the end of the exchange for the connection.
-    guard: Option<Box<dyn BodyGuard>>,
+    /// Data bytes relayed so far.
+    bytes: u64,
+    /// Told the byte count when the body is dropped.
+    done: Option<Box<dyn BodyDone>>,
+}
+
+impl Drop for ProxyBody {
+    fn drop(&mut self) {
+        if let Some(done) = self.done.take() {
+            done.done(self.bytes);
+        }
+    }
 }
 
 enum Kind {
@@ -163,7 +175,8 @@ impl ProxyBody {
     pub fn full(bytes: impl Into<Bytes>) -> Self {
         Self {
             kind: Kind::Full(Some(bytes.into())),
-            guard: None,
+            bytes: 0,
+            done: None,
         }
     }
 
@@ -175,13 +188,14 @@ impl ProxyBody {
                 idle,
                 timer: Box::pin(tokio::time::sleep(idle)),
             },
-            guard: None,
+            bytes: 0,
+            done: None,
         }
     }
 
-    /// Attaches `guard`, dropped when this body is.
-    pub fn set_guard(&mut self, guard: impl BodyGuard) {
-        self.guard = Some(Box::new(guard));
+    /// Attaches `done`, told the byte count when this body is finished or dropped.
+    pub fn on_done(&mut self, done: Box<dyn BodyDone>) {
+        self.done = Some(done);
     }
 }
 
@@ -195,14 +209,20 @@ impl Body for ProxyBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         match &mut this.kind {
-            Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| {
+                this.bytes += b.len() as u64;
+                Ok(Frame::data(b))
+            })),
             Kind::Upstream { inner, idle, timer } => loop {
                 match Pin::new(&mut *inner).poll_frame(cx) {
                     Poll::Ready(Some(Ok(frame))) => {
                         let deadline = tokio::time::Instant::now() + *idle;
                         timer.as_mut().reset(deadline);
                         match frame.into_data() {
-                            Ok(data) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                            Ok(data) => {
+                                this.bytes += data.len() as u64;
+                                return Poll::Ready(Some(Ok(Frame::data(data))));
+                            }
                             // Trailers are dropped.
                             Err(_trailers) => {}
                         }

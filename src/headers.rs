@@ -23,6 +23,8 @@ const HOP_BY_HOP: [HeaderName; 5] = [
 pub const XGATE_KEY: HeaderName = HeaderName::from_static("x-xgate-key");
 /// The identity a request asks for.
 pub const XGATE_IDENTITY: HeaderName = HeaderName::from_static("x-xgate-identity");
+/// A request's id: the client's when well-formed, else made here; returned on the response.
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 fn remove_hop_by_hop(headers: &mut HeaderMap) {
     if let Some(conn) = headers.get(header::CONNECTION) {

@@ -11,6 +11,7 @@
 //! - [`config`]: `proxy.toml` parsed and validated into a [`config::Config`].
 //! - [`auth`]: outbound credentials (Bearer, the OAuth 1.0a signer, clock skew).
 //! - [`limits`]: X's rate limits: the endpoint catalogue, buckets, the auth pre-check.
+//! - [`metrics`]: the Prometheus metrics of a running proxy.
 //! - [`secret`]: the redacting secret types.
 //! - [`clock`]: injected time and randomness.
 //! - [`client_key`]: client keys (`xgate key new`) and their hashes.
@@ -29,6 +30,7 @@ pub mod error;
 pub mod headers;
 pub mod inbound;
 pub mod limits;
+pub mod metrics;
 pub mod proxy;
 pub mod secret;
 pub mod server;

@@ -9,6 +9,7 @@
 //! as 499), and the per-connection activity count the server uses for `keepalive_timeout`.
 
 use std::convert::Infallible;
+use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -17,18 +18,20 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, Method, Request, Response, StatusCode, Version, header};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Version, header};
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use crate::auth::{Credential, Identities, Identity, IdentityId, IdentityKind};
-use crate::body::{ProxyBody, UpstreamBody};
+use crate::body::{BodyDone, ProxyBody, UpstreamBody};
 use crate::client_auth::{Client, Clients};
-use crate::clock::{Clock, SystemClock};
+use crate::clock::{Clock, NonceSource as _, RandomNonce, SystemClock};
 use crate::config::Config;
-use crate::error::{ProxyError, UpstreamFailure};
+use crate::error::{ErrorKind, ProxyError, UpstreamFailure};
+use crate::headers::REQUEST_ID;
 use crate::limits::{self, Admission, Catalogue, EndpointId, Limiter, Refused};
+use crate::metrics::{EndpointLabel, InflightMetric, LimitSource, Metrics};
 use crate::{headers, inbound, upstream::Upstream};
 
 /// Everything a request needs, built once at startup and shared by all connections.
@@ -37,6 +40,7 @@ pub struct State {
     identities: Identities,
     clients: Clients,
     limiter: Limiter,
+    metrics: Arc<Metrics>,
     upstream: Upstream,
     allowed_prefixes: Vec<String>,
     max_body_bytes: u64,
@@ -60,6 +64,8 @@ impl State {
         let clients = Clients::from_config(config, &identities);
         let catalogue =
             Catalogue::new(&config.limits.overrides).map_err(|e| SetupError(e.to_string()))?;
+        let metrics =
+            Arc::new(Metrics::new(&catalogue, &identities).map_err(|e| SetupError(e.to_string()))?);
         let limiter = Limiter::new(catalogue, identities.all(), &config.limits, clock);
         let upstream = Upstream::new(&config.upstream, config.server.request_timeout)
             .map_err(|e| SetupError(e.to_string()))?;
@@ -67,67 +73,147 @@ impl State {
             identities,
             clients,
             limiter,
+            metrics,
             upstream,
             allowed_prefixes: config.upstream.allowed_prefixes.clone(),
             max_body_bytes: config.server.max_body_bytes,
             idle_timeout: config.server.idle_timeout,
         })
     }
+
+    /// The proxy's metrics (the admin listener renders them).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
 }
 
-/// What the access log records about a request.
-#[derive(Debug)]
+/// Where a request got in matching its endpoint (the metrics' `endpoint` label).
+#[derive(Debug, Clone, Copy)]
+enum Matched {
+    /// Answered before the endpoint was matched: `-`.
+    No,
+    /// A catalogue endpoint, or `other` (`None`).
+    Yes(Option<EndpointId>),
+}
+
+/// What the access log and the metrics record about a request. Written when the response body
+/// is done (or when the client leaves before the response head: status 499), so it knows the
+/// bytes relayed; counted in the metrics at the response head.
 struct AccessRecord {
+    state: Arc<State>,
     start: Instant,
     method: Method,
     /// The path only: queries can be long and personal.
     path: String,
+    request_id: String,
     client: Option<Arc<str>>,
     identity: Option<Arc<str>>,
+    endpoint: Matched,
     upstream_status: Option<u16>,
-    done: bool,
+    upstream_time: Option<Duration>,
+    /// Status and time of the response head, once sent.
+    head: Option<(u16, Duration)>,
+    bytes: u64,
+    /// Released with the record: the connection's and the process's in-flight counts.
+    _inflight: (InflightGuard, InflightMetric),
+}
+
+impl fmt::Debug for AccessRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AccessRecord")
+            .field("request_id", &self.request_id)
+            .field("head", &self.head)
+            .finish_non_exhaustive()
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
 }
 
 impl AccessRecord {
-    fn new(method: Method, path: &str) -> Self {
-        Self {
-            start: Instant::now(),
-            method,
-            path: path.to_owned(),
-            client: None,
-            identity: None,
-            upstream_status: None,
-            done: false,
+    fn endpoint_label(&self) -> EndpointLabel<'_> {
+        match self.endpoint {
+            Matched::No => EndpointLabel::UNMATCHED,
+            Matched::Yes(id) => EndpointLabel::of(self.state.limiter.catalogue(), id),
         }
     }
 
-    fn emit(&self, status: u16) {
-        tracing::info!(
-            target: "xgate::access",
-            method = %self.method,
-            path = %self.path,
-            client = self.client.as_deref().unwrap_or("-"),
-            identity = self.identity.as_deref().unwrap_or("-"),
-            status,
-            upstream_status = self.upstream_status,
-            duration_ms = self.start.elapsed().as_secs_f64() * 1000.0,
-            "request"
-        );
+    /// The response head is going out with `status`: counted now.
+    fn head(&mut self, status: StatusCode) {
+        let took = self.start.elapsed();
+        self.head = Some((status.as_u16(), took));
+        self.count(status.as_u16(), took);
     }
 
-    fn finish(&mut self, status: StatusCode) {
-        self.done = true;
-        self.emit(status.as_u16());
+    fn count(&self, status: u16, took: Duration) {
+        self.state.metrics.request(
+            self.client.as_deref().unwrap_or("-"),
+            self.identity.as_deref().unwrap_or("-"),
+            self.endpoint_label(),
+            status,
+            took,
+        );
+    }
+}
+
+impl BodyDone for AccessRecord {
+    fn done(mut self: Box<Self>, bytes: u64) {
+        self.bytes = bytes;
     }
 }
 
 impl Drop for AccessRecord {
     fn drop(&mut self) {
-        if !self.done {
+        let (status, to_head) = self.head.unwrap_or_else(|| {
             // The client went away before the response head: its upstream request, if any,
-            // was cancelled with this future.
-            self.emit(499);
-        }
+            // was cancelled with the request's future.
+            let took = self.start.elapsed();
+            self.count(499, took);
+            (499, took)
+        });
+        tracing::info!(
+            target: "xgate::access",
+            request_id = %self.request_id,
+            client = self.client.as_deref().unwrap_or("-"),
+            identity = self.identity.as_deref().unwrap_or("-"),
+            endpoint = self.endpoint_label().name,
+            method = %self.method,
+            path = %self.path,
+            status,
+            upstream_status = self.upstream_status,
+            duration_ms = ms(to_head),
+            upstream_ms = self.upstream_time.map(ms),
+            bytes = self.bytes,
+            total_ms = ms(self.start.elapsed()),
+            "request"
+        );
+    }
+}
+
+/// The longest client `x-request-id` kept as it is.
+const MAX_REQUEST_ID: usize = 128;
+
+/// The client's `x-request-id` when it is well-formed (1 to 128 of `A-Z a-z 0-9 - _ . : @`)
+/// and does not look like a client key (`xgk_…`, which must never reach a log line), else a
+/// fresh random one.
+fn request_id(headers: &HeaderMap) -> String {
+    let given = headers
+        .get(REQUEST_ID)
+        .map(HeaderValue::as_bytes)
+        .filter(|v| {
+            (1..=MAX_REQUEST_ID).contains(&v.len())
+                && !v.starts_with(crate::client_key::KEY_PREFIX.as_bytes())
+                && v.iter()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:@".contains(b))
+        })
+        .and_then(|v| std::str::from_utf8(v).ok());
+    match given {
+        Some(id) => id.to_owned(),
+        // The nonce generator is a CSPRNG; should it fail, a request still gets an id.
+        None => RandomNonce
+            .nonce()
+            .unwrap_or_else(|_no_randomness| "-".to_owned()),
     }
 }
 
@@ -184,6 +270,7 @@ async fn handle(
     let catalogue = state.limiter.catalogue();
     let endpoint_id = catalogue.lookup(&parts.method, path_and_query.path());
     let endpoint = endpoint_id.and_then(|e| catalogue.get(e));
+    record.endpoint = Matched::Yes(endpoint_id);
 
     // 4. An OAuth 2.0 user with no stored token (401), before anything costs work.
     if identity.kind == IdentityKind::Oauth2User {
@@ -223,22 +310,32 @@ async fn handle(
     };
 
     // 9. Upstream (502, 504), and the answer streamed back.
+    let sent = Instant::now();
     let resp = match state.upstream.send(Request::from_parts(parts, body)).await {
         Ok(resp) => resp,
         Err(e) => {
-            if let ProxyError::UpstreamUnavailable {
-                failure: UpstreamFailure::Connect | UpstreamFailure::Tls,
-                ..
-            } = e
-            {
+            let failure = match &e {
+                ProxyError::UpstreamUnavailable { failure, .. } => Some(*failure),
+                _ => None,
+            };
+            state.metrics.upstream_error(failure);
+            if let Some(UpstreamFailure::Connect | UpstreamFailure::Tls) = failure {
                 // No connection, so nothing reached X.
                 admission.release();
             }
             return Err(e);
         }
     };
+    let took = sent.elapsed();
+    let label = EndpointLabel::of(catalogue, endpoint_id);
+    state.metrics.upstream(label, took);
+    record.upstream_time = Some(took);
     let (mut parts, body) = resp.into_parts();
-    admission.learn(&parts.headers);
+    if let (Some(remaining), Some(_)) = (admission.learn(&parts.headers), endpoint) {
+        state
+            .metrics
+            .remaining(&identity.name, label.name, remaining);
+    }
     drop(admission);
     if let Some(date) = parts.headers.get(header::DATE) {
         state
@@ -252,13 +349,19 @@ async fn handle(
     if parts.status == StatusCode::TOO_MANY_REQUESTS {
         // Small, and read whole to see whether it is X's usage-capped problem (rule 3).
         let bytes = read_upstream_small(body, state.idle_timeout).await?;
-        if limits::is_usage_capped(&bytes) {
+        let source = if limits::is_usage_capped(&bytes) {
             tracing::warn!(
                 identity = %identity.name,
                 "X answered usage-capped: requests of this App are answered locally for limits.usage_cap_cooldown"
             );
             state.limiter.usage_capped(id);
-        }
+            LimitSource::UsageCapped
+        } else {
+            LimitSource::Upstream
+        };
+        state
+            .metrics
+            .rate_limited(&identity.name, label.name, source);
         return Ok(Response::from_parts(parts, ProxyBody::full(bytes)));
     }
     Ok(Response::from_parts(
@@ -467,18 +570,43 @@ impl tower::Service<Request<Incoming>> for ProxyService {
 
     fn call(&mut self, req: Request<Incoming>) -> Self::Future {
         let state = Arc::clone(&self.state);
-        let guard = self.activity.begin();
+        let inflight = (self.activity.begin(), state.metrics.begin());
         Box::pin(async move {
-            let mut record = AccessRecord::new(req.method().clone(), req.uri().path());
+            let mut record = Box::new(AccessRecord {
+                state: Arc::clone(&state),
+                start: Instant::now(),
+                method: req.method().clone(),
+                path: req.uri().path().to_owned(),
+                request_id: request_id(req.headers()),
+                client: None,
+                identity: None,
+                endpoint: Matched::No,
+                upstream_status: None,
+                upstream_time: None,
+                head: None,
+                bytes: 0,
+                _inflight: inflight,
+            });
             let mut resp = match handle(&state, req, &mut record).await {
                 Ok(resp) => resp,
                 Err(e) => {
-                    tracing::debug!(error = %e, kind = %e.kind(), "request refused");
+                    let kind = e.kind();
+                    tracing::debug!(error = %e, %kind, "request refused");
+                    if matches!(kind, ErrorKind::RateLimited | ErrorKind::UsageCapped) {
+                        state.metrics.rate_limited(
+                            record.identity.as_deref().unwrap_or("-"),
+                            record.endpoint_label().name,
+                            LimitSource::Local,
+                        );
+                    }
                     e.to_response()
                 }
             };
-            record.finish(resp.status());
-            resp.body_mut().set_guard(guard);
+            if let Ok(id) = HeaderValue::from_str(&record.request_id) {
+                resp.headers_mut().insert(REQUEST_ID, id);
+            }
+            record.head(resp.status());
+            resp.body_mut().on_done(record);
             Ok(resp)
         })
     }

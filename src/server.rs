@@ -106,7 +106,13 @@ pub async fn run(
         .admin
         .local_addr()
         .map_err(|e| StartError(e.to_string()))?;
-    let admin = tokio::spawn(serve_admin(listeners.admin, Arc::clone(&readiness)));
+    let admin = tokio::spawn(serve_admin(
+        listeners.admin,
+        admin::Admin {
+            readiness: Arc::clone(&readiness),
+            metrics: Arc::clone(state.metrics()),
+        },
+    ));
     tracing::info!(
         "proxy listening on {proxy_addr} ({})",
         if tls.is_some() {
@@ -115,7 +121,7 @@ pub async fn run(
             "http: HTTP/1.1 and h2c"
         }
     );
-    tracing::info!("admin listening on {admin_addr} (/healthz /readyz)");
+    tracing::info!("admin listening on {admin_addr} (/healthz /readyz /metrics)");
     tracing::info!(
         upstream = %config.upstream.base_url,
         apps = config.apps.len(),
@@ -267,7 +273,7 @@ async fn idle_for(activity: &ConnActivity, keepalive: Duration) {
 }
 
 /// Serves the admin endpoints until aborted.
-async fn serve_admin(listener: TcpListener, readiness: Arc<Readiness>) {
+async fn serve_admin(listener: TcpListener, admin: admin::Admin) {
     let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
     loop {
         let (stream, _peer) = match listener.accept().await {
@@ -278,10 +284,10 @@ async fn serve_admin(listener: TcpListener, readiness: Arc<Readiness>) {
                 continue;
             }
         };
-        let readiness = Arc::clone(&readiness);
+        let admin = admin.clone();
         let builder = Arc::clone(&builder);
         tokio::spawn(async move {
-            let service = service_fn(move |req| admin::handle(Arc::clone(&readiness), req));
+            let service = service_fn(move |req| admin::handle(admin.clone(), req));
             if let Err(e) = builder
                 .serve_connection(TokioIo::new(stream), service)
                 .await

@@ -10,6 +10,8 @@
 #[cfg(test)]
 mod cli;
 #[cfg(test)]
+mod observability;
+#[cfg(test)]
 mod proxy_auth;
 #[cfg(test)]
 mod proxy_inbound;

@@ -1,0 +1,364 @@
+//! Prometheus metrics (CONTRACT section 8), in a registry owned by the running proxy.
+//!
+//! Owns every metric of the contract and their label sets. The registry belongs to one
+//! [`Metrics`] (one per running proxy, so tests can run several in a process), and the admin
+//! listener renders it at `/metrics`. Labels are bounded: endpoint templates from the
+//! catalogue (`other` for paths it does not know, `-` for requests answered before the
+//! endpoint was matched), configured client and identity names (`-` when not known), status
+//! codes, and the fixed `source`, `outcome` and `kind` values. No label or value is ever a
+//! secret, a token or a client key.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use prometheus::{
+    Encoder as _, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
+};
+
+use crate::auth::{Identities, IdentityKind};
+use crate::error::UpstreamFailure;
+use crate::limits::Catalogue;
+
+/// Buckets for a proxy whose own overhead is well under a millisecond and whose upstream
+/// answers in tens to hundreds of milliseconds (seconds).
+const DURATION_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// `source` of `xgate_rate_limited_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitSource {
+    /// Answered by xgate.
+    Local,
+    /// X's own 429.
+    Upstream,
+    /// X's 429 `usage-capped`.
+    UsageCapped,
+}
+
+impl LimitSource {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Local => "local",
+            Self::Upstream => "upstream",
+            Self::UsageCapped => "usage-capped",
+        }
+    }
+}
+
+/// `outcome` of `xgate_token_refreshes_total`.
+pub const REFRESH_OUTCOMES: [&str; 3] = ["ok", "rejected", "error"];
+
+/// `kind` of `xgate_upstream_errors_total`.
+pub const UPSTREAM_ERROR_KINDS: [&str; 4] = ["connect", "timeout", "reset", "tls"];
+
+/// Every metric of the contract.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    request_duration: HistogramVec,
+    upstream_duration: HistogramVec,
+    /// Children of the two histograms per endpoint (`[catalogue endpoints..., other, -]`),
+    /// resolved once: the hot path then skips the label lookup.
+    by_endpoint: Box<[(OnceLock<Histogram>, OnceLock<Histogram>)]>,
+    rate_limited: IntCounterVec,
+    remaining: IntGaugeVec,
+    token_refreshes: IntCounterVec,
+    upstream_errors: IntCounterVec,
+    inflight: IntGauge,
+}
+
+/// A metric could not be registered (a programming error: names are fixed).
+#[derive(Debug, thiserror::Error)]
+#[error("metrics: {0}")]
+pub struct MetricsError(#[from] prometheus::Error);
+
+fn counter(name: &str, help: &str, labels: &[&str]) -> Result<IntCounterVec, MetricsError> {
+    Ok(IntCounterVec::new(Opts::new(name, help), labels)?)
+}
+
+fn histogram(name: &str, help: &str) -> Result<HistogramVec, MetricsError> {
+    Ok(HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(DURATION_BUCKETS.to_vec()),
+        &["endpoint"],
+    )?)
+}
+
+impl Metrics {
+    /// Registers every metric; counters whose label values are known up front (refresh
+    /// outcomes of OAuth 2.0 users, upstream error kinds) start at 0 so they are scraped
+    /// before the first event.
+    pub fn new(catalogue: &Catalogue, identities: &Identities) -> Result<Self, MetricsError> {
+        let registry = Registry::new();
+        let requests = counter(
+            "xgate_requests_total",
+            "Proxy requests answered, by client, identity, endpoint and status.",
+            &["client", "identity", "endpoint", "status"],
+        )?;
+        let request_duration = histogram(
+            "xgate_request_duration_seconds",
+            "Time from a request's arrival to its response headers.",
+        )?;
+        let upstream_duration = histogram(
+            "xgate_upstream_duration_seconds",
+            "Time from sending a request upstream to upstream's response headers.",
+        )?;
+        let rate_limited = counter(
+            "xgate_rate_limited_total",
+            "429 answers: local (xgate's buckets), upstream (X's), usage-capped (X's cap).",
+            &["identity", "endpoint", "source"],
+        )?;
+        let remaining = IntGaugeVec::new(
+            Opts::new(
+                "xgate_rate_limit_remaining",
+                "Requests left in the endpoint's window, as X last reported (x-rate-limit-remaining).",
+            ),
+            &["identity", "endpoint"],
+        )?;
+        let token_refreshes = counter(
+            "xgate_token_refreshes_total",
+            "OAuth 2.0 token refreshes, by outcome.",
+            &["identity", "outcome"],
+        )?;
+        let upstream_errors = counter(
+            "xgate_upstream_errors_total",
+            "Upstream exchanges that failed, by kind.",
+            &["kind"],
+        )?;
+        let inflight = IntGauge::new(
+            "xgate_inflight_requests",
+            "Proxy requests in flight (streams included until they end).",
+        )?;
+        let build_info = IntGaugeVec::new(
+            Opts::new("xgate_build_info", "Always 1; the version is a label."),
+            &["version"],
+        )?;
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        for identity in identities.all() {
+            if identity.kind == IdentityKind::Oauth2User {
+                for outcome in REFRESH_OUTCOMES {
+                    token_refreshes.with_label_values(&[&*identity.name, outcome]);
+                }
+            }
+        }
+        for kind in UPSTREAM_ERROR_KINDS {
+            upstream_errors.with_label_values(&[kind]);
+        }
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(request_duration.clone()))?;
+        registry.register(Box::new(upstream_duration.clone()))?;
+        registry.register(Box::new(rate_limited.clone()))?;
+        registry.register(Box::new(remaining.clone()))?;
+        registry.register(Box::new(token_refreshes.clone()))?;
+        registry.register(Box::new(upstream_errors.clone()))?;
+        registry.register(Box::new(inflight.clone()))?;
+        registry.register(Box::new(build_info))?;
+        let by_endpoint = (0..catalogue.endpoints().len() + 2)
+            .map(|_| (OnceLock::new(), OnceLock::new()))
+            .collect();
+        Ok(Self {
+            registry,
+            requests,
+            request_duration,
+            upstream_duration,
+            by_endpoint,
+            rate_limited,
+            remaining,
+            token_refreshes,
+            upstream_errors,
+            inflight,
+        })
+    }
+
+    /// `/metrics`: the Prometheus text format.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 * 1024);
+        // Encoding into a Vec cannot fail for these metric types.
+        let _never_fails = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        out
+    }
+
+    /// A request got its response head (or its client left first: 499).
+    pub fn request(
+        &self,
+        client: &str,
+        identity: &str,
+        endpoint: EndpointLabel<'_>,
+        status: u16,
+        to_head: Duration,
+    ) {
+        let code = http::StatusCode::from_u16(status).ok();
+        let code = code.as_ref().map_or("000", http::StatusCode::as_str);
+        self.requests
+            .with_label_values(&[client, identity, endpoint.name, code])
+            .inc();
+        self.histogram(endpoint, false)
+            .observe(to_head.as_secs_f64());
+    }
+
+    /// Upstream answered with its head after `took`.
+    pub fn upstream(&self, endpoint: EndpointLabel<'_>, took: Duration) {
+        self.histogram(endpoint, true).observe(took.as_secs_f64());
+    }
+
+    fn histogram(&self, endpoint: EndpointLabel<'_>, upstream: bool) -> Histogram {
+        let vec = if upstream {
+            &self.upstream_duration
+        } else {
+            &self.request_duration
+        };
+        let make = || vec.with_label_values(&[endpoint.name]);
+        match self.by_endpoint.get(endpoint.index) {
+            Some((req, up)) => {
+                let slot = if upstream { up } else { req };
+                slot.get_or_init(make).clone()
+            }
+            None => make(),
+        }
+    }
+
+    /// A 429 was answered (locally) or passed on (from X).
+    pub fn rate_limited(&self, identity: &str, endpoint: &str, source: LimitSource) {
+        self.rate_limited
+            .with_label_values(&[identity, endpoint, source.as_str()])
+            .inc();
+    }
+
+    /// X reported `remaining` for the identity's primary window of `endpoint`.
+    pub fn remaining(&self, identity: &str, endpoint: &str, remaining: u32) {
+        self.remaining
+            .with_label_values(&[identity, endpoint])
+            .set(i64::from(remaining));
+    }
+
+    /// An OAuth 2.0 refresh finished with `outcome` (one of [`REFRESH_OUTCOMES`]).
+    pub fn token_refresh(&self, identity: &str, outcome: &str) {
+        self.token_refreshes
+            .with_label_values(&[identity, outcome])
+            .inc();
+    }
+
+    /// An upstream exchange failed.
+    pub fn upstream_error(&self, failure: Option<UpstreamFailure>) {
+        let kind = failure.map_or("timeout", UpstreamFailure::as_str);
+        self.upstream_errors.with_label_values(&[kind]).inc();
+    }
+
+    /// The in-flight gauge, raised until the returned guard drops.
+    pub fn begin(&self) -> InflightMetric {
+        self.inflight.inc();
+        InflightMetric(self.inflight.clone())
+    }
+}
+
+/// Lowers `xgate_inflight_requests` when dropped.
+#[derive(Debug)]
+pub struct InflightMetric(IntGauge);
+
+impl Drop for InflightMetric {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// An endpoint label and where its histograms are cached.
+#[derive(Debug, Clone, Copy)]
+pub struct EndpointLabel<'a> {
+    /// The label value.
+    pub name: &'a str,
+    index: usize,
+}
+
+impl<'a> EndpointLabel<'a> {
+    /// The label of a request answered before its endpoint was matched.
+    pub const UNMATCHED: EndpointLabel<'static> = EndpointLabel {
+        name: "-",
+        index: usize::MAX,
+    };
+
+    /// The label of catalogue endpoint `id`, or `other` (`None`).
+    pub fn of(catalogue: &'a Catalogue, id: Option<crate::limits::EndpointId>) -> Self {
+        let other = catalogue.endpoints().len();
+        match id.and_then(|i| catalogue.get(i).map(|e| (i, e))) {
+            Some((index, e)) => Self {
+                name: &e.name,
+                index,
+            },
+            None => Self {
+                name: "other",
+                index: other,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    #[test]
+    fn every_contract_metric_renders_with_its_labels() {
+        let config = Config::from_toml_str(
+            r#"
+[apps.main]
+bearer_token = "t"
+oauth2_client_id = "c"
+[users.bob]
+app = "main"
+auth = "oauth2"
+scopes = ["tweet.read"]
+[[clients]]
+name = "c"
+anonymous = true
+identities = ["main"]
+"#,
+            std::path::Path::new("."),
+            &std::collections::BTreeMap::new(),
+        )
+        .unwrap();
+        let identities = Identities::from_config(&config).unwrap();
+        let catalogue = Catalogue::new(&[]).unwrap();
+        let m = Metrics::new(&catalogue, &identities).unwrap();
+        let tweet = catalogue.lookup(&http::Method::GET, "/2/tweets/1").unwrap();
+        let label = EndpointLabel::of(&catalogue, Some(tweet));
+        m.request("c", "main", label, 200, Duration::from_millis(3));
+        m.request("-", "-", EndpointLabel::UNMATCHED, 401, Duration::ZERO);
+        m.upstream(label, Duration::from_millis(2));
+        m.rate_limited("main", label.name, LimitSource::Local);
+        m.remaining("main", label.name, 42);
+        m.upstream_error(Some(UpstreamFailure::Connect));
+        let g = m.begin();
+        let text = String::from_utf8(m.render()).unwrap();
+        for want in [
+            "# TYPE xgate_requests_total counter",
+            r#"xgate_requests_total{client="c",endpoint="GET /2/tweets/:id",identity="main",status="200"} 1"#,
+            r#"xgate_requests_total{client="-",endpoint="-",identity="-",status="401"} 1"#,
+            "# TYPE xgate_request_duration_seconds histogram",
+            r#"xgate_request_duration_seconds_bucket{endpoint="GET /2/tweets/:id",le="0.005"} 1"#,
+            "# TYPE xgate_upstream_duration_seconds histogram",
+            r#"xgate_rate_limited_total{endpoint="GET /2/tweets/:id",identity="main",source="local"} 1"#,
+            r#"xgate_rate_limit_remaining{endpoint="GET /2/tweets/:id",identity="main"} 42"#,
+            r#"xgate_token_refreshes_total{identity="bob",outcome="rejected"} 0"#,
+            r#"xgate_upstream_errors_total{kind="connect"} 1"#,
+            r#"xgate_upstream_errors_total{kind="timeout"} 0"#,
+            "xgate_inflight_requests 1",
+            &format!(
+                r#"xgate_build_info{{version="{}"}} 1"#,
+                env!("CARGO_PKG_VERSION")
+            ),
+        ] {
+            assert!(text.contains(want), "missing {want}\n{text}");
+        }
+        drop(g);
+        assert!(
+            String::from_utf8(m.render())
+                .unwrap()
+                .contains("xgate_inflight_requests 0")
+        );
+    }
+}
