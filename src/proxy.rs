@@ -32,6 +32,7 @@ use crate::error::{ErrorKind, ProxyError, UpstreamFailure};
 use crate::headers::REQUEST_ID;
 use crate::limits::{self, Admission, Catalogue, EndpointId, Limiter, Refused};
 use crate::metrics::{EndpointLabel, InflightMetric, LimitSource, Metrics};
+use crate::telemetry::{self, access::Access};
 use crate::{headers, inbound, upstream::Upstream};
 
 /// Everything a request needs, built once at startup and shared by all connections.
@@ -127,10 +128,6 @@ impl fmt::Debug for AccessRecord {
     }
 }
 
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
 impl AccessRecord {
     fn endpoint_label(&self) -> EndpointLabel<'_> {
         match self.endpoint {
@@ -172,22 +169,21 @@ impl Drop for AccessRecord {
             self.count(499, took);
             (499, took)
         });
-        tracing::info!(
-            target: "xgate::access",
-            request_id = %self.request_id,
-            client = self.client.as_deref().unwrap_or("-"),
-            identity = self.identity.as_deref().unwrap_or("-"),
-            endpoint = self.endpoint_label().name,
-            method = %self.method,
-            path = %self.path,
+        let endpoint = self.endpoint_label();
+        telemetry::access::log(&Access {
+            request_id: &self.request_id,
+            client: self.client.as_deref().unwrap_or("-"),
+            identity: self.identity.as_deref().unwrap_or("-"),
+            endpoint: endpoint.name,
+            method: self.method.as_str(),
+            path: &self.path,
             status,
-            upstream_status = self.upstream_status,
-            duration_ms = ms(to_head),
-            upstream_ms = self.upstream_time.map(ms),
-            bytes = self.bytes,
-            total_ms = ms(self.start.elapsed()),
-            "request"
-        );
+            upstream_status: self.upstream_status,
+            duration: to_head,
+            upstream: self.upstream_time,
+            bytes: self.bytes,
+            total: self.start.elapsed(),
+        });
     }
 }
 

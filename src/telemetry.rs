@@ -12,6 +12,8 @@
 //! has not kept up for a while), lines are dropped and counted, and the count is logged once
 //! the writer catches up. [`LogGuard`] writes what is left when the command ends.
 
+pub mod access;
+
 use std::io::Write;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -156,6 +158,7 @@ pub fn init(format: LogFormat, filter: Targets) -> Option<LogGuard> {
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     match batch_writer(Box::new(std::io::stderr())) {
         Ok((writer, guard)) => {
+            access::install(writer.clone(), format);
             install(format, filter, writer, ansi);
             Some(guard)
         }

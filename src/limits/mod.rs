@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName};
 
 pub use bucket::Refusal;
 use bucket::{Bucket, Report, Ticket};
@@ -325,14 +325,14 @@ impl Admission<'_> {
                 b.learn(now, r, self.holds(b));
             }
         };
-        let primary = report(headers, "x-rate-limit");
+        let primary = report(headers, &PRIMARY_HEADERS);
         if let Some(r) = primary {
             apply(self.own, false, r);
         }
-        if let (Some(r), Some(_)) = (report(headers, "x-user-limit-24hour"), self.app) {
+        if let (Some(r), Some(_)) = (report(headers, &USER_DAY_HEADERS), self.app) {
             apply(self.own, true, r);
         }
-        if let Some(r) = report(headers, "x-app-limit-24hour") {
+        if let Some(r) = report(headers, &APP_DAY_HEADERS) {
             // For app-only requests the App's buckets are the identity's own.
             apply(self.app.or(self.own), true, r);
         }
@@ -348,25 +348,35 @@ impl Drop for Admission<'_> {
     }
 }
 
-/// Reads `{prefix}-limit`, `-remaining` and `-reset` (Unix seconds); `None` unless remaining
-/// and reset are both there and numeric.
-fn report(headers: &HeaderMap, prefix: &str) -> Option<Report> {
-    let num = |suffix: &str| -> Option<u64> {
-        let mut name = String::with_capacity(prefix.len() + suffix.len());
-        name.push_str(prefix);
-        name.push_str(suffix);
-        headers
-            .get(name.as_str())?
-            .to_str()
-            .ok()?
-            .trim()
-            .parse()
-            .ok()
+/// The three headers of one of X's windows: `-limit`, `-remaining`, `-reset`.
+type ReportHeaders = [HeaderName; 3];
+
+const PRIMARY_HEADERS: ReportHeaders = [
+    HeaderName::from_static("x-rate-limit-limit"),
+    HeaderName::from_static("x-rate-limit-remaining"),
+    HeaderName::from_static("x-rate-limit-reset"),
+];
+const USER_DAY_HEADERS: ReportHeaders = [
+    HeaderName::from_static("x-user-limit-24hour-limit"),
+    HeaderName::from_static("x-user-limit-24hour-remaining"),
+    HeaderName::from_static("x-user-limit-24hour-reset"),
+];
+const APP_DAY_HEADERS: ReportHeaders = [
+    HeaderName::from_static("x-app-limit-24hour-limit"),
+    HeaderName::from_static("x-app-limit-24hour-remaining"),
+    HeaderName::from_static("x-app-limit-24hour-reset"),
+];
+
+/// Reads one window's limit, remaining and reset (Unix seconds); `None` unless remaining and
+/// reset are both there and numeric.
+fn report(headers: &HeaderMap, [limit, remaining, reset]: &ReportHeaders) -> Option<Report> {
+    let num = |name: &HeaderName| -> Option<u64> {
+        headers.get(name)?.to_str().ok()?.trim().parse().ok()
     };
-    let remaining = num("-remaining")?;
-    let reset_s = num("-reset")?;
+    let remaining = num(remaining)?;
+    let reset_s = num(reset)?;
     Some(Report {
-        limit: num("-limit").map(|l| u32::try_from(l).unwrap_or(u32::MAX)),
+        limit: num(limit).map(|l| u32::try_from(l).unwrap_or(u32::MAX)),
         remaining: u32::try_from(remaining).unwrap_or(u32::MAX),
         reset_ms: reset_s.saturating_mul(1000),
     })
