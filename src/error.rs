@@ -231,6 +231,15 @@ pub enum ProxyError {
         hint: String,
     },
 
+    /// X refused the identity's refresh token: the user must log in again.
+    #[error("identity {identity}: {detail}")]
+    TokenRefreshFailed {
+        /// Identity name.
+        identity: String,
+        /// What X said and what to do.
+        detail: String,
+    },
+
     // === upstream ===
     /// Upstream could not be reached, or the exchange broke.
     #[error("upstream {}: {detail}", .failure.as_str())]
@@ -259,6 +268,7 @@ impl ProxyError {
             Self::PathNotAllowed => ErrorKind::PathNotAllowed,
             Self::BodyTooLarge { .. } => ErrorKind::BodyTooLarge,
             Self::CredentialsMissing { .. } => ErrorKind::CredentialsMissing,
+            Self::TokenRefreshFailed { .. } => ErrorKind::TokenRefreshFailed,
             Self::AuthTypeUnsupported { .. } => ErrorKind::AuthTypeUnsupported,
             Self::ScopeMissing { .. } => ErrorKind::ScopeMissing,
             Self::RateLimited { .. } => ErrorKind::RateLimited,
@@ -414,6 +424,13 @@ mod tests {
             (
                 ProxyError::Prepare("rng".into()),
                 ErrorKind::UpstreamUnavailable,
+            ),
+            (
+                ProxyError::TokenRefreshFailed {
+                    identity: "bob".into(),
+                    detail: "run xgate login".into(),
+                },
+                ErrorKind::TokenRefreshFailed,
             ),
             (
                 ProxyError::AuthTypeUnsupported {

@@ -13,6 +13,7 @@
 //! - [`limits`]: X's rate limits: the endpoint catalogue, buckets, the auth pre-check.
 //! - [`metrics`]: the Prometheus metrics of a running proxy.
 //! - [`secret`]: the redacting secret types.
+//! - [`store`]: the token store (SQLite, optionally encrypted).
 //! - [`clock`]: injected time and randomness.
 //! - [`client_key`]: client keys (`xgate key new`) and their hashes.
 //! - [`cli`]: the command line and its commands.
@@ -35,5 +36,6 @@ pub mod proxy;
 pub mod secret;
 pub mod server;
 pub mod stack;
+pub mod store;
 pub mod telemetry;
 pub mod upstream;

@@ -321,7 +321,7 @@ identities = ["main"]
             &std::collections::BTreeMap::new(),
         )
         .unwrap();
-        let identities = Identities::from_config(&config).unwrap();
+        let identities = Identities::from_config(&config, None).unwrap();
         let catalogue = Catalogue::new(&[]).unwrap();
         let m = Metrics::new(&catalogue, &identities).unwrap();
         let tweet = catalogue.lookup(&http::Method::GET, "/2/tweets/1").unwrap();

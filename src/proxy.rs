@@ -19,19 +19,23 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Version, header};
+use http_body::Body as _;
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
+use crate::auth::IdentitiesError;
+use crate::auth::oauth2::{Oauth2App, Oauth2Users};
 use crate::auth::{Credential, Identities, Identity, IdentityId, IdentityKind};
 use crate::body::{BodyDone, ProxyBody, UpstreamBody};
 use crate::client_auth::{Client, Clients};
 use crate::clock::{Clock, NonceSource as _, RandomNonce, SystemClock};
-use crate::config::Config;
+use crate::config::{Config, UserAuth};
 use crate::error::{ErrorKind, ProxyError, UpstreamFailure};
 use crate::headers::REQUEST_ID;
 use crate::limits::{self, Admission, Catalogue, EndpointId, Limiter, Refused};
 use crate::metrics::{EndpointLabel, InflightMetric, LimitSource, Metrics};
+use crate::store::{SqliteStore, StoreError, TokenStore};
 use crate::telemetry::{self, access::Access};
 use crate::{headers, inbound, upstream::Upstream};
 
@@ -42,7 +46,8 @@ pub struct State {
     clients: Clients,
     limiter: Limiter,
     metrics: Arc<Metrics>,
-    upstream: Upstream,
+    oauth2: Arc<Oauth2Users>,
+    upstream: Arc<Upstream>,
     allowed_prefixes: Vec<String>,
     max_body_bytes: u64,
     idle_timeout: Duration,
@@ -50,31 +55,117 @@ pub struct State {
 
 /// The proxy could not be set up from a valid config.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct SetupError(pub String);
+#[error("{message}")]
+pub struct SetupError {
+    /// What failed.
+    pub message: String,
+    /// The configuration is at fault (a wrong `store.encryption_key`): exit status 2.
+    pub config: bool,
+}
+
+impl SetupError {
+    fn runtime(message: String) -> Self {
+        Self {
+            message,
+            config: false,
+        }
+    }
+}
+
+impl From<StoreError> for SetupError {
+    fn from(e: StoreError) -> Self {
+        Self {
+            config: e.is_config(),
+            message: e.to_string(),
+        }
+    }
+}
+
+/// Whether an identity's credentials can come only from the token store.
+fn needs_store(config: &Config) -> bool {
+    config.users.values().any(|u| match &u.auth {
+        UserAuth::Oauth2 { .. } => true,
+        UserAuth::Oauth1 { token } => token.is_none(),
+    }) || config
+        .apps
+        .values()
+        .any(|a| a.bearer_token.is_none() && a.consumer.is_some())
+}
 
 impl State {
     /// Builds the shared state from a validated config.
     pub fn from_config(config: &Config) -> Result<Self, SetupError> {
-        Self::with_clock(config, Arc::new(SystemClock))
+        Self::with_clock(config, &(Arc::new(SystemClock) as Arc<dyn Clock>))
     }
 
-    /// Builds the shared state with the rate limits reading time from `clock`.
-    pub fn with_clock(config: &Config, clock: Arc<dyn Clock>) -> Result<Self, SetupError> {
-        let identities = Identities::from_config(config).map_err(|e| SetupError(e.to_string()))?;
+    /// Builds the shared state with the rate limits and token expiry reading time from
+    /// `clock`. Opens the token store when an identity needs it (an OAuth 2.0 user, an App
+    /// without `bearer_token`, an OAuth 1.0a user without a token pair).
+    pub fn with_clock(config: &Config, clock: &Arc<dyn Clock>) -> Result<Self, SetupError> {
+        let store = if needs_store(config) {
+            let key = config.store.encryption_key.as_ref();
+            let store = SqliteStore::open(&config.store.path, key).map_err(SetupError::from)?;
+            Some(Arc::new(store) as Arc<dyn TokenStore>)
+        } else {
+            None
+        };
+        let identities =
+            Identities::from_config(config, store.as_deref()).map_err(|e| match e {
+                IdentitiesError::Store(e) => SetupError::from(e),
+                IdentitiesError::Credential(e) => SetupError::runtime(e.to_string()),
+            })?;
         let clients = Clients::from_config(config, &identities);
-        let catalogue =
-            Catalogue::new(&config.limits.overrides).map_err(|e| SetupError(e.to_string()))?;
-        let metrics =
-            Arc::new(Metrics::new(&catalogue, &identities).map_err(|e| SetupError(e.to_string()))?);
-        let limiter = Limiter::new(catalogue, identities.all(), &config.limits, clock);
-        let upstream = Upstream::new(&config.upstream, config.server.request_timeout)
-            .map_err(|e| SetupError(e.to_string()))?;
+        let catalogue = Catalogue::new(&config.limits.overrides)
+            .map_err(|e| SetupError::runtime(e.to_string()))?;
+        let metrics = Arc::new(
+            Metrics::new(&catalogue, &identities)
+                .map_err(|e| SetupError::runtime(e.to_string()))?,
+        );
+        let limiter = Limiter::new(
+            catalogue,
+            identities.all(),
+            &config.limits,
+            Arc::clone(clock),
+        );
+        let upstream = Arc::new(
+            Upstream::new(&config.upstream, config.server.request_timeout)
+                .map_err(|e| SetupError::runtime(e.to_string()))?,
+        );
+        let oauth2_identities = identities
+            .all()
+            .iter()
+            .enumerate()
+            .filter(|(_, i)| i.kind == IdentityKind::Oauth2User)
+            .filter_map(|(id, i)| {
+                let app = config.apps.values().nth(i.app)?;
+                let client = app.oauth2.as_ref()?;
+                Some((
+                    id,
+                    Arc::clone(&i.name),
+                    Oauth2App {
+                        client_id: client.client_id.clone(),
+                        client_secret: client.client_secret.clone(),
+                    },
+                ))
+            })
+            .collect();
+        let oauth2 = Arc::new(
+            Oauth2Users::new(
+                oauth2_identities,
+                store,
+                Arc::clone(&upstream),
+                format!("{}/2/oauth2/token", upstream.base()),
+                Arc::clone(clock),
+                Arc::clone(&metrics),
+            )
+            .map_err(SetupError::from)?,
+        );
         Ok(Self {
             identities,
             clients,
             limiter,
             metrics,
+            oauth2,
             upstream,
             allowed_prefixes: config.upstream.allowed_prefixes.clone(),
             max_body_bytes: config.server.max_body_bytes,
@@ -269,19 +360,27 @@ async fn handle(
     record.endpoint = Matched::Yes(endpoint_id);
 
     // 4. An OAuth 2.0 user with no stored token (401), before anything costs work.
-    if identity.kind == IdentityKind::Oauth2User {
-        if let Credential::Missing { hint } = &identity.credential {
+    let oauth2 = if identity.kind == IdentityKind::Oauth2User {
+        let Some(current) = state.oauth2.current(id) else {
+            let name = &identity.name;
             return Err(ProxyError::CredentialsMissing {
-                identity: identity.name.to_string(),
-                hint: hint.clone(),
+                identity: name.to_string(),
+                hint: format!(
+                    "no OAuth 2.0 token is stored for {name}: run `xgate login --identity {name}`"
+                ),
             });
-        }
-    }
+        };
+        Some(current)
+    } else {
+        None
+    };
 
-    // 5. The endpoint's auth kinds and OAuth 2.0 scopes (403).
+    // 5. The endpoint's auth kinds and, for OAuth 2.0, the scopes X granted (403).
     if let Some(endpoint) = endpoint {
-        limits::precheck(endpoint, identity, &identity.scopes)?;
+        let granted = oauth2.as_ref().map_or(&identity.scopes, |c| &c.scopes);
+        limits::precheck(endpoint, identity, granted)?;
     }
+    drop(oauth2);
 
     // 6. Body size, when declared (413); a streamed body is cut at the same limit below.
     if content_length(&parts.headers).is_some_and(|n| n > state.max_body_bytes) {
@@ -296,18 +395,49 @@ async fn handle(
     // 8. Credentials (401), over exactly the URL that goes upstream. A form body on an
     //    OAuth 1.0a identity is read (bounded) because its parameters are signed; every other
     //    body is streamed. A failure here sends nothing, so the reservations are given back.
-    let prepared = prepare(state, identity, &mut parts, path_and_query, body).await;
-    let body = match prepared {
-        Ok(body) => body,
+    let empty_body = body.is_end_stream();
+    let prepared = prepare(state, id, identity, &mut parts, path_and_query, body).await;
+    let (body, generation) = match prepared {
+        Ok(prepared) => prepared,
         Err(e) => {
             admission.release();
             return Err(e);
         }
     };
+    // An OAuth 2.0 request with no body can be replayed once after a 401 (CONTRACT 6).
+    let replay = generation.filter(|_| empty_body).map(|_| {
+        (
+            parts.method.clone(),
+            parts.uri.clone(),
+            parts.headers.clone(),
+        )
+    });
 
     // 9. Upstream (502, 504), and the answer streamed back.
     let sent = Instant::now();
-    let resp = match state.upstream.send(Request::from_parts(parts, body)).await {
+    let mut first = state.upstream.send(Request::from_parts(parts, body)).await;
+    let unauthorized = matches!(&first, Ok(r) if r.status() == StatusCode::UNAUTHORIZED);
+    if let (true, Some(generation)) = (unauthorized, generation) {
+        match replay {
+            // A streamed body cannot be sent again: X's 401 goes back, and the pair is
+            // refreshed for the requests that follow.
+            None => state.oauth2.refresh_soon(id, generation),
+            Some((method, uri, mut headers)) => {
+                let fresh = state
+                    .oauth2
+                    .after_unauthorized(id, &identity.name, generation)
+                    .await?;
+                headers.insert(header::AUTHORIZATION, fresh);
+                let mut again = Request::new(UpstreamBody::Full(None));
+                *again.method_mut() = method;
+                *again.uri_mut() = uri;
+                *again.headers_mut() = headers;
+                tracing::debug!(identity = %identity.name, "replaying after a 401 with the refreshed token");
+                first = state.upstream.send(again).await;
+            }
+        }
+    }
+    let resp = match first {
         Ok(resp) => resp,
         Err(e) => {
             let failure = match &e {
@@ -422,14 +552,16 @@ async fn admit<'s>(
     }
 }
 
-/// The request as it goes upstream: URI, cleaned headers, credentials, and its body.
+/// The request as it goes upstream: URI, cleaned headers, credentials, and its body; for an
+/// OAuth 2.0 identity also the generation of the token pair attached.
 async fn prepare(
     state: &State,
+    id: IdentityId,
     identity: &Identity,
     parts: &mut http::request::Parts,
     path_and_query: http::uri::PathAndQuery,
     body: Incoming,
-) -> Result<UpstreamBody, ProxyError> {
+) -> Result<(UpstreamBody, Option<u64>), ProxyError> {
     let uri = state.upstream.uri(path_and_query)?;
     let form = matches!(identity.credential, Credential::Oauth1(_)) && is_form(&parts.headers);
     let (form_body, body) = if form {
@@ -439,16 +571,23 @@ async fn prepare(
         (None, UpstreamBody::limited(body, state.max_body_bytes))
     };
     headers::clean_request(&mut parts.headers);
-    state.identities.authorize(
-        identity,
-        &parts.method,
-        &uri,
-        form_body.as_deref(),
-        &mut parts.headers,
-    )?;
+    let mut generation = None;
+    if let Credential::Oauth2 = identity.credential {
+        let (value, g) = state.oauth2.authorization(id, &identity.name).await?;
+        parts.headers.insert(header::AUTHORIZATION, value);
+        generation = Some(g);
+    } else {
+        state.identities.authorize(
+            identity,
+            &parts.method,
+            &uri,
+            form_body.as_deref(),
+            &mut parts.headers,
+        )?;
+    }
     parts.uri = uri;
     parts.version = Version::HTTP_11;
-    Ok(body)
+    Ok((body, generation))
 }
 
 /// The most of an upstream 429 body read to look for `usage-capped`.

@@ -41,29 +41,45 @@ pub struct Listeners {
 
 /// The proxy could not start.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct StartError(pub String);
+#[error("{message}")]
+pub struct StartError {
+    /// What failed.
+    pub message: String,
+    /// The configuration is at fault (exit status 2), not the system.
+    pub config: bool,
+}
+
+impl StartError {
+    fn runtime(message: String) -> Self {
+        Self {
+            message,
+            config: false,
+        }
+    }
+}
 
 /// Loads the inbound TLS certificate chain and key.
 fn tls_acceptor(files: &TlsFiles) -> Result<TlsAcceptor, StartError> {
     let certs = CertificateDer::pem_file_iter(&files.cert)
         .and_then(Iterator::collect::<Result<Vec<_>, _>>)
-        .map_err(|e| StartError(format!("server.tls.cert {}: {e}", files.cert.display())))?;
+        .map_err(|e| {
+            StartError::runtime(format!("server.tls.cert {}: {e}", files.cert.display()))
+        })?;
     if certs.is_empty() {
-        return Err(StartError(format!(
+        return Err(StartError::runtime(format!(
             "server.tls.cert {}: no PEM certificate in it",
             files.cert.display()
         )));
     }
     let key = PrivateKeyDer::from_pem_file(&files.key)
-        .map_err(|e| StartError(format!("server.tls.key {}: {e}", files.key.display())))?;
+        .map_err(|e| StartError::runtime(format!("server.tls.key {}: {e}", files.key.display())))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| StartError(e.to_string()))?
+        .map_err(|e| StartError::runtime(e.to_string()))?
         .with_no_client_auth()
         .with_single_cert(certs, key)
-        .map_err(|e| StartError(format!("server.tls: {e}")))?;
+        .map_err(|e| StartError::runtime(format!("server.tls: {e}")))?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
@@ -92,7 +108,10 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), StartError> {
-    let state = Arc::new(State::from_config(&config).map_err(|e| StartError(e.to_string()))?);
+    let state = Arc::new(State::from_config(&config).map_err(|e| StartError {
+        config: e.config,
+        message: e.message,
+    })?);
     let tls = config.server.tls.as_ref().map(tls_acceptor).transpose()?;
     let builder = Arc::new(connection_builder(&config));
     let readiness = Arc::new(Readiness::default());
@@ -101,11 +120,11 @@ pub async fn run(
     let proxy_addr = listeners
         .proxy
         .local_addr()
-        .map_err(|e| StartError(e.to_string()))?;
+        .map_err(|e| StartError::runtime(e.to_string()))?;
     let admin_addr = listeners
         .admin
         .local_addr()
-        .map_err(|e| StartError(e.to_string()))?;
+        .map_err(|e| StartError::runtime(e.to_string()))?;
     let admin = tokio::spawn(serve_admin(
         listeners.admin,
         admin::Admin {

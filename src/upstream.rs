@@ -108,6 +108,11 @@ impl Upstream {
         })
     }
 
+    /// `scheme://authority` of `upstream.base_url`.
+    pub fn base(&self) -> String {
+        format!("{}://{}", self.scheme, self.authority)
+    }
+
     /// The upstream URL for a client's path and query, byte for byte.
     pub fn uri(&self, path_and_query: PathAndQuery) -> Result<Uri, ProxyError> {
         Uri::builder()

@@ -7,6 +7,7 @@
 //! module and `config` read secret values; header values made from them are marked sensitive.
 
 pub mod oauth1;
+pub mod oauth2;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,6 +18,8 @@ use http::{HeaderMap, HeaderValue, header};
 use crate::clock::{Clock, RandomNonce, SystemClock};
 use crate::config::{Config, UserAuth};
 use crate::error::ProxyError;
+use crate::secret::SecretString;
+use crate::store::{StoredToken, TokenKind, TokenStore};
 use oauth1::{Oauth1Key, Oauth1Signer};
 
 /// What kind of identity a name refers to.
@@ -37,6 +40,8 @@ pub enum Credential {
     Bearer(HeaderValue),
     /// OAuth 1.0a user context.
     Oauth1(Box<Oauth1Key>),
+    /// OAuth 2.0 user context: the token pair lives in [`oauth2::Oauth2Users`].
+    Oauth2,
     /// Nothing usable yet; `hint` tells the operator what to do.
     Missing {
         /// What the operator should do.
@@ -77,6 +82,17 @@ pub struct Identities {
 #[error("{0}: not usable in an HTTP header (control characters or non-ASCII text)")]
 pub struct BadCredential(pub String);
 
+/// The identities table could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentitiesError {
+    /// A credential is not usable.
+    #[error(transparent)]
+    Credential(#[from] BadCredential),
+    /// The token store failed.
+    #[error(transparent)]
+    Store(crate::store::StoreError),
+}
+
 fn bearer_header(token: &str, path: &str) -> Result<HeaderValue, BadCredential> {
     let mut value = HeaderValue::try_from(format!("Bearer {token}"))
         .map_err(|_invalid| BadCredential(path.to_owned()))?;
@@ -85,18 +101,34 @@ fn bearer_header(token: &str, path: &str) -> Result<HeaderValue, BadCredential> 
 }
 
 impl Identities {
-    /// Builds the table from a validated config.
-    pub fn from_config(config: &Config) -> Result<Self, BadCredential> {
+    /// Builds the table from a validated config; credentials proxy.toml lacks are taken from
+    /// `store` (an App's Bearer from `xgate bearer`, an OAuth 1.0a pair from
+    /// `xgate login --oauth1`).
+    pub fn from_config(
+        config: &Config,
+        store: Option<&dyn TokenStore>,
+    ) -> Result<Self, IdentitiesError> {
+        let stored = |name: &str, kind| -> Result<Option<StoredToken>, IdentitiesError> {
+            match store {
+                Some(s) => s.load(name, kind).map_err(IdentitiesError::Store),
+                None => Ok(None),
+            }
+        };
         let mut list = Vec::with_capacity(config.apps.len() + config.users.len());
         // Apps come first, in `config.apps` order, so an App's index is its position there.
         let app_index = |name: &str| config.apps.keys().position(|k| k == name).unwrap_or(0);
         for app in config.apps.values() {
-            let credential = match &app.bearer_token {
-                Some(token) => Credential::Bearer(bearer_header(
+            let from_store = stored(&app.name, TokenKind::Bearer)?;
+            let credential = match (&app.bearer_token, from_store.as_ref()) {
+                (Some(token), _) => Credential::Bearer(bearer_header(
                     token.expose(),
                     &format!("apps.{}.bearer_token", app.name),
                 )?),
-                None => Credential::Missing {
+                (None, Some(StoredToken::Bearer { token })) => Credential::Bearer(bearer_header(
+                    token,
+                    &format!("the Bearer token stored for {}", app.name),
+                )?),
+                (None, _) => Credential::Missing {
                     hint: format!(
                         "set apps.{0}.bearer_token or run `xgate bearer --app {0}`",
                         app.name
@@ -116,7 +148,20 @@ impl Identities {
             let (kind, credential) = match &user.auth {
                 UserAuth::Oauth1 { token } => {
                     let consumer = config.apps.get(&user.app).and_then(|a| a.consumer.as_ref());
-                    let credential = match (consumer, token) {
+                    let pair = match token {
+                        Some((t, s)) => Some((t.clone(), s.clone())),
+                        None => match stored(&user.name, TokenKind::Oauth1)?.as_ref() {
+                            Some(StoredToken::Oauth1 {
+                                token,
+                                token_secret,
+                            }) => Some((
+                                SecretString::from(token.as_str()),
+                                SecretString::from(token_secret.as_str()),
+                            )),
+                            _ => None,
+                        },
+                    };
+                    let credential = match (consumer, &pair) {
                         (Some(c), Some((token, secret))) => Credential::Oauth1(Box::new(
                             Oauth1Key::new(&c.key, &c.secret, Some((token, secret))),
                         )),
@@ -131,15 +176,7 @@ impl Identities {
                 }
                 UserAuth::Oauth2 { scopes: configured } => {
                     scopes.clone_from(configured);
-                    (
-                        IdentityKind::Oauth2User,
-                        Credential::Missing {
-                            hint: format!(
-                                "no OAuth 2.0 token is stored for {0}: run `xgate login --identity {0}`",
-                                user.name
-                            ),
-                        },
-                    )
+                    (IdentityKind::Oauth2User, Credential::Oauth2)
                 }
             };
             list.push(Identity {
@@ -209,6 +246,8 @@ impl Identities {
                 value.set_sensitive(true);
                 value
             }
+            // Attached by the caller from `oauth2::Oauth2Users`, which may refresh first.
+            Credential::Oauth2 => return Ok(()),
             Credential::Missing { hint } => {
                 return Err(ProxyError::CredentialsMissing {
                     identity: identity.name.to_string(),

@@ -7,6 +7,7 @@
 
 mod check;
 mod key;
+mod login;
 mod serve;
 mod sign;
 
@@ -75,6 +76,44 @@ pub enum Command {
     /// Manage client keys.
     #[command(subcommand)]
     Key(KeyCommand),
+
+    /// Log a user identity in: OAuth 2.0 Authorization Code with PKCE.
+    ///
+    /// Prints the authorize URL alone on one line; open it in a browser and approve. xgate
+    /// listens once on the App's oauth2_redirect_uri for the redirect (or, with --no-listen,
+    /// reads the redirected URL on stdin), checks state, exchanges the code at
+    /// {upstream.base_url}/2/oauth2/token and stores the tokens in the token store.
+    Login(LoginArgs),
+
+    /// Obtain the App's app-only Bearer token and store it (or invalidate it).
+    ///
+    /// POST {upstream.base_url}/oauth2/token with grant_type=client_credentials and the App's
+    /// consumer key and secret. The stored token is used when apps.APP.bearer_token is not set.
+    Bearer(BearerArgs),
+}
+
+/// `xgate login`.
+#[derive(Debug, Args)]
+pub struct LoginArgs {
+    /// The user identity (a [users] name) to log in.
+    #[arg(long, value_name = "ID")]
+    pub identity: String,
+
+    /// Read the redirected URL from stdin instead of listening on the redirect URI.
+    #[arg(long)]
+    pub no_listen: bool,
+}
+
+/// `xgate bearer`.
+#[derive(Debug, Args)]
+pub struct BearerArgs {
+    /// The App (an [apps] name).
+    #[arg(long, value_name = "APP")]
+    pub app: String,
+
+    /// Invalidate the stored token at X and forget it.
+    #[arg(long)]
+    pub invalidate: bool,
 }
 
 /// `xgate sign`.
@@ -182,7 +221,24 @@ pub fn execute(
         Command::Check => check::run(&load(cli, env)?, out, err),
         Command::Sign(args) => sign::run(&load(cli, env)?, args, out),
         Command::Key(KeyCommand::New { name }) => key::new(name, out),
+        Command::Login(args) => login::oauth2(
+            &load(cli, env)?,
+            &args.identity,
+            args.no_listen,
+            &mut std::io::stdin().lock(),
+            out,
+        ),
+        Command::Bearer(args) => bearer_cmd(cli, env, args, out),
     }
+}
+
+fn bearer_cmd(
+    cli: &Cli,
+    env: &dyn Env,
+    args: &BearerArgs,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    login::bearer(&load(cli, env)?, &args.app, args.invalidate, out)
 }
 
 fn load(cli: &Cli, env: &dyn Env) -> Result<Config, CliError> {

@@ -17,7 +17,13 @@ pub(super) fn run(config: Config) -> Result<(), CliError> {
         let admin = bind(config.admin.listen, "admin.listen").await?;
         server::run(Listeners { proxy, admin }, config, shutdown_signal())
             .await
-            .map_err(|e| CliError::Runtime(e.to_string()))
+            .map_err(|e| {
+                if e.config {
+                    CliError::Usage(e.message)
+                } else {
+                    CliError::Runtime(e.message)
+                }
+            })
     })
 }
 

@@ -20,6 +20,8 @@ mod proxy_lifecycle;
 #[cfg(test)]
 mod proxy_limits;
 #[cfg(test)]
+mod proxy_oauth2;
+#[cfg(test)]
 mod proxy_upstream;
 #[cfg(test)]
 mod support;

@@ -367,7 +367,12 @@ async fn sigterm_during_a_slow_request_still_completes() {
         .lines()
         .find(|l| l.contains("INFO request request_id=") && l.contains("path=/2/slow"))
         .unwrap_or_else(|| panic!("no access record in\n{log}"));
-    for field in ["endpoint=\"other\"", "status=200", "upstream_status=200", "bytes=13"] {
+    for field in [
+        "endpoint=\"other\"",
+        "status=200",
+        "upstream_status=200",
+        "bytes=13",
+    ] {
         assert!(record.contains(field), "no {field} in {record}");
     }
     assert!(!log.contains(BEARER), "the log shows the Bearer token");

@@ -6,7 +6,7 @@
 //! It can serve TLS with a certificate from a CA made at test time. It also notices when a
 //! request is abandoned by its client (the proxy), which is how tests see cancellation.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -29,6 +29,8 @@ pub const CONSUMER_KEY: &str = "fake-consumer-key";
 pub const CONSUMER_SECRET: &str = "fake-consumer-secret+/=";
 pub const ALICE_TOKEN: &str = "111-alice-access-token";
 pub const ALICE_SECRET: &str = "alice token secret!*";
+/// The Bearer token FakeX's `/oauth2/token` hands out (`xgate bearer`).
+pub const ISSUED_BEARER: &str = "AAAAissued%2Fbearer%3D";
 
 /// What upstream saw.
 #[derive(Debug, Clone)]
@@ -131,7 +133,50 @@ struct Shared {
     cancelled: Mutex<Vec<String>>,
     /// Targets whose streamed body was sent to the end.
     streams_done: Mutex<Vec<String>>,
+    oauth: Mutex<OauthState>,
     changed: Notify,
+}
+
+/// FakeX's OAuth 2.0 authorization server: codes, a rotating refresh chain, access tokens.
+#[derive(Debug)]
+struct OauthState {
+    /// Authorization code → the PKCE challenge it was issued for.
+    codes: HashMap<String, String>,
+    /// Refresh tokens that work now; each works once (rotation).
+    live_refresh: HashSet<String>,
+    /// User access tokens X accepts.
+    valid_access: HashSet<String>,
+    refresh_calls: usize,
+    code_calls: usize,
+    bearer_calls: usize,
+    invalidated: Vec<String>,
+    issued: usize,
+    /// The next this many refresh calls answer 503.
+    fail_next: usize,
+    /// Every refresh call waits this long first.
+    delay: Duration,
+    expires_in: u64,
+    /// How the last token request authenticated the client: `basic:ID` or `body:ID`.
+    last_client_auth: Option<String>,
+}
+
+impl Default for OauthState {
+    fn default() -> Self {
+        Self {
+            codes: HashMap::new(),
+            live_refresh: HashSet::new(),
+            valid_access: HashSet::new(),
+            refresh_calls: 0,
+            code_calls: 0,
+            bearer_calls: 0,
+            invalidated: Vec::new(),
+            issued: 0,
+            fail_next: 0,
+            delay: Duration::ZERO,
+            expires_in: 7200,
+            last_client_auth: None,
+        }
+    }
 }
 
 /// A running fake.
@@ -265,6 +310,57 @@ impl FakeX {
         }
     }
 
+    /// Makes `access` a valid user token and `refresh` a live refresh token (a pair stored
+    /// by an earlier login).
+    pub fn oauth_issue(&self, access: &str, refresh: &str) {
+        let mut o = self.shared.oauth.lock().unwrap();
+        o.valid_access.insert(access.to_owned());
+        o.live_refresh.insert(refresh.to_owned());
+    }
+
+    /// Accepts authorization `code` once, for a verifier whose S256 is `challenge`.
+    pub fn oauth_expect_code(&self, code: &str, challenge: &str) {
+        self.shared
+            .oauth
+            .lock()
+            .unwrap()
+            .codes
+            .insert(code.to_owned(), challenge.to_owned());
+    }
+
+    /// X no longer accepts `access` (as if revoked): requests with it get 401.
+    pub fn oauth_revoke(&self, access: &str) {
+        self.shared
+            .oauth
+            .lock()
+            .unwrap()
+            .valid_access
+            .remove(access);
+    }
+
+    /// The next `n` refresh calls answer 503; every refresh waits `delay` first.
+    pub fn oauth_trouble(&self, fail_next: usize, delay: Duration) {
+        let mut o = self.shared.oauth.lock().unwrap();
+        o.fail_next = fail_next;
+        o.delay = delay;
+    }
+
+    /// (refresh calls, code exchanges, Bearer token requests).
+    pub fn oauth_calls(&self) -> (usize, usize, usize) {
+        let o = self.shared.oauth.lock().unwrap();
+        (o.refresh_calls, o.code_calls, o.bearer_calls)
+    }
+
+    /// How the last token request authenticated its client.
+    pub fn oauth_client_auth(&self) -> Option<String> {
+        self.shared.oauth.lock().unwrap().last_client_auth.clone()
+    }
+
+    /// Bearer tokens invalidated through `/oauth2/invalidate_token`.
+    pub fn invalidated(&self) -> Vec<String> {
+        self.shared.oauth.lock().unwrap().invalidated.clone()
+    }
+
     pub fn was_cancelled(&self, target: &str) -> bool {
         self.shared
             .cancelled
@@ -325,17 +421,29 @@ async fn serve(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
     let url = format!("{}://{addr}{}", if tls { "https" } else { "http" }, target);
-    let auth = check_auth(
-        parts.method.as_str(),
-        &url,
-        &parts.headers,
-        is_form.then_some(&body[..]),
-    );
+    let token_endpoint = [
+        "/2/oauth2/token",
+        "/oauth2/token",
+        "/oauth2/invalidate_token",
+    ]
+    .contains(&parts.uri.path());
+    let auth = if token_endpoint {
+        Auth::Other
+    } else {
+        let user_tokens = sh.oauth.lock().unwrap().valid_access.clone();
+        check_auth(
+            parts.method.as_str(),
+            &url,
+            &parts.headers,
+            is_form.then_some(&body[..]),
+            &user_tokens,
+        )
+    };
     sh.requests.lock().unwrap().push(Recorded {
         method: parts.method.clone(),
         target: target.clone(),
         headers: parts.headers.clone(),
-        body,
+        body: body.clone(),
         trailers,
         auth: auth.clone(),
     });
@@ -348,6 +456,11 @@ async fn serve(
             .rev()
             .find(|(p, _)| target.starts_with(p.as_str()))
             .map(|(_, r)| r.clone())
+    };
+    let reply = if token_endpoint {
+        Some(token_reply(&sh, parts.uri.path(), &parts.headers, &body).await)
+    } else {
+        reply
     };
     let reply = match (&auth, reply) {
         (Auth::Bearer { valid: false } | Auth::Oauth1 { valid: false, .. }, _) => Reply::json(
@@ -424,13 +537,19 @@ impl http_body::Body for ChannelBody {
 
 // === credential checks, written independently of xgate's signer ===
 
-fn check_auth(method: &str, url: &str, headers: &HeaderMap, form: Option<&[u8]>) -> Auth {
+fn check_auth(
+    method: &str,
+    url: &str,
+    headers: &HeaderMap,
+    form: Option<&[u8]>,
+    user_tokens: &HashSet<String>,
+) -> Auth {
     let Some(value) = headers.get("authorization").and_then(|v| v.to_str().ok()) else {
         return Auth::None;
     };
     if let Some(token) = value.strip_prefix("Bearer ") {
         return Auth::Bearer {
-            valid: token == BEARER,
+            valid: token == BEARER || token == ISSUED_BEARER || user_tokens.contains(token),
         };
     }
     if value.starts_with("OAuth ") {
@@ -446,6 +565,127 @@ fn check_auth(method: &str, url: &str, headers: &HeaderMap, form: Option<&[u8]>)
         };
     }
     Auth::Other
+}
+
+fn form(body: &[u8]) -> BTreeMap<String, String> {
+    String::from_utf8_lossy(body)
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (
+                String::from_utf8_lossy(&dec(k)).into_owned(),
+                String::from_utf8_lossy(&dec(v)).into_owned(),
+            )
+        })
+        .collect()
+}
+
+fn oauth_error(status: u16, error: &str) -> Reply {
+    Reply::json(
+        status,
+        &format!(r#"{{"error":"{error}","error_description":"fake"}}"#),
+    )
+}
+
+/// The client authentication of a token request: HTTP Basic, else `client_id` in the body.
+fn client_auth(headers: &HeaderMap, form: &BTreeMap<String, String>) -> Option<String> {
+    let basic = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+        .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+        .map(|b| String::from_utf8_lossy(&b).into_owned());
+    match basic {
+        Some(pair) => Some(format!("basic:{pair}")),
+        None => form.get("client_id").map(|id| format!("body:{id}")),
+    }
+}
+
+/// The token endpoints: OAuth 2.0 code exchange and refresh (rotating refresh tokens), the
+/// App's Bearer token, and its invalidation.
+async fn token_reply(sh: &Shared, path: &str, headers: &HeaderMap, body: &[u8]) -> Reply {
+    let f = form(body);
+    let auth = client_auth(headers, &f);
+    if path == "/oauth2/token" || path == "/oauth2/invalidate_token" {
+        let want = format!(
+            "basic:{}:{}",
+            enc(CONSUMER_KEY.as_bytes()),
+            enc(CONSUMER_SECRET.as_bytes())
+        );
+        if auth.as_deref() != Some(want.as_str()) {
+            return Reply::json(
+                403,
+                r#"{"errors":[{"code":99,"message":"Unable to verify your credentials"}]}"#,
+            );
+        }
+        let mut o = sh.oauth.lock().unwrap();
+        if path == "/oauth2/invalidate_token" {
+            let token = f.get("access_token").cloned().unwrap_or_default();
+            o.invalidated.push(token.clone());
+            return Reply::json(200, &format!(r#"{{"access_token":"{token}"}}"#));
+        }
+        o.bearer_calls += 1;
+        if f.get("grant_type").map(String::as_str) != Some("client_credentials") {
+            return Reply::json(403, r#"{"errors":[{"code":99,"message":"bad grant"}]}"#);
+        }
+        return Reply::json(
+            200,
+            &format!(r#"{{"token_type":"bearer","access_token":"{ISSUED_BEARER}"}}"#),
+        );
+    }
+    let delay = {
+        let mut o = sh.oauth.lock().unwrap();
+        o.last_client_auth = auth;
+        if f.get("grant_type").map(String::as_str) == Some("refresh_token") {
+            o.refresh_calls += 1;
+            sh.changed.notify_waiters();
+            o.delay
+        } else {
+            Duration::ZERO
+        }
+    };
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    let mut o = sh.oauth.lock().unwrap();
+    match f.get("grant_type").map(String::as_str) {
+        Some("authorization_code") => {
+            o.code_calls += 1;
+            let Some(challenge) = f.get("code").and_then(|c| o.codes.remove(c)) else {
+                return oauth_error(400, "invalid_grant");
+            };
+            let verifier = f.get("code_verifier").cloned().unwrap_or_default();
+            let s256 = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .encode(<sha2::Sha256 as sha2::Digest>::digest(verifier.as_bytes()));
+            if s256 != challenge {
+                return oauth_error(400, "invalid_grant");
+            }
+        }
+        Some("refresh_token") => {
+            if o.fail_next > 0 {
+                o.fail_next -= 1;
+                return Reply::json(503, r#"{"title":"Service Unavailable"}"#);
+            }
+            let rt = f.get("refresh_token").cloned().unwrap_or_default();
+            if !o.live_refresh.remove(&rt) {
+                return oauth_error(400, "invalid_grant");
+            }
+        }
+        _ => return oauth_error(400, "unsupported_grant_type"),
+    }
+    o.issued += 1;
+    let n = o.issued;
+    let (access, refresh) = (format!("at-{n}"), format!("rt-{n}"));
+    o.valid_access.insert(access.clone());
+    o.live_refresh.insert(refresh.clone());
+    Reply::json(
+        200,
+        &format!(
+            r#"{{"token_type":"bearer","expires_in":{},"access_token":"{access}","refresh_token":"{refresh}","scope":"tweet.read users.read offline.access"}}"#,
+            o.expires_in
+        ),
+    )
 }
 
 /// RFC 3986 unreserved stays, every other byte is %XX (upper case).

@@ -1,0 +1,552 @@
+//! OAuth 2.0 user tokens while serving (CONTRACT section 6).
+//!
+//! Owns, per `auth = "oauth2"` identity, the current token pair (loaded from the store at
+//! startup) and its refresh. X's refresh tokens are single-use, so:
+//! - one refresh per identity at a time: the first caller starts it, every later caller waits
+//!   on the same outcome (a `watch` channel);
+//! - the refresh runs in its own task, so a client that disconnects never cancels it between
+//!   X's answer and the store write;
+//! - the store is re-read first: a token another process already rotated is adopted, not
+//!   refreshed again;
+//! - the new pair is written to the store (one durable transaction) before the new access
+//!   token is used.
+//!
+//! A token within [`REFRESH_AHEAD`] of expiry is refreshed in the background while requests
+//! keep using it; an expired one makes requests wait for the refresh. `invalid_grant` is
+//! [`Outcome::Rejected`] (401 `token-refresh-failed`); a passing failure (timeout, 5xx) is
+//! retried with backoff, then [`Outcome::Failed`], which requests see only once the access
+//! token has expired (502).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::HeaderValue;
+use http_body_util::BodyExt as _;
+use oauth2::basic::{BasicClient, BasicErrorResponseType};
+use oauth2::{AuthType, ClientId, ClientSecret, RefreshToken, RequestTokenError, TokenUrl};
+use tokio::sync::watch;
+
+use super::IdentityId;
+use crate::body::UpstreamBody;
+use crate::clock::Clock;
+use crate::error::{ProxyError, UpstreamFailure};
+use crate::metrics::Metrics;
+use crate::secret::SecretString;
+use crate::store::{StoredToken, TokenKind, TokenStore};
+use crate::upstream::Upstream;
+
+/// Tokens this close to expiry are refreshed ahead of time.
+pub const REFRESH_AHEAD: Duration = Duration::from_secs(60);
+
+/// Attempts of one refresh before it is a passing failure.
+const ATTEMPTS: u32 = 3;
+
+/// The largest token-endpoint answer read.
+const MAX_TOKEN_RESPONSE: usize = 64 * 1024;
+
+/// An identity's OAuth 2.0 client (its App's).
+#[derive(Clone)]
+pub struct Oauth2App {
+    /// `client_id`.
+    pub client_id: SecretString,
+    /// `client_secret`, for confidential clients (HTTP Basic); public clients send
+    /// `client_id` in the body.
+    pub client_secret: Option<SecretString>,
+}
+
+impl fmt::Debug for Oauth2App {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Oauth2App")
+            .field("confidential", &self.client_secret.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The token pair in use.
+pub struct Current {
+    /// `Bearer <access token>`, marked sensitive.
+    pub header: HeaderValue,
+    refresh_token: Option<SecretString>,
+    /// Unix seconds.
+    pub expires_at: Option<u64>,
+    /// What X granted.
+    pub scopes: Vec<String>,
+    /// Bumped each time the pair changes.
+    pub generation: u64,
+    access_token: SecretString,
+}
+
+impl fmt::Debug for Current {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Current")
+            .field("expires_at", &self.expires_at)
+            .field("generation", &self.generation)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How a refresh ended.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// A new (or adopted) pair.
+    Ok(Arc<Current>),
+    /// X refused the refresh token: a new login is needed.
+    Rejected(String),
+    /// A passing failure, after retries.
+    Failed(String),
+}
+
+struct Slot {
+    name: Arc<str>,
+    app: Oauth2App,
+    current: RwLock<Option<Arc<Current>>>,
+    refreshing: Mutex<Option<watch::Receiver<Option<Outcome>>>>,
+}
+
+/// Every OAuth 2.0 identity's tokens.
+pub struct Oauth2Users {
+    store: Option<Arc<dyn TokenStore>>,
+    upstream: Arc<Upstream>,
+    token_url: String,
+    clock: Arc<dyn Clock>,
+    metrics: Arc<Metrics>,
+    slots: HashMap<IdentityId, Slot>,
+}
+
+impl fmt::Debug for Oauth2Users {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Oauth2Users")
+            .field("identities", &self.slots.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The upstream client as the `oauth2` crate's HTTP client: the token endpoint is reached
+/// through the same pool, TLS roots (`ca_file`) and timeouts as every request.
+pub(crate) struct TokenHttp<'a>(pub(crate) &'a Upstream);
+
+/// A token-endpoint exchange failed before X answered.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct TokenHttpError(String);
+
+impl<'c> oauth2::AsyncHttpClient<'c> for TokenHttp<'_> {
+    type Error = TokenHttpError;
+    type Future =
+        Pin<Box<dyn Future<Output = Result<oauth2::HttpResponse, TokenHttpError>> + Send + 'c>>;
+
+    fn call(&'c self, request: oauth2::HttpRequest) -> Self::Future {
+        Box::pin(async move {
+            let (parts, body) = request.into_parts();
+            let req = http::Request::from_parts(parts, UpstreamBody::Full(Some(Bytes::from(body))));
+            let resp = self
+                .0
+                .send(req)
+                .await
+                .map_err(|e| TokenHttpError(e.to_string()))?;
+            let (parts, body) = resp.into_parts();
+            let body = http_body_util::Limited::new(body, MAX_TOKEN_RESPONSE)
+                .collect()
+                .await
+                .map_err(|e| TokenHttpError(format!("the token answer could not be read: {e}")))?
+                .to_bytes();
+            Ok(http::Response::from_parts(parts, body.to_vec()))
+        })
+    }
+}
+
+/// `Bearer <token>` as a sensitive header value.
+fn bearer(token: &str) -> Option<HeaderValue> {
+    let mut v = HeaderValue::try_from(format!("Bearer {token}")).ok()?;
+    v.set_sensitive(true);
+    Some(v)
+}
+
+impl Current {
+    fn from_stored(t: &StoredToken, generation: u64) -> Option<Self> {
+        let StoredToken::Oauth2 {
+            access_token,
+            refresh_token,
+            expires_at,
+            scopes,
+        } = t
+        else {
+            return None;
+        };
+        Some(Self {
+            header: bearer(access_token)?,
+            access_token: SecretString::from(access_token.as_str()),
+            refresh_token: refresh_token.as_deref().map(SecretString::from),
+            expires_at: *expires_at,
+            scopes: scopes.clone(),
+            generation,
+        })
+    }
+
+    /// Whether the access token has expired at `now` (Unix seconds).
+    pub fn expired(&self, now: u64) -> bool {
+        self.expires_at.is_some_and(|e| now >= e)
+    }
+
+    fn due(&self, now: u64) -> bool {
+        self.expires_at
+            .is_some_and(|e| now.saturating_add(REFRESH_AHEAD.as_secs()) >= e)
+    }
+}
+
+/// The token endpoint's answer, as it goes into the store.
+pub fn stored_from_response<R: oauth2::TokenResponse>(
+    resp: &R,
+    now: u64,
+    requested: &[String],
+    old_refresh: Option<&str>,
+) -> StoredToken {
+    StoredToken::Oauth2 {
+        access_token: resp.access_token().secret().clone(),
+        refresh_token: resp
+            .refresh_token()
+            .map(|r| r.secret().clone())
+            .or_else(|| old_refresh.map(str::to_owned)),
+        expires_at: resp.expires_in().map(|d| now.saturating_add(d.as_secs())),
+        scopes: match resp.scopes() {
+            Some(s) => s.iter().map(|s| s.to_string()).collect(),
+            None => requested.to_vec(),
+        },
+    }
+}
+
+/// The `oauth2` client type with only its token endpoint set.
+pub type TokenClient = oauth2::Client<
+    oauth2::basic::BasicErrorResponse,
+    oauth2::basic::BasicTokenResponse,
+    oauth2::basic::BasicTokenIntrospectionResponse,
+    oauth2::StandardRevocableToken,
+    oauth2::basic::BasicRevocationErrorResponse,
+    oauth2::EndpointNotSet,
+    oauth2::EndpointNotSet,
+    oauth2::EndpointNotSet,
+    oauth2::EndpointNotSet,
+    oauth2::EndpointSet,
+>;
+
+/// The `oauth2` client for `app` at `token_url`: HTTP Basic for a confidential client,
+/// `client_id` in the body for a public one.
+pub fn oauth2_client(app: &Oauth2App, token_url: &str) -> Result<TokenClient, String> {
+    let token = TokenUrl::new(token_url.to_owned()).map_err(|e| e.to_string())?;
+    let client =
+        BasicClient::new(ClientId::new(app.client_id.expose().to_owned())).set_token_uri(token);
+    Ok(match &app.client_secret {
+        Some(secret) => client.set_client_secret(ClientSecret::new(secret.expose().to_owned())),
+        None => client.set_auth_type(AuthType::RequestBody),
+    })
+}
+
+impl Oauth2Users {
+    /// The identities of `apps` (identity → its App's client), with their stored tokens.
+    pub fn new(
+        identities: Vec<(IdentityId, Arc<str>, Oauth2App)>,
+        store: Option<Arc<dyn TokenStore>>,
+        upstream: Arc<Upstream>,
+        token_url: String,
+        clock: Arc<dyn Clock>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, crate::store::StoreError> {
+        let mut slots = HashMap::with_capacity(identities.len());
+        for (id, name, app) in identities {
+            let stored = match &store {
+                Some(s) => s.load(&name, TokenKind::Oauth2)?,
+                None => None,
+            };
+            let current = stored
+                .as_ref()
+                .and_then(|t| Current::from_stored(t, 1))
+                .map(Arc::new);
+            slots.insert(
+                id,
+                Slot {
+                    name,
+                    app,
+                    current: RwLock::new(current),
+                    refreshing: Mutex::new(None),
+                },
+            );
+        }
+        Ok(Self {
+            store,
+            upstream,
+            token_url,
+            clock,
+            metrics,
+            slots,
+        })
+    }
+
+    /// The pair in use for `id`, if one was ever stored.
+    pub fn current(&self, id: IdentityId) -> Option<Arc<Current>> {
+        let slot = self.slots.get(&id)?;
+        slot.current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The `Authorization` value for a request as `id` and the generation it belongs to:
+    /// refreshed first when expired, refreshed in the background when due.
+    pub async fn authorization(
+        self: &Arc<Self>,
+        id: IdentityId,
+        name: &str,
+    ) -> Result<(HeaderValue, u64), ProxyError> {
+        let Some(current) = self.current(id) else {
+            return Err(ProxyError::CredentialsMissing {
+                identity: name.to_owned(),
+                hint: format!(
+                    "no OAuth 2.0 token is stored for {name}: run `xgate login --identity {name}`"
+                ),
+            });
+        };
+        let now = self.clock.unix_seconds();
+        if current.expired(now) {
+            let fresh = self.refresh(id, current.generation).await;
+            return self
+                .answer(fresh, name, now)
+                .map(|c| (c.header.clone(), c.generation));
+        }
+        if current.due(now) {
+            // Requests keep the current token; the refresh runs on its own.
+            drop(self.start_refresh(id, current.generation));
+        }
+        Ok((current.header.clone(), current.generation))
+    }
+
+    /// Upstream answered 401 to a request made with `generation`: refreshes if that pair is
+    /// still the current one (else another request already did), and gives the header to
+    /// replay with.
+    pub async fn after_unauthorized(
+        self: &Arc<Self>,
+        id: IdentityId,
+        name: &str,
+        generation: u64,
+    ) -> Result<HeaderValue, ProxyError> {
+        let now = self.clock.unix_seconds();
+        let fresh = self.refresh(id, generation).await;
+        self.answer(fresh, name, now).map(|c| c.header.clone())
+    }
+
+    /// Upstream answered 401 to a request that cannot be replayed: refreshes the pair in the
+    /// background if `generation` is still the current one.
+    pub fn refresh_soon(self: &Arc<Self>, id: IdentityId, generation: u64) {
+        drop(self.start_refresh(id, generation));
+    }
+
+    fn answer(&self, outcome: Outcome, name: &str, now: u64) -> Result<Arc<Current>, ProxyError> {
+        match outcome {
+            Outcome::Ok(c) => Ok(c),
+            Outcome::Rejected(why) => Err(ProxyError::TokenRefreshFailed {
+                identity: name.to_owned(),
+                detail: why,
+            }),
+            Outcome::Failed(why) => match self.current_by_name(name) {
+                // The refresh failed for a passing reason, but the token still works.
+                Some(c) if !c.expired(now) => Ok(c),
+                _ => Err(ProxyError::UpstreamUnavailable {
+                    failure: UpstreamFailure::Reset,
+                    detail: format!("the OAuth 2.0 token refresh for {name} failed: {why}"),
+                }),
+            },
+        }
+    }
+
+    fn current_by_name(&self, name: &str) -> Option<Arc<Current>> {
+        let (id, _) = self.slots.iter().find(|(_, s)| &*s.name == name)?;
+        self.current(*id)
+    }
+
+    /// Waits for the refresh of `id` from `generation` (starting it if none runs).
+    async fn refresh(self: &Arc<Self>, id: IdentityId, generation: u64) -> Outcome {
+        let mut rx = self.start_refresh(id, generation);
+        loop {
+            if let Some(outcome) = rx.borrow_and_update().clone() {
+                return outcome;
+            }
+            if rx.changed().await.is_err() {
+                // The task ended without an answer (the runtime is shutting down).
+                return Outcome::Failed("the refresh was interrupted".to_owned());
+            }
+        }
+    }
+
+    /// Starts the refresh of `id` from `generation` unless one runs or the pair already
+    /// changed; returns where its outcome will appear.
+    fn start_refresh(
+        self: &Arc<Self>,
+        id: IdentityId,
+        generation: u64,
+    ) -> watch::Receiver<Option<Outcome>> {
+        let Some(slot) = self.slots.get(&id) else {
+            return watch::channel(Some(Outcome::Failed(
+                "not an OAuth 2.0 identity".to_owned(),
+            )))
+            .1;
+        };
+        let mut refreshing = slot
+            .refreshing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(current) = self.current(id).filter(|c| c.generation != generation) {
+            return watch::channel(Some(Outcome::Ok(current))).1;
+        }
+        if let Some(rx) = refreshing.as_ref() {
+            return rx.clone();
+        }
+        let (tx, rx) = watch::channel(None);
+        *refreshing = Some(rx.clone());
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            let outcome = this.run_refresh(id).await;
+            if let Some(slot) = this.slots.get(&id) {
+                *slot
+                    .refreshing
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) = None;
+            }
+            let _no_waiters = tx.send(Some(outcome));
+        });
+        rx
+    }
+
+    /// One refresh of `id`: adopt a pair another process stored, else ask X (with retries
+    /// for passing failures), store the new pair durably, then publish it.
+    async fn run_refresh(&self, id: IdentityId) -> Outcome {
+        let Some(slot) = self.slots.get(&id) else {
+            return Outcome::Failed("not an OAuth 2.0 identity".to_owned());
+        };
+        let name = Arc::clone(&slot.name);
+        let Some(current) = self.current(id) else {
+            return Outcome::Rejected("no token is stored".to_owned());
+        };
+        // Another process may have rotated the pair: its refresh token is the live one.
+        if let Some(store) = &self.store {
+            let store = Arc::clone(store);
+            let n = Arc::clone(&name);
+            let stored = tokio::task::spawn_blocking(move || store.load(&n, TokenKind::Oauth2))
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .flatten();
+            if let Some(stored) = stored {
+                if let StoredToken::Oauth2 { access_token, .. } = &stored {
+                    if access_token != current.access_token.expose() {
+                        tracing::info!(identity = %name, "adopting the token pair another process stored");
+                        return Self::publish(slot, &stored, current.generation);
+                    }
+                }
+            }
+        }
+        let Some(refresh_token) = current.refresh_token.as_ref() else {
+            self.metrics.token_refresh(&name, "rejected");
+            return Outcome::Rejected(
+                "no refresh token was granted (log in with the offline.access scope)".to_owned(),
+            );
+        };
+        let client = match oauth2_client(&slot.app, &self.token_url) {
+            Ok(c) => c,
+            Err(e) => return Outcome::Failed(e),
+        };
+        let http = TokenHttp(&self.upstream);
+        let mut backoff = Duration::from_millis(250);
+        for attempt in 1..=ATTEMPTS {
+            let result = client
+                .exchange_refresh_token(&RefreshToken::new(refresh_token.expose().to_owned()))
+                .request_async(&http)
+                .await;
+            match result {
+                Ok(resp) => {
+                    let now = self.clock.unix_seconds();
+                    let stored = stored_from_response(
+                        &resp,
+                        now,
+                        &current.scopes,
+                        Some(refresh_token.expose()),
+                    );
+                    if let Err(e) = self.save(&name, &stored).await {
+                        // X has rotated the pair: the new one only lives here now. Keep
+                        // using it rather than lose the user, and say so loudly.
+                        tracing::error!(identity = %name, error = %e, "the refreshed token could not be stored; it is kept in memory only");
+                    }
+                    self.metrics.token_refresh(&name, "ok");
+                    tracing::info!(identity = %name, "OAuth 2.0 token refreshed");
+                    return Self::publish(slot, &stored, current.generation);
+                }
+                Err(RequestTokenError::ServerResponse(err))
+                    if matches!(
+                        err.error(),
+                        BasicErrorResponseType::InvalidGrant
+                            | BasicErrorResponseType::InvalidClient
+                            | BasicErrorResponseType::UnauthorizedClient
+                    ) =>
+                {
+                    self.metrics.token_refresh(&name, "rejected");
+                    tracing::warn!(identity = %name, error = %err.error(), "X refused the refresh token: log in again");
+                    return Outcome::Rejected(format!(
+                        "X refused the refresh token ({}); run `xgate login --identity {name}` again",
+                        err.error()
+                    ));
+                }
+                Err(e) => {
+                    let why = describe(&e);
+                    tracing::warn!(identity = %name, attempt, error = %why, "OAuth 2.0 token refresh failed");
+                    if attempt == ATTEMPTS {
+                        self.metrics.token_refresh(&name, "error");
+                        return Outcome::Failed(why);
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff *= 4;
+                }
+            }
+        }
+        Outcome::Failed("no attempt was made".to_owned())
+    }
+
+    async fn save(&self, name: &Arc<str>, token: &StoredToken) -> Result<(), String> {
+        let Some(store) = &self.store else {
+            return Err("no token store".to_owned());
+        };
+        let store = Arc::clone(store);
+        let name = Arc::clone(name);
+        let token = token.clone();
+        tokio::task::spawn_blocking(move || store.save(&name, &token))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())
+    }
+
+    fn publish(slot: &Slot, stored: &StoredToken, generation: u64) -> Outcome {
+        match Current::from_stored(stored, generation + 1) {
+            Some(c) => {
+                let c = Arc::new(c);
+                *slot.current.write().unwrap_or_else(PoisonError::into_inner) =
+                    Some(Arc::clone(&c));
+                Outcome::Ok(c)
+            }
+            None => Outcome::Failed("the new access token is not usable in a header".to_owned()),
+        }
+    }
+}
+
+/// A token-endpoint failure, without token values.
+fn describe<E: std::error::Error>(
+    e: &RequestTokenError<E, oauth2::basic::BasicErrorResponse>,
+) -> String {
+    match e {
+        RequestTokenError::ServerResponse(r) => format!("X answered {}", r.error()),
+        RequestTokenError::Request(e) => e.to_string(),
+        RequestTokenError::Parse(e, _body) => format!("unreadable token answer: {e}"),
+        RequestTokenError::Other(s) => s.clone(),
+    }
+}

@@ -1,0 +1,443 @@
+//! `xgate login --identity ID`: OAuth 2.0 Authorization Code with PKCE (CONTRACT section 6),
+//! and `xgate bearer --app APP`: the App's app-only Bearer token.
+//!
+//! Login prints the authorize URL alone on one line of stdout, takes the redirect once (a
+//! one-shot listener on the `oauth2_redirect_uri` address, or the redirected URL on stdin with
+//! `--no-listen`), checks `state`, exchanges the code with the PKCE verifier through the
+//! `oauth2` crate over xgate's own upstream client (so `ca_file` and the timeouts apply), and
+//! stores the pair and the scopes X granted. Nothing here prints a token.
+
+use std::io::{BufRead, Write};
+use std::time::Duration;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http::{Request, Response, StatusCode, header};
+use http_body_util::{BodyExt as _, Full};
+use oauth2::basic::BasicErrorResponseType;
+use oauth2::{
+    AuthUrl, AuthorizationCode, CsrfToken, PkceCodeChallenge, RedirectUrl, RequestTokenError, Scope,
+};
+
+use super::{CliError, io_error};
+use crate::auth::oauth1::{form_decode, percent_encode};
+use crate::auth::oauth2::{Oauth2App, TokenHttp, oauth2_client, stored_from_response};
+use crate::body::UpstreamBody;
+use crate::clock::{Clock, SystemClock};
+use crate::config::{Config, Identity, UserAuth};
+use crate::store::{SqliteStore, StoredToken, TokenKind, TokenStore};
+use crate::upstream::Upstream;
+
+/// How long the callback listener waits for the browser.
+const CALLBACK_WAIT: Duration = Duration::from_secs(600);
+
+fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Runtime(format!("cannot start the async runtime: {e}")))
+}
+
+fn open_store(config: &Config) -> Result<SqliteStore, CliError> {
+    SqliteStore::open(&config.store.path, config.store.encryption_key.as_ref()).map_err(|e| {
+        if e.is_config() {
+            CliError::Usage(e.to_string())
+        } else {
+            CliError::Runtime(e.to_string())
+        }
+    })
+}
+
+fn upstream(config: &Config) -> Result<Upstream, CliError> {
+    Upstream::new(&config.upstream, config.server.request_timeout)
+        .map_err(|e| CliError::Runtime(e.to_string()))
+}
+
+/// The parts of a redirect that matter.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Redirect {
+    code: Option<String>,
+    state: Option<String>,
+    error: Option<String>,
+    error_description: Option<String>,
+}
+
+/// Reads `code`, `state`, `error` from a redirected URL or its query.
+fn parse_redirect(url_or_query: &str) -> Redirect {
+    let query = url_or_query
+        .split_once('?')
+        .map_or(url_or_query, |(_, q)| q);
+    let query = query.split('#').next().unwrap_or_default();
+    let mut r = Redirect::default();
+    let decode = |s: &str| {
+        form_decode(s)
+            .ok()
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+    };
+    for pair in query.trim().split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let (Some(k), v) = (decode(k), decode(v)) else {
+            continue;
+        };
+        match k.as_str() {
+            "code" => r.code = v,
+            "state" => r.state = v,
+            "error" => r.error = v,
+            "error_description" => r.error_description = v,
+            _ => {}
+        }
+    }
+    r
+}
+
+/// `xgate login --identity ID` (OAuth 2.0).
+pub(super) fn oauth2(
+    config: &Config,
+    identity: &str,
+    no_listen: bool,
+    input: &mut dyn BufRead,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    let user = match config.identity(identity) {
+        Some(Identity::User(u)) => u,
+        Some(Identity::App(_)) => {
+            return Err(CliError::Usage(format!(
+                "--identity {identity}: an App logs in with `xgate bearer --app {identity}`"
+            )));
+        }
+        None => {
+            return Err(CliError::Usage(format!(
+                "--identity {identity}: no such identity in [users]"
+            )));
+        }
+    };
+    let UserAuth::Oauth2 { scopes } = &user.auth else {
+        return Err(CliError::Usage(format!(
+            "--identity {identity}: users.{identity}.auth is \"oauth1\"; use `xgate login --identity {identity} --oauth1`"
+        )));
+    };
+    let app = config
+        .apps
+        .get(&user.app)
+        .ok_or_else(|| CliError::Usage(format!("users.{identity}.app: no App {}", user.app)))?;
+    let client_cfg = app.oauth2.as_ref().ok_or_else(|| {
+        CliError::Usage(format!(
+            "apps.{}.oauth2_client_id is not set: it is needed to log in users with OAuth 2.0",
+            app.name
+        ))
+    })?;
+    let creds = Oauth2App {
+        client_id: client_cfg.client_id.clone(),
+        client_secret: client_cfg.client_secret.clone(),
+    };
+    let store = open_store(config)?;
+    let upstream = upstream(config)?;
+    let token_url = format!("{}/2/oauth2/token", upstream.base());
+    let redirect_uri = app.oauth2_redirect_uri.to_string();
+    let client =
+        oauth2_client(&creds, &token_url)
+            .map_err(CliError::Runtime)?
+            .set_auth_uri(
+                AuthUrl::new(app.oauth2_authorize_url.to_string()).map_err(|e| {
+                    CliError::Usage(format!("apps.{}.oauth2_authorize_url: {e}", app.name))
+                })?,
+            )
+            .set_redirect_uri(RedirectUrl::new(redirect_uri).map_err(|e| {
+                CliError::Usage(format!("apps.{}.oauth2_redirect_uri: {e}", app.name))
+            })?);
+    let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+    let (authorize_url, state) = client
+        .authorize_url(CsrfToken::new_random)
+        .add_scopes(scopes.iter().cloned().map(Scope::new))
+        .set_pkce_challenge(challenge)
+        .url();
+
+    let rt = runtime()?;
+    rt.block_on(async {
+        // Listen before printing, so a fast browser cannot miss the listener.
+        let listener = if no_listen {
+            None
+        } else {
+            Some(bind_callback(&app.oauth2_redirect_uri).await?)
+        };
+        writeln!(out, "{authorize_url}").map_err(|e| io_error(&e))?;
+        out.flush().map_err(|e| io_error(&e))?;
+        let redirect = match listener {
+            Some(l) => await_callback(l, app.oauth2_redirect_uri.path()).await?,
+            None => {
+                let mut line = String::new();
+                input
+                    .read_line(&mut line)
+                    .map_err(|e| CliError::Runtime(format!("cannot read the redirected URL: {e}")))?;
+                parse_redirect(&line)
+            }
+        };
+        if let Some(error) = redirect.error {
+            let why = redirect.error_description.unwrap_or_default();
+            return Err(CliError::Runtime(if error == "access_denied" {
+                format!("the authorisation was denied ({error}{}{why}): nothing was stored", if why.is_empty() { "" } else { ": " })
+            } else {
+                format!("X answered the authorisation with {error} {why}: nothing was stored")
+            }));
+        }
+        if redirect.state.as_deref() != Some(state.secret().as_str()) {
+            return Err(CliError::Runtime(
+                "the redirect's state does not match this login (a stale or forged redirect): nothing was stored; run `xgate login` again".to_owned(),
+            ));
+        }
+        let code = redirect.code.ok_or_else(|| {
+            CliError::Runtime("the redirect carries no code: nothing was stored".to_owned())
+        })?;
+        let resp = client
+            .exchange_code(AuthorizationCode::new(code))
+            .set_pkce_verifier(verifier)
+            .request_async(&TokenHttp(&upstream))
+            .await
+            .map_err(|e| match e {
+                RequestTokenError::ServerResponse(r)
+                    if *r.error() == BasicErrorResponseType::InvalidGrant =>
+                {
+                    CliError::Runtime(format!(
+                        "X refused the authorization code (invalid_grant: it expires 30 s after the redirect, and works once); run `xgate login --identity {identity}` again"
+                    ))
+                }
+                RequestTokenError::ServerResponse(r) => {
+                    CliError::Runtime(format!("X refused the code exchange: {}", r.error()))
+                }
+                other => CliError::Runtime(format!("the code exchange failed: {other}")),
+            })?;
+        let now = SystemClock.unix_seconds();
+        let stored = stored_from_response(&resp, now, scopes, None);
+        let granted = match &stored {
+            StoredToken::Oauth2 { scopes, .. } => scopes.join(" "),
+            _ => String::new(),
+        };
+        store
+            .save(identity, &stored)
+            .map_err(|e| CliError::Runtime(e.to_string()))?;
+        writeln!(out, "stored token for {identity}").map_err(|e| io_error(&e))?;
+        writeln!(out, "scopes: {granted}").map_err(|e| io_error(&e))?;
+        Ok(())
+    })
+}
+
+async fn bind_callback(redirect: &http::Uri) -> Result<tokio::net::TcpListener, CliError> {
+    let host = redirect.host().unwrap_or("127.0.0.1");
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let port = redirect
+        .port_u16()
+        .unwrap_or(if redirect.scheme_str() == Some("https") {
+            443
+        } else {
+            80
+        });
+    tokio::net::TcpListener::bind((host, port)).await.map_err(|e| {
+        CliError::Runtime(format!(
+            "cannot listen on {host}:{port} for the redirect ({e}); use --no-listen and paste the redirected URL"
+        ))
+    })
+}
+
+/// Serves the redirect once: the first request to `path` with a code or an error.
+async fn await_callback(
+    listener: tokio::net::TcpListener,
+    path: &str,
+) -> Result<Redirect, CliError> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Redirect>(1);
+    let path = path.to_owned();
+    let serve = async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let tx = tx.clone();
+            let path = path.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                    let tx = tx.clone();
+                    let path = path.clone();
+                    async move {
+                        let redirect = parse_redirect(req.uri().query().unwrap_or_default());
+                        let ours = req.uri().path() == path
+                            && (redirect.code.is_some() || redirect.error.is_some());
+                        let (status, text) = if ours {
+                            let _closed = tx.send(redirect).await;
+                            (
+                                StatusCode::OK,
+                                "xgate received the authorisation. You can close this window.\n",
+                            )
+                        } else {
+                            (StatusCode::NOT_FOUND, "not the xgate login callback\n")
+                        };
+                        let mut resp =
+                            Response::new(Full::new(Bytes::from_static(text.as_bytes())));
+                        *resp.status_mut() = status;
+                        resp.headers_mut().insert(
+                            header::CONTENT_TYPE,
+                            http::HeaderValue::from_static("text/plain; charset=utf-8"),
+                        );
+                        Ok::<_, std::convert::Infallible>(resp)
+                    }
+                });
+                let _done = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    };
+    tokio::select! {
+        () = serve => Err(CliError::Runtime("the callback listener stopped".to_owned())),
+        got = tokio::time::timeout(CALLBACK_WAIT, rx.recv()) => match got {
+            Ok(Some(r)) => Ok(r),
+            _ => Err(CliError::Runtime(format!(
+                "no redirect arrived within {} minutes: nothing was stored",
+                CALLBACK_WAIT.as_secs() / 60
+            ))),
+        },
+    }
+}
+
+/// `xgate bearer --app APP [--invalidate]`.
+pub(super) fn bearer(
+    config: &Config,
+    app_name: &str,
+    invalidate: bool,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    let app = config
+        .apps
+        .get(app_name)
+        .ok_or_else(|| CliError::Usage(format!("--app {app_name}: no such App in [apps]")))?;
+    let consumer = app.consumer.as_ref().ok_or_else(|| {
+        CliError::Usage(format!(
+            "apps.{app_name}: consumer_key and consumer_secret are needed to obtain a Bearer token"
+        ))
+    })?;
+    // X: each of key and secret RFC 1738-encoded, joined with ':', then Base64.
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!(
+        "{}:{}",
+        percent_encode(consumer.key.expose()),
+        percent_encode(consumer.secret.expose())
+    ));
+    let mut authorization =
+        http::HeaderValue::try_from(format!("Basic {basic}")).map_err(|_invalid| {
+            CliError::Usage(format!(
+                "apps.{app_name}: the consumer key or secret cannot be sent in a header"
+            ))
+        })?;
+    authorization.set_sensitive(true);
+    let store = open_store(config)?;
+    let upstream = upstream(config)?;
+    let rt = runtime()?;
+    let post = |path: &str, body: String| {
+        let mut req = Request::new(UpstreamBody::Full(Some(Bytes::from(body))));
+        *req.method_mut() = http::Method::POST;
+        let uri = format!("{}{path}", upstream.base());
+        *req.uri_mut() = uri.parse().unwrap_or_default();
+        let h = req.headers_mut();
+        h.insert(header::AUTHORIZATION, authorization.clone());
+        h.insert(
+            header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/x-www-form-urlencoded;charset=UTF-8"),
+        );
+        req
+    };
+    rt.block_on(async {
+        if invalidate {
+            let stored = store
+                .load(app_name, TokenKind::Bearer)
+                .map_err(|e| CliError::Runtime(e.to_string()))?;
+            let Some(StoredToken::Bearer { token }) = stored.as_ref() else {
+                return Err(CliError::Runtime(format!(
+                    "no Bearer token is stored for {app_name}: nothing to invalidate"
+                )));
+            };
+            let body = format!("access_token={}", percent_encode(token));
+            let (status, _json) = exchange(&upstream, post("/oauth2/invalidate_token", body)).await?;
+            if !status.is_success() {
+                return Err(CliError::Runtime(format!(
+                    "X answered {status} to the invalidation: the stored token is kept"
+                )));
+            }
+            store
+                .delete(app_name, TokenKind::Bearer)
+                .map_err(|e| CliError::Runtime(e.to_string()))?;
+            writeln!(out, "invalidated and forgot the Bearer token of {app_name}").map_err(|e| io_error(&e))?;
+            return Ok(());
+        }
+        let (status, json) = exchange(
+            &upstream,
+            post("/oauth2/token", "grant_type=client_credentials".to_owned()),
+        )
+        .await?;
+        if !status.is_success() {
+            return Err(CliError::Runtime(format!(
+                "X answered {status} to the Bearer token request (check apps.{app_name}.consumer_key and consumer_secret)"
+            )));
+        }
+        let field = |k: &str| json.get(k).and_then(serde_json::Value::as_str);
+        let token_type = field("token_type").unwrap_or_default();
+        let Some(token) = field("access_token").filter(|_| token_type.eq_ignore_ascii_case("bearer")) else {
+            return Err(CliError::Runtime(format!(
+                "X's answer holds no bearer token (token_type {token_type:?})"
+            )));
+        };
+        store
+            .save(app_name, &StoredToken::Bearer { token: token.to_owned() })
+            .map_err(|e| CliError::Runtime(e.to_string()))?;
+        if app.bearer_token.is_some() {
+            writeln!(out, "stored Bearer token for {app_name} (apps.{app_name}.bearer_token is set and takes precedence)")
+        } else {
+            writeln!(out, "stored Bearer token for {app_name}")
+        }
+        .map_err(|e| io_error(&e))
+    })
+}
+
+/// Sends a token-endpoint request and reads its JSON answer.
+async fn exchange(
+    upstream: &Upstream,
+    req: Request<UpstreamBody>,
+) -> Result<(StatusCode, serde_json::Value), CliError> {
+    let resp = upstream
+        .send(req)
+        .await
+        .map_err(|e| CliError::Runtime(format!("the token request failed: {e}")))?;
+    let status = resp.status();
+    let body = http_body_util::Limited::new(resp.into_body(), 64 * 1024)
+        .collect()
+        .await
+        .map_err(|e| CliError::Runtime(format!("the token answer could not be read: {e}")))?
+        .to_bytes();
+    let json = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+    Ok((status, json))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redirects_are_read_from_urls_or_queries() {
+        let r = parse_redirect("http://127.0.0.1:8765/callback?state=abc&code=x%2By+z#frag");
+        assert_eq!(r.code.as_deref(), Some("x+y z"));
+        assert_eq!(r.state.as_deref(), Some("abc"));
+        let r = parse_redirect("error=access_denied&state=s\n");
+        assert_eq!(r.error.as_deref(), Some("access_denied"));
+        assert_eq!(r.state.as_deref(), Some("s"));
+        assert_eq!(parse_redirect(""), Redirect::default());
+    }
+
+    /// RFC 7636 Appendix B, through the oauth2 crate xgate uses.
+    #[test]
+    fn pkce_s256_matches_rfc_7636() {
+        let verifier =
+            oauth2::PkceCodeVerifier::new("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk".to_owned());
+        let challenge = PkceCodeChallenge::from_code_verifier_sha256(&verifier);
+        assert_eq!(
+            challenge.as_str(),
+            "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
+        );
+        assert_eq!(challenge.method().as_str(), "S256");
+    }
+}

@@ -1,0 +1,503 @@
+//! The token store: where tokens obtained from X live (CONTRACT sections 2 and 6).
+//!
+//! Owns the [`TokenStore`] trait (small on purpose, so a shared backend for several replicas
+//! can be added later) and its embedded implementation, [`SqliteStore`]: one SQLite file at
+//! `store.path`, created with mode 0600, in WAL mode with `synchronous = FULL`, so every
+//! token write is one transaction flushed to disk before it returns. The schema is versioned
+//! (`PRAGMA user_version`) and migrated forward on open. With `store.encryption_key`, token
+//! records are sealed with XChaCha20-Poly1305 (a fresh random nonce each, the identity and
+//! kind as associated data), and a key-check record makes a wrong key a clear error at open,
+//! never garbage. Calls block: async callers run them on the blocking pool.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
+
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use serde::{Deserialize, Serialize};
+
+use crate::clock::fill_random;
+use crate::secret::StoreKey;
+
+/// The newest schema version this build writes.
+const SCHEMA_VERSION: i64 = 1;
+
+/// What the key-check record seals.
+const KEY_CHECK: &[u8] = b"xgate token store key check v1";
+
+/// A stored credential.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum StoredToken {
+    /// An OAuth 2.0 user token pair (`xgate login`).
+    Oauth2 {
+        /// The access token.
+        access_token: String,
+        /// The refresh token, when `offline.access` was granted.
+        refresh_token: Option<String>,
+        /// When the access token expires (Unix seconds), if X said.
+        expires_at: Option<u64>,
+        /// The scopes X granted.
+        scopes: Vec<String>,
+    },
+    /// An App's app-only Bearer token (`xgate bearer`).
+    Bearer {
+        /// The token.
+        token: String,
+    },
+    /// An OAuth 1.0a user's access token and secret (`xgate login --oauth1`).
+    Oauth1 {
+        /// `oauth_token`.
+        token: String,
+        /// Its secret.
+        token_secret: String,
+    },
+}
+
+impl StoredToken {
+    /// The record kind (a column of the table).
+    pub fn kind(&self) -> TokenKind {
+        match self {
+            Self::Oauth2 { .. } => TokenKind::Oauth2,
+            Self::Bearer { .. } => TokenKind::Bearer,
+            Self::Oauth1 { .. } => TokenKind::Oauth1,
+        }
+    }
+}
+
+impl fmt::Debug for StoredToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never the token values.
+        match self {
+            Self::Oauth2 {
+                expires_at, scopes, ..
+            } => f
+                .debug_struct("Oauth2")
+                .field("expires_at", expires_at)
+                .field("scopes", scopes)
+                .finish_non_exhaustive(),
+            Self::Bearer { .. } => f.write_str("Bearer([redacted])"),
+            Self::Oauth1 { .. } => f.write_str("Oauth1([redacted])"),
+        }
+    }
+}
+
+impl Drop for StoredToken {
+    fn drop(&mut self) {
+        use zeroize::Zeroize as _;
+        match self {
+            Self::Oauth2 {
+                access_token,
+                refresh_token,
+                ..
+            } => {
+                access_token.zeroize();
+                refresh_token.zeroize();
+            }
+            Self::Bearer { token } => token.zeroize(),
+            Self::Oauth1 {
+                token,
+                token_secret,
+            } => {
+                token.zeroize();
+                token_secret.zeroize();
+            }
+        }
+    }
+}
+
+/// Which kind of record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenKind {
+    /// [`StoredToken::Oauth2`].
+    Oauth2,
+    /// [`StoredToken::Bearer`].
+    Bearer,
+    /// [`StoredToken::Oauth1`].
+    Oauth1,
+}
+
+impl TokenKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Oauth2 => "oauth2",
+            Self::Bearer => "bearer",
+            Self::Oauth1 => "oauth1",
+        }
+    }
+}
+
+/// The store failed; the message names the file and never a token.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The file could not be opened or written.
+    #[error("token store {path}: {message}")]
+    Io {
+        /// The store file.
+        path: PathBuf,
+        /// What failed.
+        message: String,
+    },
+    /// `store.encryption_key` does not open this store (or one is needed, or was not used).
+    #[error("token store {path}: {message}")]
+    Key {
+        /// The store file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl StoreError {
+    /// Whether the configuration is at fault (exit status 2) rather than the system.
+    pub fn is_config(&self) -> bool {
+        matches!(self, Self::Key { .. })
+    }
+}
+
+/// Where tokens are kept. Implementations are durable: when `save` returns, the record
+/// survives a crash.
+pub trait TokenStore: Send + Sync + fmt::Debug {
+    /// The record of `kind` for `identity`.
+    fn load(&self, identity: &str, kind: TokenKind) -> Result<Option<StoredToken>, StoreError>;
+    /// Replaces the record of the token's kind for `identity`, durably.
+    fn save(&self, identity: &str, token: &StoredToken) -> Result<(), StoreError>;
+    /// Forgets the record of `kind` for `identity`.
+    fn delete(&self, identity: &str, kind: TokenKind) -> Result<(), StoreError>;
+}
+
+/// The embedded SQLite store.
+pub struct SqliteStore {
+    path: PathBuf,
+    conn: Mutex<rusqlite::Connection>,
+    cipher: Option<XChaCha20Poly1305>,
+}
+
+impl fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .field("encrypted", &self.cipher.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Creates the file with mode 0600 if it does not exist (SQLite gives its `-wal` and `-shm`
+/// files the same mode).
+fn create_private(path: &Path) -> std::io::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(0o600);
+    }
+    options.open(path).map(drop)
+}
+
+impl SqliteStore {
+    /// Opens (creating it if missing) the store at `path`; with `key`, records are encrypted
+    /// and the key is checked against the store's key-check record.
+    pub fn open(path: &Path, key: Option<&StoreKey>) -> Result<Self, StoreError> {
+        let io = |e: &dyn fmt::Display| StoreError::Io {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        };
+        create_private(path).map_err(|e| io(&e))?;
+        let conn = rusqlite::Connection::open(path).map_err(|e| io(&e))?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(|e| io(&e))?;
+        // WAL: readers never wait for a writer; FULL: a commit is on disk when it returns.
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+            .map_err(|e| io(&e))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(io(&format!("cannot use WAL journaling (got {mode})")));
+        }
+        conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")
+            .map_err(|e| io(&e))?;
+        migrate(&conn).map_err(|e| io(&e))?;
+        let store = Self {
+            path: path.to_path_buf(),
+            conn: Mutex::new(conn),
+            cipher: key.map(|k| XChaCha20Poly1305::new(k.expose().into())),
+        };
+        store.check_key()?;
+        Ok(store)
+    }
+
+    fn key_error(&self, message: &str) -> StoreError {
+        StoreError::Key {
+            path: self.path.clone(),
+            message: message.to_owned(),
+        }
+    }
+
+    fn io_error(&self, e: &dyn fmt::Display) -> StoreError {
+        StoreError::Io {
+            path: self.path.clone(),
+            message: e.to_string(),
+        }
+    }
+
+    /// The key-check record: written with the first key, verified on every later open.
+    fn check_key(&self) -> Result<(), StoreError> {
+        let conn = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
+        let check: Option<Vec<u8>> = conn
+            .query_row("SELECT value FROM meta WHERE key = 'key_check'", [], |r| {
+                r.get(0)
+            })
+            .map(Some)
+            .or_else(|e| match e {
+                rusqlite::Error::QueryReturnedNoRows => Ok(None),
+                e => Err(e),
+            })
+            .map_err(|e| self.io_error(&e))?;
+        let has_tokens: bool = conn
+            .query_row("SELECT EXISTS (SELECT 1 FROM tokens)", [], |r| r.get(0))
+            .map_err(|e| self.io_error(&e))?;
+        match (&self.cipher, check) {
+            (Some(_), Some(sealed)) => {
+                let opened = self.open_sealed(&sealed, b"key_check");
+                if opened.as_deref() == Some(KEY_CHECK) {
+                    Ok(())
+                } else {
+                    Err(self.key_error(
+                        "store.encryption_key does not open this store (wrong key)",
+                    ))
+                }
+            }
+            (Some(_), None) if has_tokens => Err(self.key_error(
+                "the store holds unencrypted tokens; remove store.encryption_key, or move the file away and log in again to start an encrypted store",
+            )),
+            (Some(_), None) => {
+                let sealed = self.seal(KEY_CHECK, b"key_check")?;
+                conn.execute(
+                    "INSERT INTO meta (key, value) VALUES ('key_check', ?1)",
+                    [sealed],
+                )
+                .map_err(|e| self.io_error(&e))?;
+                Ok(())
+            }
+            (None, Some(_)) => Err(self.key_error(
+                "the store is encrypted: set store.encryption_key to its key",
+            )),
+            (None, None) => Ok(()),
+        }
+    }
+
+    /// `nonce || ciphertext`, or the plain bytes without a key.
+    fn seal(&self, plain: &[u8], aad: &[u8]) -> Result<Vec<u8>, StoreError> {
+        let Some(cipher) = &self.cipher else {
+            return Ok(plain.to_vec());
+        };
+        let mut nonce = [0u8; 24];
+        fill_random(&mut nonce).map_err(|e| self.io_error(&e))?;
+        let sealed = cipher
+            .encrypt(XNonce::from_slice(&nonce), Payload { msg: plain, aad })
+            .map_err(|_opaque| self.io_error(&"encryption failed"))?;
+        let mut out = Vec::with_capacity(24 + sealed.len());
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&sealed);
+        Ok(out)
+    }
+
+    fn open_sealed(&self, stored: &[u8], aad: &[u8]) -> Option<Vec<u8>> {
+        let Some(cipher) = &self.cipher else {
+            return Some(stored.to_vec());
+        };
+        let (nonce, sealed) = stored.split_at_checked(24)?;
+        cipher
+            .decrypt(XNonce::from_slice(nonce), Payload { msg: sealed, aad })
+            .ok()
+    }
+}
+
+fn aad(identity: &str, kind: TokenKind) -> Vec<u8> {
+    format!("{identity}\0{}", kind.as_str()).into_bytes()
+}
+
+/// Brings the schema to [`SCHEMA_VERSION`], one transaction per step.
+fn migrate(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version < 1 {
+        conn.execute_batch(
+            "BEGIN IMMEDIATE;
+             CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+             CREATE TABLE IF NOT EXISTS tokens (
+                 identity TEXT NOT NULL,
+                 kind TEXT NOT NULL,
+                 data BLOB NOT NULL,
+                 updated_at INTEGER NOT NULL,
+                 PRIMARY KEY (identity, kind)
+             );
+             PRAGMA user_version = 1;
+             COMMIT;",
+        )?;
+    }
+    if version > SCHEMA_VERSION {
+        return Err(rusqlite::Error::InvalidParameterName(format!(
+            "schema version {version} is newer than this xgate understands ({SCHEMA_VERSION}): upgrade xgate"
+        )));
+    }
+    Ok(())
+}
+
+impl TokenStore for SqliteStore {
+    fn load(&self, identity: &str, kind: TokenKind) -> Result<Option<StoredToken>, StoreError> {
+        let conn = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
+        let data: Option<Vec<u8>> = conn
+            .query_row(
+                "SELECT data FROM tokens WHERE identity = ?1 AND kind = ?2",
+                [identity, kind.as_str()],
+                |r| r.get(0),
+            )
+            .map(Some)
+            .or_else(|e| match e {
+                rusqlite::Error::QueryReturnedNoRows => Ok(None),
+                e => Err(e),
+            })
+            .map_err(|e| self.io_error(&e))?;
+        let Some(data) = data else {
+            return Ok(None);
+        };
+        let plain =
+            zeroize::Zeroizing::new(self.open_sealed(&data, &aad(identity, kind)).ok_or_else(
+                || self.key_error("a token record does not decrypt with store.encryption_key"),
+            )?);
+        serde_json::from_slice(&plain).map(Some).map_err(|e| {
+            self.io_error(&format!("a token record for {identity} is unreadable: {e}"))
+        })
+    }
+
+    fn save(&self, identity: &str, token: &StoredToken) -> Result<(), StoreError> {
+        let kind = token.kind();
+        let plain =
+            zeroize::Zeroizing::new(serde_json::to_vec(token).map_err(|e| self.io_error(&e))?);
+        let data = self.seal(&plain, &aad(identity, kind))?;
+        let now = crate::clock::Clock::unix_seconds(&crate::clock::SystemClock);
+        let mut conn = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(|e| self.io_error(&e))?;
+        tx.execute(
+            "INSERT INTO tokens (identity, kind, data, updated_at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (identity, kind) DO UPDATE SET data = excluded.data, updated_at = excluded.updated_at",
+            rusqlite::params![identity, kind.as_str(), data, i64::try_from(now).unwrap_or(i64::MAX)],
+        )
+        .map_err(|e| self.io_error(&e))?;
+        tx.commit().map_err(|e| self.io_error(&e))
+    }
+
+    fn delete(&self, identity: &str, kind: TokenKind) -> Result<(), StoreError> {
+        let conn = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
+        conn.execute(
+            "DELETE FROM tokens WHERE identity = ?1 AND kind = ?2",
+            [identity, kind.as_str()],
+        )
+        .map(drop)
+        .map_err(|e| self.io_error(&e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("xgate-store-{name}-{}", std::process::id()));
+        let _ignored = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn token() -> StoredToken {
+        StoredToken::Oauth2 {
+            access_token: "ACCESS-abc".into(),
+            refresh_token: Some("REFRESH-def".into()),
+            expires_at: Some(1_700_000_000),
+            scopes: vec!["tweet.read".into(), "offline.access".into()],
+        }
+    }
+
+    #[test]
+    fn tokens_round_trip_and_survive_reopening() {
+        let path = dir("roundtrip").join("sub/xgate.db");
+        let s = SqliteStore::open(&path, None).unwrap();
+        assert_eq!(s.load("bob", TokenKind::Oauth2).unwrap(), None);
+        s.save("bob", &token()).unwrap();
+        drop(s);
+        let s = SqliteStore::open(&path, None).unwrap();
+        assert_eq!(s.load("bob", TokenKind::Oauth2).unwrap(), Some(token()));
+        assert_eq!(s.load("bob", TokenKind::Bearer).unwrap(), None);
+        s.delete("bob", TokenKind::Oauth2).unwrap();
+        assert_eq!(s.load("bob", TokenKind::Oauth2).unwrap(), None);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        let v: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, SCHEMA_VERSION);
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+    }
+
+    #[test]
+    fn encrypted_stores_hide_tokens_and_refuse_a_wrong_key() {
+        let path = dir("crypt").join("xgate.db");
+        let key = StoreKey::new([7; 32]);
+        let s = SqliteStore::open(&path, Some(&key)).unwrap();
+        s.save("bob", &token()).unwrap();
+        assert_eq!(s.load("bob", TokenKind::Oauth2).unwrap(), Some(token()));
+        drop(s);
+        let mut bytes = std::fs::read(&path).unwrap();
+        if let Ok(wal) = std::fs::read(path.with_extension("db-wal")) {
+            bytes.extend(wal);
+        }
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(!text.contains("ACCESS-abc") && !text.contains("REFRESH-def"));
+        let wrong = SqliteStore::open(&path, Some(&StoreKey::new([8; 32]))).unwrap_err();
+        assert!(wrong.is_config());
+        assert!(wrong.to_string().contains("wrong key"), "{wrong}");
+        let none = SqliteStore::open(&path, None).unwrap_err();
+        assert!(
+            none.to_string().contains("set store.encryption_key"),
+            "{none}"
+        );
+        // The right key still opens it.
+        let s = SqliteStore::open(&path, Some(&key)).unwrap();
+        assert_eq!(s.load("bob", TokenKind::Oauth2).unwrap(), Some(token()));
+    }
+
+    #[test]
+    fn a_key_is_refused_for_a_store_with_plain_tokens() {
+        let path = dir("plain").join("xgate.db");
+        SqliteStore::open(&path, None)
+            .unwrap()
+            .save("bob", &token())
+            .unwrap();
+        let e = SqliteStore::open(&path, Some(&StoreKey::new([1; 32]))).unwrap_err();
+        assert!(e.is_config());
+        assert!(e.to_string().contains("unencrypted"), "{e}");
+    }
+
+    #[test]
+    fn debug_never_shows_token_values() {
+        let shown = format!("{:?}", token());
+        assert!(
+            !shown.contains("ACCESS") && !shown.contains("REFRESH"),
+            "{shown}"
+        );
+    }
+}

@@ -1,0 +1,657 @@
+//! CONTRACT section 6 (OAuth 2.0 user tokens), the token store, `xgate login` and
+//! `xgate bearer`, against FakeX's token endpoints (rotating single-use refresh tokens).
+
+use std::io::{BufRead as _, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use xgate::store::{SqliteStore, StoredToken, TokenKind, TokenStore as _};
+
+use crate::support::fake_x::{FakeX, ISSUED_BEARER};
+use crate::support::http::{Answer, get, request, send};
+use crate::support::proxy::{Proxy, config};
+use crate::support::{scratch, xgate};
+
+const SCOPES: [&str; 3] = ["tweet.read", "users.read", "offline.access"];
+
+fn now() -> u64 {
+    xgate::clock::Clock::unix_seconds(&xgate::clock::SystemClock)
+}
+
+/// Puts an OAuth 2.0 pair for bob into the store of `dir` (`xgate.db`, the default path).
+fn store_bob(dir: &Path, access: &str, refresh: Option<&str>, expires_at: u64, scopes: &[&str]) {
+    let store = SqliteStore::open(&dir.join("xgate.db"), None).unwrap();
+    store
+        .save(
+            "bob",
+            &StoredToken::Oauth2 {
+                access_token: access.to_owned(),
+                refresh_token: refresh.map(str::to_owned),
+                expires_at: Some(expires_at),
+                scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+            },
+        )
+        .unwrap();
+}
+
+fn stored_bob(dir: &Path) -> (String, Option<String>) {
+    let store = SqliteStore::open(&dir.join("xgate.db"), None).unwrap();
+    match store.load("bob", TokenKind::Oauth2).unwrap() {
+        Some(StoredToken::Oauth2 {
+            ref access_token,
+            ref refresh_token,
+            ..
+        }) => (access_token.clone(), refresh_token.clone()),
+        other => panic!("no OAuth 2.0 token stored for bob: {other:?}"),
+    }
+}
+
+/// The `Authorization` values upstream saw on `path`, in order.
+fn bearers(fake: &FakeX, path: &str) -> Vec<String> {
+    fake.requests_to(path)
+        .iter()
+        .map(|r| r.header("authorization").unwrap_or_default().to_owned())
+        .collect()
+}
+
+async fn start(fake: &FakeX, dir: &Path) -> Proxy {
+    Proxy::start_in(&config(&fake.base_url(), ""), dir).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fifty_requests_on_an_expired_token_make_one_refresh_and_all_succeed() {
+    let fake = FakeX::start().await;
+    fake.oauth_issue("at-old", "rt-old");
+    // A slow token endpoint, so every request arrives while the refresh is in flight.
+    fake.oauth_trouble(0, Duration::from_millis(300));
+    let dir = scratch("oauth-fifty");
+    store_bob(&dir, "at-old", Some("rt-old"), now() - 10, &SCOPES);
+    let proxy = start(&fake, &dir).await;
+    let addr = proxy.addr;
+    let tasks: Vec<_> = (0..50)
+        .map(|_| tokio::spawn(async move { get(addr, "/2/users/me", Some("bob")).await }))
+        .collect();
+    for t in tasks {
+        let a = t.await.unwrap();
+        assert_eq!(a.status, 200, "{}", a.text());
+    }
+    assert_eq!(fake.oauth_calls().0, 1, "more than one refresh");
+    let seen = bearers(&fake, "/2/users/me");
+    assert_eq!(seen.len(), 50);
+    assert!(seen.iter().all(|b| b == "Bearer at-1"), "{seen:?}");
+    // The rotated pair is in the store; the public client sent its id in the body.
+    assert_eq!(
+        stored_bob(&dir),
+        ("at-1".to_owned(), Some("rt-1".to_owned()))
+    );
+    assert_eq!(
+        fake.oauth_client_auth().as_deref(),
+        Some("body:fake-client-id")
+    );
+}
+
+#[tokio::test]
+async fn a_token_close_to_expiry_is_refreshed_in_the_background() {
+    let fake = FakeX::start().await;
+    fake.oauth_issue("at-old", "rt-old");
+    let dir = scratch("oauth-ahead");
+    store_bob(&dir, "at-old", Some("rt-old"), now() + 30, &SCOPES);
+    let proxy = start(&fake, &dir).await;
+    // The request does not wait: it goes with the current token.
+    assert_eq!(
+        get(proxy.addr, "/2/users/me", Some("bob")).await.status,
+        200
+    );
+    assert_eq!(bearers(&fake, "/2/users/me"), ["Bearer at-old"]);
+    assert!(
+        fake.wait_until(Duration::from_secs(10), |f| f.oauth_calls().0 == 1)
+            .await
+    );
+    // Wait for the new pair to be stored, then it is used.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while stored_bob(&dir).0 != "at-1" && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        get(proxy.addr, "/2/users/me", Some("bob")).await.status,
+        200
+    );
+    assert_eq!(bearers(&fake, "/2/users/me")[1], "Bearer at-1");
+    assert_eq!(fake.oauth_calls().0, 1);
+}
+
+#[tokio::test]
+async fn an_upstream_401_refreshes_once_and_replays_the_request() {
+    let fake = FakeX::start().await;
+    // X no longer accepts the stored access token, although it has not expired.
+    fake.oauth_issue("at-revoked", "rt-old");
+    fake.oauth_revoke("at-revoked");
+    let dir = scratch("oauth-401");
+    store_bob(&dir, "at-revoked", Some("rt-old"), now() + 3600, &SCOPES);
+    let proxy = start(&fake, &dir).await;
+    let a = get(proxy.addr, "/2/users/me", Some("bob")).await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert_eq!(
+        bearers(&fake, "/2/users/me"),
+        ["Bearer at-revoked", "Bearer at-1"]
+    );
+    assert_eq!(fake.oauth_calls().0, 1);
+    // A body that was streamed cannot be replayed: X's 401 is returned.
+    fake.oauth_revoke("at-1");
+    let a = send(
+        proxy.addr,
+        request("POST", "/2/custom/upload")
+            .header("x-xgate-key", crate::support::proxy::KEY)
+            .header("x-xgate-identity", "bob")
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from_static(br#"{"text":"hi"}"#)))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((a.status.as_u16(), a.kind()), (401, None));
+    assert_eq!(fake.requests_to("/2/custom/upload").len(), 1);
+    // ... but the pair is refreshed for the requests that follow.
+    assert!(
+        fake.wait_until(Duration::from_secs(10), |f| f.oauth_calls().0 == 2)
+            .await
+    );
+}
+
+#[tokio::test]
+async fn a_refused_refresh_token_answers_401_token_refresh_failed() {
+    let fake = FakeX::start().await;
+    // rt-dead was never issued (or already used): invalid_grant.
+    let dir = scratch("oauth-rejected");
+    store_bob(&dir, "at-old", Some("rt-dead"), now() - 10, &SCOPES);
+    let proxy = start(&fake, &dir).await;
+    let a = get(proxy.addr, "/2/users/me", Some("bob")).await;
+    assert_eq!(
+        (a.status.as_u16(), a.kind()),
+        (401, Some("token-refresh-failed"))
+    );
+    assert!(
+        a.text().contains("xgate login --identity bob"),
+        "{}",
+        a.text()
+    );
+    assert!(fake.requests_to("/2/users/me").is_empty());
+}
+
+#[tokio::test]
+async fn passing_refresh_failures_are_retried_then_answered_502() {
+    let fake = FakeX::start().await;
+    fake.oauth_issue("at-old", "rt-old");
+    fake.oauth_trouble(2, Duration::ZERO);
+    let dir = scratch("oauth-retry");
+    store_bob(&dir, "at-old", Some("rt-old"), now() - 10, &SCOPES);
+    let proxy = start(&fake, &dir).await;
+    // Two 503s, then success: the request waits through the retries.
+    assert_eq!(
+        get(proxy.addr, "/2/users/me", Some("bob")).await.status,
+        200
+    );
+    assert_eq!(fake.oauth_calls().0, 3);
+
+    let fake = FakeX::start().await;
+    fake.oauth_issue("at-old", "rt-old");
+    fake.oauth_trouble(100, Duration::ZERO);
+    let dir = scratch("oauth-down");
+    store_bob(&dir, "at-old", Some("rt-old"), now() - 10, &SCOPES);
+    let proxy = start(&fake, &dir).await;
+    let a = get(proxy.addr, "/2/users/me", Some("bob")).await;
+    assert_eq!(
+        (a.status.as_u16(), a.kind()),
+        (502, Some("upstream-unavailable"))
+    );
+    assert!(a.text().contains("token refresh"), "{}", a.text());
+}
+
+#[tokio::test]
+async fn the_scope_pre_check_uses_the_scopes_x_granted() {
+    let fake = FakeX::start().await;
+    fake.oauth_issue("at-old", "rt-old");
+    let dir = scratch("oauth-scopes");
+    // proxy.toml asks for more, but X granted only these.
+    store_bob(
+        &dir,
+        "at-old",
+        Some("rt-old"),
+        now() + 3600,
+        &["tweet.read", "users.read"],
+    );
+    let proxy = start(&fake, &dir).await;
+    let a = get(proxy.addr, "/2/dm_events", Some("bob")).await;
+    assert_eq!((a.status.as_u16(), a.kind()), (403, Some("scope-missing")));
+    assert!(
+        a.text().contains("needs scope dm.read") && a.text().contains("tweet.read users.read"),
+        "{}",
+        a.text()
+    );
+    assert!(fake.requests().is_empty());
+    assert_eq!(
+        get(proxy.addr, "/2/users/me", Some("bob")).await.status,
+        200
+    );
+}
+
+// === the binary: login, bearer, crashes, encryption ===
+
+/// A config for the binary: App `main` with OAuth 2.0 client (`secret` makes it
+/// confidential) and redirect URI on `port`, user `bob`, App `solo` (consumer keys only).
+fn binary_config(upstream: &str, port: u16, extra_store: &str, secret: bool) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+[admin]
+listen = "127.0.0.1:0"
+[upstream]
+base_url = "{upstream}"
+[store]
+path = "xgate.db"
+{extra_store}
+[apps.main]
+bearer_token = {{ env = "X_BEARER_TOKEN" }}
+consumer_key = {{ env = "X_API_KEY" }}
+consumer_secret = {{ env = "X_API_SECRET" }}
+oauth2_client_id = "fake-client-id"
+{secret_line}
+oauth2_redirect_uri = "http://127.0.0.1:{port}/callback"
+oauth2_authorize_url = "https://x.example/i/oauth2/authorize"
+[apps.solo]
+consumer_key = {{ env = "X_API_KEY" }}
+consumer_secret = {{ env = "X_API_SECRET" }}
+[users.bob]
+app = "main"
+auth = "oauth2"
+scopes = ["tweet.read", "users.read", "offline.access"]
+[[clients]]
+name = "backend"
+anonymous = true
+identities = ["main", "bob", "solo"]
+default_identity = "main"
+"#,
+        secret_line = if secret {
+            r#"oauth2_client_secret = "fake-client-secret""#
+        } else {
+            ""
+        }
+    )
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn spawn(dir: &Path, args: &[&str], stdin: Stdio) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_xgate"))
+        .args(args)
+        .current_dir(dir)
+        .env_clear()
+        .envs(crate::support::proxy::env())
+        .stdin(stdin)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Lines of a child's pipe, as they come.
+fn lines(
+    pipe: impl std::io::Read + Send + 'static,
+) -> tokio::sync::mpsc::UnboundedReceiver<String> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+            let _ignored = tx.send(line);
+        }
+    });
+    rx
+}
+
+async fn next_line(rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>) -> String {
+    tokio::time::timeout(Duration::from_secs(20), rx.recv())
+        .await
+        .expect("no output within 20 s")
+        .expect("the process closed its output")
+}
+
+fn query_param(url: &str, key: &str) -> Option<String> {
+    let query = url.split_once('?')?.1;
+    query.split('&').find_map(|p| {
+        let (k, v) = p.split_once('=')?;
+        (k == key).then(|| String::from_utf8_lossy(&crate::support::fake_x::dec(v)).into_owned())
+    })
+}
+
+/// The whole login: the authorize URL, a test client playing the browser, the code exchange
+/// with PKCE (FakeX checks the verifier), the stored pair used by the proxy afterwards.
+#[tokio::test]
+async fn login_with_a_browser_stores_a_pair_the_proxy_then_uses() {
+    let fake = FakeX::start().await;
+    let dir = scratch("login");
+    let port = free_port();
+    std::fs::write(
+        dir.join("proxy.toml"),
+        binary_config(&fake.base_url(), port, "", true),
+    )
+    .unwrap();
+    let mut child = spawn(&dir, &["login", "--identity", "bob"], Stdio::null());
+    let mut out = lines(child.stdout.take().unwrap());
+    let url = next_line(&mut out).await;
+    assert!(
+        url.starts_with("https://x.example/i/oauth2/authorize?"),
+        "{url}"
+    );
+    for (k, v) in [
+        ("response_type", "code"),
+        ("client_id", "fake-client-id"),
+        ("code_challenge_method", "S256"),
+        ("redirect_uri", &format!("http://127.0.0.1:{port}/callback")),
+        ("scope", "tweet.read users.read offline.access"),
+    ] {
+        assert_eq!(query_param(&url, k).as_deref(), Some(v), "{k} in {url}");
+    }
+    let state = query_param(&url, "state").unwrap();
+    let challenge = query_param(&url, "code_challenge").unwrap();
+    fake.oauth_expect_code("the-code", &challenge);
+    // The browser follows X's redirect to the callback.
+    let callback: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let a = send(
+        callback,
+        request("GET", &format!("/callback?state={state}&code=the-code"))
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(a.status, 200);
+    let rest: Vec<String> = {
+        let mut v = Vec::new();
+        while let Ok(Some(l)) = tokio::time::timeout(Duration::from_secs(20), out.recv()).await {
+            v.push(l);
+        }
+        v
+    };
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "{rest:?}");
+    assert_eq!(
+        rest,
+        [
+            "stored token for bob",
+            "scopes: tweet.read users.read offline.access"
+        ]
+    );
+    // A confidential client authenticates with HTTP Basic.
+    assert_eq!(
+        fake.oauth_client_auth().as_deref(),
+        Some("basic:fake-client-id:fake-client-secret")
+    );
+    assert_eq!(
+        stored_bob(&dir),
+        ("at-1".to_owned(), Some("rt-1".to_owned()))
+    );
+    let toml = std::fs::read_to_string(dir.join("proxy.toml")).unwrap();
+    let proxy = Proxy::start_in(&toml, &dir).await;
+    let a = get_anon(proxy.addr, "bob").await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert_eq!(bearers(&fake, "/2/users/me"), ["Bearer at-1"]);
+}
+
+fn login_no_listen(dir: &Path, redirected: impl Fn(&str) -> String) -> (i32, String, String) {
+    let mut child = spawn(
+        dir,
+        &["login", "--identity", "bob", "--no-listen"],
+        Stdio::piped(),
+    );
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut url = String::new();
+    stdout.read_line(&mut url).unwrap();
+    let state = query_param(url.trim(), "state").unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    std::io::Write::write_all(&mut stdin, redirected(&state).as_bytes()).unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        rest + &String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn login_refuses_a_denied_authorisation_a_state_mismatch_and_an_expired_code() {
+    let fake = FakeX::start().await;
+    let dir = scratch("login-bad");
+    std::fs::write(
+        dir.join("proxy.toml"),
+        binary_config(&fake.base_url(), free_port(), "", false),
+    )
+    .unwrap();
+    let d = dir.clone();
+    let denied = tokio::task::spawn_blocking(move || {
+        login_no_listen(&d, |state| {
+            format!("http://127.0.0.1/callback?error=access_denied&state={state}\n")
+        })
+    })
+    .await
+    .unwrap();
+    assert_eq!(denied.0, 1);
+    assert!(denied.2.contains("denied"), "{denied:?}");
+    let d = dir.clone();
+    let forged = tokio::task::spawn_blocking(move || {
+        login_no_listen(&d, |_| {
+            "http://127.0.0.1/callback?code=c&state=forged\n".to_owned()
+        })
+    })
+    .await
+    .unwrap();
+    assert_eq!(forged.0, 1);
+    assert!(forged.2.contains("state does not match"), "{forged:?}");
+    // A code X does not know (expired after 30 s, or used): invalid_grant.
+    let d = dir.clone();
+    let expired = tokio::task::spawn_blocking(move || {
+        login_no_listen(&d, |state| {
+            format!("http://127.0.0.1/callback?code=stale&state={state}\n")
+        })
+    })
+    .await
+    .unwrap();
+    assert_eq!(expired.0, 1);
+    assert!(expired.2.contains("invalid_grant"), "{expired:?}");
+    // Nothing was stored.
+    let store = SqliteStore::open(&dir.join("xgate.db"), None).unwrap();
+    assert!(store.load("bob", TokenKind::Oauth2).unwrap().is_none());
+}
+
+/// Starts `xgate serve` in `dir` and returns it with its proxy address.
+async fn serve(
+    dir: &Path,
+) -> (
+    Child,
+    SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
+    let mut child = spawn(dir, &["serve"], Stdio::null());
+    let mut err = lines(child.stderr.take().unwrap());
+    let addr = loop {
+        let line = next_line(&mut err).await;
+        if let Some(rest) = line.split("proxy listening on ").nth(1) {
+            break rest.split_whitespace().next().unwrap().parse().unwrap();
+        }
+    };
+    (child, addr, err)
+}
+
+/// SIGKILL right after a refresh, then a restart: the rotated pair was kept.
+#[tokio::test]
+async fn a_crash_right_after_a_refresh_keeps_the_rotated_token() {
+    let fake = FakeX::start().await;
+    fake.oauth_issue("at-old", "rt-old");
+    let dir = scratch("oauth-kill");
+    std::fs::write(
+        dir.join("proxy.toml"),
+        binary_config(&fake.base_url(), free_port(), "", false),
+    )
+    .unwrap();
+    store_bob(&dir, "at-old", Some("rt-old"), now() - 10, &SCOPES);
+    let (mut child, addr, _err) = serve(&dir).await;
+    assert_eq!(get_anon(addr, "bob").await.status, 200);
+    child.kill().unwrap();
+    let _status = child.wait();
+    // rt-old is dead at X now; only the stored rt-1 / at-1 can work.
+    let (mut child, addr, _err) = serve(&dir).await;
+    let a = get_anon(addr, "bob").await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert_eq!(
+        bearers(&fake, "/2/users/me"),
+        ["Bearer at-1", "Bearer at-1"]
+    );
+    assert_eq!(fake.oauth_calls().0, 1);
+    child.kill().unwrap();
+    let _status = child.wait();
+}
+
+async fn get_anon(addr: SocketAddr, identity: &str) -> Answer {
+    send(
+        addr,
+        request("GET", "/2/users/me")
+            .header("x-xgate-identity", identity)
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await
+}
+
+const KEY_B64: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+const WRONG_B64: &str = "HxwdHhscGxoZGBcWFRQTEhEQDw4NDAsKCQgHBgUEAwI=";
+
+#[tokio::test]
+async fn with_encryption_no_token_is_in_plain_text_and_a_wrong_key_is_refused() {
+    let fake = FakeX::start().await;
+    fake.oauth_issue("at-old", "rt-old");
+    let dir = scratch("oauth-crypt");
+    let key_line = format!(r#"encryption_key = "{KEY_B64}""#);
+    std::fs::write(
+        dir.join("proxy.toml"),
+        binary_config(&fake.base_url(), free_port(), &key_line, false),
+    )
+    .unwrap();
+    {
+        let key = xgate::secret::StoreKey::new(std::array::from_fn(|i| u8::try_from(i).unwrap()));
+        let store = SqliteStore::open(&dir.join("xgate.db"), Some(&key)).unwrap();
+        store
+            .save(
+                "bob",
+                &StoredToken::Oauth2 {
+                    access_token: "at-old".into(),
+                    refresh_token: Some("rt-old".into()),
+                    expires_at: Some(now() - 10),
+                    scopes: SCOPES.iter().map(|s| (*s).to_owned()).collect(),
+                },
+            )
+            .unwrap();
+    }
+    let (mut child, addr, _err) = serve(&dir).await;
+    assert_eq!(get_anon(addr, "bob").await.status, 200);
+    child.kill().unwrap();
+    let _status = child.wait();
+    let mut bytes = Vec::new();
+    for f in ["xgate.db", "xgate.db-wal"] {
+        if let Ok(b) = std::fs::read(dir.join(f)) {
+            bytes.extend(b);
+        }
+    }
+    let text = String::from_utf8_lossy(&bytes);
+    for token in ["at-old", "rt-old", "at-1", "rt-1"] {
+        assert!(
+            !text.contains(token),
+            "{token} is in the store in plain text"
+        );
+    }
+    // The wrong key: refused at startup with exit status 2, the store untouched.
+    let toml = binary_config(
+        &fake.base_url(),
+        free_port(),
+        &format!(r#"encryption_key = "{WRONG_B64}""#),
+        false,
+    );
+    std::fs::write(dir.join("proxy.toml"), toml).unwrap();
+    let run = xgate(
+        &dir,
+        &["serve"],
+        &crate::support::proxy::env().into_iter().collect::<Vec<_>>(),
+    );
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.stderr.contains("wrong key"), "{}", run.stderr);
+}
+
+#[tokio::test]
+async fn bearer_obtains_stores_and_invalidates_the_apps_token() {
+    let fake = FakeX::start().await;
+    let dir = scratch("bearer");
+    std::fs::write(
+        dir.join("proxy.toml"),
+        binary_config(&fake.base_url(), free_port(), "", false),
+    )
+    .unwrap();
+    let run = run(&dir, &["bearer", "--app", "solo"]).await;
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(run.stdout.trim(), "stored Bearer token for solo");
+    assert!(!run.stdout.contains(ISSUED_BEARER) && !run.stderr.contains(ISSUED_BEARER));
+    assert_eq!(fake.oauth_calls().2, 1);
+    // The proxy uses it for the App that has no bearer_token in proxy.toml.
+    let toml = std::fs::read_to_string(dir.join("proxy.toml")).unwrap();
+    let proxy = Proxy::start_in(&toml, &dir).await;
+    let a = get_anon_path(proxy.addr, "/2/tweets/1", "solo").await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert_eq!(
+        bearers(&fake, "/2/tweets/1"),
+        [format!("Bearer {ISSUED_BEARER}")]
+    );
+    drop(proxy);
+    let run = self::run(&dir, &["bearer", "--app", "solo", "--invalidate"]).await;
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(fake.invalidated(), [ISSUED_BEARER]);
+    let store = SqliteStore::open(&dir.join("xgate.db"), None).unwrap();
+    assert!(store.load("solo", TokenKind::Bearer).unwrap().is_none());
+    // An App without consumer keys cannot.
+    let run = self::run(&dir, &["bearer", "--app", "nope"]).await;
+    assert_eq!(run.code, 2, "{run:?}");
+}
+
+/// Runs the binary off the runtime's thread: FakeX answers on that thread meanwhile.
+async fn run(dir: &Path, args: &[&str]) -> crate::support::Run {
+    let dir = dir.to_path_buf();
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    tokio::task::spawn_blocking(move || {
+        let env: Vec<_> = crate::support::proxy::env().into_iter().collect();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        xgate(&dir, &args, &env)
+    })
+    .await
+    .unwrap()
+}
+
+async fn get_anon_path(addr: SocketAddr, path: &str, identity: &str) -> Answer {
+    send(
+        addr,
+        request("GET", path)
+            .header("x-xgate-identity", identity)
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await
+}
