@@ -226,8 +226,30 @@ impl SqliteStore {
             conn: Mutex::new(conn),
             cipher: key.map(|k| XChaCha20Poly1305::new(k.expose().into())),
         };
-        store.check_key()?;
+        store.check_key(true)?;
         Ok(store)
+    }
+
+    /// Opens an existing store without changing it (`xgate check`); `None` if there is none.
+    pub fn open_read_only(path: &Path, key: Option<&StoreKey>) -> Result<Option<Self>, StoreError> {
+        if !path.exists() {
+            return Ok(None);
+        }
+        let conn = rusqlite::Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| StoreError::Io {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        let store = Self {
+            path: path.to_path_buf(),
+            conn: Mutex::new(conn),
+            cipher: key.map(|k| XChaCha20Poly1305::new(k.expose().into())),
+        };
+        store.check_key(false)?;
+        Ok(Some(store))
     }
 
     fn key_error(&self, message: &str) -> StoreError {
@@ -244,8 +266,9 @@ impl SqliteStore {
         }
     }
 
-    /// The key-check record: written with the first key, verified on every later open.
-    fn check_key(&self) -> Result<(), StoreError> {
+    /// The key-check record: written with the first key (when `write`), verified on every
+    /// later open.
+    fn check_key(&self, write: bool) -> Result<(), StoreError> {
         let conn = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
         let check: Option<Vec<u8>> = conn
             .query_row("SELECT value FROM meta WHERE key = 'key_check'", [], |r| {
@@ -274,6 +297,7 @@ impl SqliteStore {
             (Some(_), None) if has_tokens => Err(self.key_error(
                 "the store holds unencrypted tokens; remove store.encryption_key, or move the file away and log in again to start an encrypted store",
             )),
+            (Some(_), None) if !write => Ok(()),
             (Some(_), None) => {
                 let sealed = self.seal(KEY_CHECK, b"key_check")?;
                 conn.execute(

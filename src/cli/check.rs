@@ -5,6 +5,7 @@ use std::io::Write;
 use super::{CliError, io_error};
 use crate::config::{ClientAuth, Config, UserAuth, format_duration};
 use crate::limits::Catalogue;
+use crate::store::{SqliteStore, TokenKind, TokenStore as _};
 
 pub(super) fn run(
     config: &Config,
@@ -14,13 +15,36 @@ pub(super) fn run(
     for w in &config.warnings {
         writeln!(err, "warning: {w}").map_err(|e| io_error(&e))?;
     }
-    // `check` never creates the store; it only looks whether one is there.
-    let store_exists = config.store.path.exists();
+    // `check` never creates or changes the store; it reads one that is there.
+    let store =
+        SqliteStore::open_read_only(&config.store.path, config.store.encryption_key.as_ref())
+            .map_err(|e| {
+                if e.is_config() {
+                    CliError::Config(crate::config::ConfigError {
+                        problems: vec![crate::config::Problem::new(
+                            "store.encryption_key",
+                            e.to_string(),
+                        )],
+                    })
+                } else {
+                    CliError::Runtime(e.to_string())
+                }
+            })?;
     for user in config.users.values() {
-        if matches!(user.auth, UserAuth::Oauth2 { .. }) && !store_exists {
+        if !matches!(user.auth, UserAuth::Oauth2 { .. }) {
+            continue;
+        }
+        let stored = match &store {
+            Some(s) => s
+                .load(&user.name, TokenKind::Oauth2)
+                .map_err(|e| CliError::Runtime(e.to_string()))?
+                .is_some(),
+            None => false,
+        };
+        if !stored {
             writeln!(
                 err,
-                "warning: users.{0}: no stored OAuth 2.0 token yet (the store {1} does not exist); run `xgate login --identity {0}`",
+                "warning: users.{0}: no stored OAuth 2.0 token yet (store {1}); run `xgate login --identity {0}`",
                 user.name,
                 config.store.path.display()
             )

@@ -5,7 +5,8 @@
 //! one-shot listener on the `oauth2_redirect_uri` address, or the redirected URL on stdin with
 //! `--no-listen`), checks `state`, exchanges the code with the PKCE verifier through the
 //! `oauth2` crate over xgate's own upstream client (so `ca_file` and the timeouts apply), and
-//! stores the pair and the scopes X granted. Nothing here prints a token.
+//! stores the pair and the scopes X granted. `--oauth1` runs X's 3-legged OAuth 1.0a flow with
+//! a PIN instead. Nothing here prints a token.
 
 use std::io::{BufRead, Write};
 use std::time::Duration;
@@ -20,11 +21,14 @@ use oauth2::{
 };
 
 use super::{CliError, io_error};
-use crate::auth::oauth1::{form_decode, percent_encode};
+use crate::auth::oauth1::{
+    Oauth1Key, RequestParams, authorization_header, form_decode, percent_encode,
+};
 use crate::auth::oauth2::{Oauth2App, TokenHttp, oauth2_client, stored_from_response};
 use crate::body::UpstreamBody;
-use crate::clock::{Clock, SystemClock};
+use crate::clock::{Clock, NonceSource as _, RandomNonce, SystemClock};
 use crate::config::{Config, Identity, UserAuth};
+use crate::secret::SecretString;
 use crate::store::{SqliteStore, StoredToken, TokenKind, TokenStore};
 use crate::upstream::Upstream;
 
@@ -297,6 +301,165 @@ async fn await_callback(
     }
 }
 
+/// `xgate login --identity ID --oauth1`: 3-legged OAuth 1.0a with a PIN (`oauth_callback=oob`).
+pub(super) fn oauth1(
+    config: &Config,
+    identity: &str,
+    input: &mut dyn BufRead,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> Result<(), CliError> {
+    let user = match config.identity(identity) {
+        Some(Identity::User(u)) if matches!(u.auth, UserAuth::Oauth1 { .. }) => u,
+        Some(_) => {
+            return Err(CliError::Usage(format!(
+                "--identity {identity}: --oauth1 is for users with auth = \"oauth1\""
+            )));
+        }
+        None => {
+            return Err(CliError::Usage(format!(
+                "--identity {identity}: no such identity in [users]"
+            )));
+        }
+    };
+    let app = config
+        .apps
+        .get(&user.app)
+        .ok_or_else(|| CliError::Usage(format!("users.{identity}.app: no App {}", user.app)))?;
+    let consumer = app.consumer.as_ref().ok_or_else(|| {
+        CliError::Usage(format!(
+            "apps.{}: consumer_key and consumer_secret are needed for OAuth 1.0a",
+            app.name
+        ))
+    })?;
+    let store = open_store(config)?;
+    let upstream = upstream(config)?;
+    let rt = runtime()?;
+    rt.block_on(async {
+        // 1. A request token for the out-of-band (PIN) flow.
+        let key = Oauth1Key::new(&consumer.key, &consumer.secret, None);
+        let request = signed_post(
+            &upstream,
+            "/oauth/request_token",
+            &key,
+            &[("oauth_callback", "oob")],
+        )?;
+        let (status, reply) = exchange_form(&upstream, request).await?;
+        let (Some(token), Some(secret)) = (reply.get("oauth_token"), reply.get("oauth_token_secret"))
+        else {
+            return Err(CliError::Runtime(format!(
+                "X answered {status} to the request-token step, without a token (check apps.{}.consumer_key and consumer_secret)",
+                app.name
+            )));
+        };
+        // 2. The user authorises in a browser and reads the PIN off the page.
+        writeln!(
+            out,
+            "{}?oauth_token={}",
+            app.oauth1_authorize_url,
+            percent_encode(token)
+        )
+        .map_err(|e| io_error(&e))?;
+        out.flush().map_err(|e| io_error(&e))?;
+        write!(err, "open the URL above, authorise, and enter the PIN: ").map_err(|e| io_error(&e))?;
+        err.flush().map_err(|e| io_error(&e))?;
+        let mut pin = String::new();
+        input
+            .read_line(&mut pin)
+            .map_err(|e| CliError::Runtime(format!("cannot read the PIN: {e}")))?;
+        let pin = pin.trim();
+        if pin.is_empty() {
+            return Err(CliError::Runtime("no PIN was entered: nothing was stored".to_owned()));
+        }
+        // 3. The access token, signed with the request token.
+        let (token, secret) = (SecretString::from(token.as_str()), SecretString::from(secret.as_str()));
+        let key = Oauth1Key::new(&consumer.key, &consumer.secret, Some((&token, &secret)));
+        let request = signed_post(&upstream, "/oauth/access_token", &key, &[("oauth_verifier", pin)])?;
+        let (status, reply) = exchange_form(&upstream, request).await?;
+        let (Some(token), Some(token_secret)) =
+            (reply.get("oauth_token"), reply.get("oauth_token_secret"))
+        else {
+            return Err(CliError::Runtime(format!(
+                "X answered {status} to the access-token step (a wrong or expired PIN?): nothing was stored"
+            )));
+        };
+        store
+            .save(
+                identity,
+                &StoredToken::Oauth1 {
+                    token: token.clone(),
+                    token_secret: token_secret.clone(),
+                },
+            )
+            .map_err(|e| CliError::Runtime(e.to_string()))?;
+        let who = reply
+            .get("screen_name")
+            .map(|n| format!(" (@{n})"))
+            .unwrap_or_default();
+        writeln!(out, "stored token for {identity}{who}").map_err(|e| io_error(&e))
+    })
+}
+
+/// A POST to `path` with an OAuth 1.0a header carrying `extra` protocol parameters.
+fn signed_post(
+    upstream: &Upstream,
+    path: &str,
+    key: &Oauth1Key,
+    extra: &[(&str, &str)],
+) -> Result<Request<UpstreamBody>, CliError> {
+    let uri: http::Uri = format!("{}{path}", upstream.base())
+        .parse()
+        .map_err(|e| CliError::Runtime(format!("{path}: {e}")))?;
+    let nonce = RandomNonce
+        .nonce()
+        .map_err(|e| CliError::Runtime(e.to_string()))?;
+    let params = RequestParams {
+        timestamp: SystemClock.unix_seconds(),
+        nonce: &nonce,
+        extra,
+    };
+    let header = authorization_header(key, "POST", &uri, None, params)
+        .map_err(|e| CliError::Runtime(e.to_string()))?;
+    let mut value =
+        http::HeaderValue::try_from(header).map_err(|e| CliError::Runtime(e.to_string()))?;
+    value.set_sensitive(true);
+    let mut req = Request::new(UpstreamBody::Full(None));
+    *req.method_mut() = http::Method::POST;
+    *req.uri_mut() = uri;
+    req.headers_mut().insert(header::AUTHORIZATION, value);
+    Ok(req)
+}
+
+/// Sends a request whose answer is form-encoded (X's OAuth 1.0a token steps).
+async fn exchange_form(
+    upstream: &Upstream,
+    req: Request<UpstreamBody>,
+) -> Result<(StatusCode, std::collections::BTreeMap<String, String>), CliError> {
+    let (status, body) = exchange_bytes(upstream, req).await?;
+    let text = String::from_utf8_lossy(&body);
+    let decode = |s: &str| {
+        form_decode(s)
+            .ok()
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+    };
+    let map = text
+        .trim()
+        .split('&')
+        .filter_map(|pair| {
+            let (k, v) = pair.split_once('=')?;
+            Some((decode(k)?, decode(v)?))
+        })
+        .collect();
+    Ok((
+        status,
+        if status.is_success() {
+            map
+        } else {
+            Default::default()
+        },
+    ))
+}
+
 /// `xgate bearer --app APP [--invalidate]`.
 pub(super) fn bearer(
     config: &Config,
@@ -399,6 +562,15 @@ async fn exchange(
     upstream: &Upstream,
     req: Request<UpstreamBody>,
 ) -> Result<(StatusCode, serde_json::Value), CliError> {
+    let (status, body) = exchange_bytes(upstream, req).await?;
+    let json = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+    Ok((status, json))
+}
+
+async fn exchange_bytes(
+    upstream: &Upstream,
+    req: Request<UpstreamBody>,
+) -> Result<(StatusCode, Bytes), CliError> {
     let resp = upstream
         .send(req)
         .await
@@ -409,8 +581,7 @@ async fn exchange(
         .await
         .map_err(|e| CliError::Runtime(format!("the token answer could not be read: {e}")))?
         .to_bytes();
-    let json = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
-    Ok((status, json))
+    Ok((status, body))
 }
 
 #[cfg(test)]

@@ -77,7 +77,7 @@ pub enum Command {
     #[command(subcommand)]
     Key(KeyCommand),
 
-    /// Log a user identity in: OAuth 2.0 Authorization Code with PKCE.
+    /// Log a user identity in: OAuth 2.0 Authorization Code with PKCE (or --oauth1).
     ///
     /// Prints the authorize URL alone on one line; open it in a browser and approve. xgate
     /// listens once on the App's oauth2_redirect_uri for the redirect (or, with --no-listen,
@@ -100,8 +100,13 @@ pub struct LoginArgs {
     pub identity: String,
 
     /// Read the redirected URL from stdin instead of listening on the redirect URI.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "oauth1")]
     pub no_listen: bool,
+
+    /// 3-legged OAuth 1.0a with a PIN (oauth_callback=oob) for an auth = "oauth1" user:
+    /// prints the authorize URL, reads the PIN on stdin, stores the access token and secret.
+    #[arg(long)]
+    pub oauth1: bool,
 }
 
 /// `xgate bearer`.
@@ -221,6 +226,13 @@ pub fn execute(
         Command::Check => check::run(&load(cli, env)?, out, err),
         Command::Sign(args) => sign::run(&load(cli, env)?, args, out),
         Command::Key(KeyCommand::New { name }) => key::new(name, out),
+        Command::Login(args) if args.oauth1 => login::oauth1(
+            &load(cli, env)?,
+            &args.identity,
+            &mut std::io::stdin().lock(),
+            out,
+            err,
+        ),
         Command::Login(args) => login::oauth2(
             &load(cli, env)?,
             &args.identity,
@@ -228,17 +240,8 @@ pub fn execute(
             &mut std::io::stdin().lock(),
             out,
         ),
-        Command::Bearer(args) => bearer_cmd(cli, env, args, out),
+        Command::Bearer(args) => login::bearer(&load(cli, env)?, &args.app, args.invalidate, out),
     }
-}
-
-fn bearer_cmd(
-    cli: &Cli,
-    env: &dyn Env,
-    args: &BearerArgs,
-    out: &mut dyn Write,
-) -> Result<(), CliError> {
-    login::bearer(&load(cli, env)?, &args.app, args.invalidate, out)
 }
 
 fn load(cli: &Cli, env: &dyn Env) -> Result<Config, CliError> {

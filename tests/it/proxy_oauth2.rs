@@ -11,7 +11,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use xgate::store::{SqliteStore, StoredToken, TokenKind, TokenStore as _};
 
-use crate::support::fake_x::{FakeX, ISSUED_BEARER};
+use crate::support::fake_x::{FakeX, ISSUED_BEARER, PIN, REQUEST_TOKEN};
 use crate::support::http::{Answer, get, request, send};
 use crate::support::proxy::{Proxy, config};
 use crate::support::{scratch, xgate};
@@ -269,10 +269,13 @@ consumer_secret = {{ env = "X_API_SECRET" }}
 app = "main"
 auth = "oauth2"
 scopes = ["tweet.read", "users.read", "offline.access"]
+[users.carol]
+app = "main"
+auth = "oauth1"
 [[clients]]
 name = "backend"
 anonymous = true
-identities = ["main", "bob", "solo"]
+identities = ["main", "bob", "solo", "carol"]
 default_identity = "main"
 "#,
         secret_line = if secret {
@@ -654,4 +657,112 @@ async fn get_anon_path(addr: SocketAddr, path: &str, identity: &str) -> Answer {
             .unwrap(),
     )
     .await
+}
+
+/// `xgate login --oauth1`: request token, authorize URL, PIN on stdin, access token stored;
+/// the proxy then signs carol's requests with it.
+#[tokio::test]
+async fn oauth1_pin_login_stores_a_pair_the_proxy_signs_with() {
+    let fake = FakeX::start().await;
+    let dir = scratch("login-oauth1");
+    let toml = binary_config(&fake.base_url(), free_port(), "", false);
+    std::fs::write(dir.join("proxy.toml"), &toml).unwrap();
+    // Before: carol has no pair.
+    let proxy = Proxy::start_in(&toml, &dir).await;
+    assert_eq!(
+        get_anon_path(proxy.addr, "/2/users/me", "carol")
+            .await
+            .kind(),
+        Some("credentials-missing")
+    );
+    drop(proxy);
+    let d = dir.clone();
+    let (code, stdout, stderr) = tokio::task::spawn_blocking(move || {
+        let mut child = spawn(
+            &d,
+            &["login", "--identity", "carol", "--oauth1"],
+            Stdio::piped(),
+        );
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut url = String::new();
+        stdout.read_line(&mut url).unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        std::io::Write::write_all(&mut stdin, format!("{PIN}\n").as_bytes()).unwrap();
+        drop(stdin);
+        let out = child.wait_with_output().unwrap();
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            url + &rest,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let mut lines = stdout.lines();
+    assert_eq!(
+        lines.next(),
+        Some(format!("https://api.x.com/oauth/authorize?oauth_token={REQUEST_TOKEN}").as_str())
+    );
+    assert_eq!(lines.next(), Some("stored token for carol (@alice)"));
+    assert!(stderr.contains("enter the PIN"), "{stderr}");
+    // After: the stored pair signs carol's requests (FakeX verifies the signature).
+    let proxy = Proxy::start_in(&toml, &dir).await;
+    let a = get_anon_path(proxy.addr, "/2/users/me", "carol").await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert!(matches!(
+        fake.requests_to("/2/users/me")[0].auth,
+        crate::support::fake_x::Auth::Oauth1 { valid: true, .. }
+    ));
+}
+
+/// `xgate check` reads the store (never creating or changing it) for its OAuth 2.0 warning,
+/// and refuses a wrong key.
+#[tokio::test]
+async fn check_reads_the_store_for_stored_tokens_and_refuses_a_wrong_key() {
+    let dir = scratch("check-store");
+    std::fs::write(
+        dir.join("proxy.toml"),
+        binary_config("http://127.0.0.1:9", free_port(), "", false),
+    )
+    .unwrap();
+    let before = run(&dir, &["check"]).await;
+    assert_eq!(before.code, 0, "{before:?}");
+    assert!(
+        before
+            .stderr
+            .contains("users.bob: no stored OAuth 2.0 token yet"),
+        "{before:?}"
+    );
+    assert!(!dir.join("xgate.db").exists(), "check created the store");
+    store_bob(&dir, "at-1", Some("rt-1"), now() + 3600, &SCOPES);
+    let after = run(&dir, &["check"]).await;
+    assert_eq!(after.code, 0, "{after:?}");
+    assert!(
+        !after.stderr.contains("no stored OAuth 2.0 token"),
+        "{after:?}"
+    );
+    assert!(!after.stdout.contains("at-1") && !after.stderr.contains("rt-1"));
+    // An encrypted store, checked with the wrong key: exit 2, naming the key.
+    let dir = scratch("check-crypt");
+    std::fs::write(
+        dir.join("proxy.toml"),
+        binary_config(
+            "http://127.0.0.1:9",
+            free_port(),
+            &format!(r#"encryption_key = "{WRONG_B64}""#),
+            false,
+        ),
+    )
+    .unwrap();
+    let key = xgate::secret::StoreKey::new(std::array::from_fn(|i| u8::try_from(i).unwrap()));
+    drop(SqliteStore::open(&dir.join("xgate.db"), Some(&key)).unwrap());
+    let wrong = run(&dir, &["check"]).await;
+    assert_eq!(wrong.code, 2, "{wrong:?}");
+    assert!(
+        wrong.stderr.contains("store.encryption_key") && wrong.stderr.contains("wrong key"),
+        "{wrong:?}"
+    );
 }

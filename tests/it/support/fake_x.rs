@@ -29,6 +29,11 @@ pub const CONSUMER_KEY: &str = "fake-consumer-key";
 pub const CONSUMER_SECRET: &str = "fake-consumer-secret+/=";
 pub const ALICE_TOKEN: &str = "111-alice-access-token";
 pub const ALICE_SECRET: &str = "alice token secret!*";
+/// The PIN FakeX's 3-legged OAuth 1.0a flow accepts.
+pub const PIN: &str = "9876543";
+/// The request token of that flow, and its secret.
+pub const REQUEST_TOKEN: &str = "req-token";
+const REQUEST_SECRET: &str = "req secret&=";
 /// The Bearer token FakeX's `/oauth2/token` hands out (`xgate bearer`).
 pub const ISSUED_BEARER: &str = "AAAAissued%2Fbearer%3D";
 
@@ -425,6 +430,8 @@ async fn serve(
         "/2/oauth2/token",
         "/oauth2/token",
         "/oauth2/invalidate_token",
+        "/oauth/request_token",
+        "/oauth/access_token",
     ]
     .contains(&parts.uri.path());
     let auth = if token_endpoint {
@@ -457,7 +464,9 @@ async fn serve(
             .find(|(p, _)| target.starts_with(p.as_str()))
             .map(|(_, r)| r.clone())
     };
-    let reply = if token_endpoint {
+    let reply = if parts.uri.path().starts_with("/oauth/") {
+        Some(oauth1_token_reply(parts.uri.path(), &url, &parts.headers))
+    } else if token_endpoint {
         Some(token_reply(&sh, parts.uri.path(), &parts.headers, &body).await)
     } else {
         reply
@@ -599,6 +608,59 @@ fn client_auth(headers: &HeaderMap, form: &BTreeMap<String, String>) -> Option<S
     match basic {
         Some(pair) => Some(format!("basic:{pair}")),
         None => form.get("client_id").map(|id| format!("body:{id}")),
+    }
+}
+
+/// X's 3-legged OAuth 1.0a steps, with signatures checked: the request token (consumer keys
+/// only, `oauth_callback=oob`), then the access token (signed with the request token, with
+/// `oauth_verifier` = [`PIN`]), which is alice's pair so the verifier accepts it afterwards.
+fn oauth1_token_reply(path: &str, url: &str, headers: &HeaderMap) -> Reply {
+    let header = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let form = |status: u16, body: &str| Reply {
+        status,
+        headers: vec![(
+            "content-type".into(),
+            "application/x-www-form-urlencoded".into(),
+        )],
+        body: ReplyBody::Full(Bytes::from(body.to_owned())),
+        delay: Duration::ZERO,
+    };
+    let refused = || form(401, "error=invalid_signature");
+    if path == "/oauth/request_token" {
+        return match verify_oauth1("POST", url, header, None, CONSUMER_SECRET, "") {
+            Ok(p)
+                if p.get("oauth_callback").map(String::as_str) == Some("oob")
+                    && !p.contains_key("oauth_token") =>
+            {
+                form(
+                    200,
+                    &format!(
+                        "oauth_token={REQUEST_TOKEN}&oauth_token_secret={}&oauth_callback_confirmed=true",
+                        enc(REQUEST_SECRET.as_bytes())
+                    ),
+                )
+            }
+            _ => refused(),
+        };
+    }
+    match verify_oauth1("POST", url, header, None, CONSUMER_SECRET, REQUEST_SECRET) {
+        Ok(p)
+            if p.get("oauth_token").map(String::as_str) == Some(REQUEST_TOKEN)
+                && p.get("oauth_verifier").map(String::as_str) == Some(PIN) =>
+        {
+            form(
+                200,
+                &format!(
+                    "oauth_token={}&oauth_token_secret={}&user_id=111&screen_name=alice",
+                    enc(ALICE_TOKEN.as_bytes()),
+                    enc(ALICE_SECRET.as_bytes())
+                ),
+            )
+        }
+        _ => refused(),
     }
 }
 
