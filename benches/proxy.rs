@@ -72,6 +72,12 @@ name = "bench"
 anonymous = true
 identities = ["main", "alice"]
 default_identity = "main"
+# Buckets too large to trip in a run (the check still runs on every request), as in
+# shared/bench/xgate-bench.toml.
+[[limits.override]]
+endpoint = "GET /2/tweets/:id"
+app = "4000000000/15m"
+user = "4000000000/15m"
 "#
     );
     let config =

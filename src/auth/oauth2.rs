@@ -106,6 +106,9 @@ struct Slot {
     app: Oauth2App,
     current: RwLock<Option<Arc<Current>>>,
     refreshing: Mutex<Option<watch::Receiver<Option<Outcome>>>>,
+    /// The generation whose refresh token X refused, and why: it is not sent again (only a
+    /// new pair in the store, from a new login, is tried).
+    rejected: Mutex<Option<(u64, String)>>,
 }
 
 /// Every OAuth 2.0 identity's tokens.
@@ -273,6 +276,7 @@ impl Oauth2Users {
                     app,
                     current: RwLock::new(current),
                     refreshing: Mutex::new(None),
+                    rejected: Mutex::new(None),
                 },
             );
         }
@@ -314,7 +318,7 @@ impl Oauth2Users {
         if current.expired(now) {
             let fresh = self.refresh(id, current.generation).await;
             return self
-                .answer(fresh, name, now)
+                .answer(fresh, id, name, now)
                 .map(|c| (c.header.clone(), c.generation));
         }
         if current.due(now) {
@@ -335,7 +339,7 @@ impl Oauth2Users {
     ) -> Result<HeaderValue, ProxyError> {
         let now = self.clock.unix_seconds();
         let fresh = self.refresh(id, generation).await;
-        self.answer(fresh, name, now).map(|c| c.header.clone())
+        self.answer(fresh, id, name, now).map(|c| c.header.clone())
     }
 
     /// Upstream answered 401 to a request that cannot be replayed: refreshes the pair in the
@@ -344,14 +348,20 @@ impl Oauth2Users {
         drop(self.start_refresh(id, generation));
     }
 
-    fn answer(&self, outcome: Outcome, name: &str, now: u64) -> Result<Arc<Current>, ProxyError> {
+    fn answer(
+        &self,
+        outcome: Outcome,
+        id: IdentityId,
+        name: &str,
+        now: u64,
+    ) -> Result<Arc<Current>, ProxyError> {
         match outcome {
             Outcome::Ok(c) => Ok(c),
             Outcome::Rejected(why) => Err(ProxyError::TokenRefreshFailed {
                 identity: name.to_owned(),
                 detail: why,
             }),
-            Outcome::Failed(why) => match self.current_by_name(name) {
+            Outcome::Failed(why) => match self.current(id) {
                 // The refresh failed for a passing reason, but the token still works.
                 Some(c) if !c.expired(now) => Ok(c),
                 _ => Err(ProxyError::UpstreamUnavailable {
@@ -360,11 +370,6 @@ impl Oauth2Users {
                 }),
             },
         }
-    }
-
-    fn current_by_name(&self, name: &str) -> Option<Arc<Current>> {
-        let (id, _) = self.slots.iter().find(|(_, s)| &*s.name == name)?;
-        self.current(*id)
     }
 
     /// Waits for the refresh of `id` from `generation` (starting it if none runs).
@@ -448,8 +453,25 @@ impl Oauth2Users {
                 }
             }
         }
+        let refused = slot
+            .rejected
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        if let Some((_, why)) = refused.filter(|(g, _)| *g == current.generation) {
+            return Outcome::Rejected(why);
+        }
+        let outcome = self.ask_x(slot, &name, &current).await;
+        if let Outcome::Rejected(why) = &outcome {
+            *slot.rejected.lock().unwrap_or_else(PoisonError::into_inner) =
+                Some((current.generation, why.clone()));
+        }
+        outcome
+    }
+
+    /// The refresh-token grant at X, with retries for passing failures.
+    async fn ask_x(&self, slot: &Slot, name: &Arc<str>, current: &Current) -> Outcome {
         let Some(refresh_token) = current.refresh_token.as_ref() else {
-            self.metrics.token_refresh(&name, "rejected");
             return Outcome::Rejected(
                 "no refresh token was granted (log in with the offline.access scope)".to_owned(),
             );
@@ -474,12 +496,12 @@ impl Oauth2Users {
                         &current.scopes,
                         Some(refresh_token.expose()),
                     );
-                    if let Err(e) = self.save(&name, &stored).await {
+                    if let Err(e) = self.save(name, &stored).await {
                         // X has rotated the pair: the new one only lives here now. Keep
                         // using it rather than lose the user, and say so loudly.
                         tracing::error!(identity = %name, error = %e, "the refreshed token could not be stored; it is kept in memory only");
                     }
-                    self.metrics.token_refresh(&name, "ok");
+                    self.metrics.token_refresh(name, "ok");
                     tracing::info!(identity = %name, "OAuth 2.0 token refreshed");
                     return Self::publish(slot, &stored, current.generation);
                 }
@@ -491,7 +513,7 @@ impl Oauth2Users {
                             | BasicErrorResponseType::UnauthorizedClient
                     ) =>
                 {
-                    self.metrics.token_refresh(&name, "rejected");
+                    self.metrics.token_refresh(name, "rejected");
                     tracing::warn!(identity = %name, error = %err.error(), "X refused the refresh token: log in again");
                     return Outcome::Rejected(format!(
                         "X refused the refresh token ({}); run `xgate login --identity {name}` again",
@@ -502,7 +524,7 @@ impl Oauth2Users {
                     let why = describe(&e);
                     tracing::warn!(identity = %name, attempt, error = %why, "OAuth 2.0 token refresh failed");
                     if attempt == ATTEMPTS {
-                        self.metrics.token_refresh(&name, "error");
+                        self.metrics.token_refresh(name, "error");
                         return Outcome::Failed(why);
                     }
                     tokio::time::sleep(backoff).await;

@@ -57,6 +57,17 @@ fn upstream(config: &Config) -> Result<Upstream, CliError> {
         .map_err(|e| CliError::Runtime(e.to_string()))
 }
 
+/// The App a user acts through (validated configs always have it).
+fn app_of<'c>(
+    config: &'c Config,
+    user: &crate::config::User,
+) -> Result<&'c crate::config::App, CliError> {
+    config
+        .apps
+        .get(&user.app)
+        .ok_or_else(|| CliError::Usage(format!("users.{}.app: no App {}", user.name, user.app)))
+}
+
 /// The parts of a redirect that matter.
 #[derive(Debug, Default, PartialEq, Eq)]
 struct Redirect {
@@ -120,10 +131,7 @@ pub(super) fn oauth2(
             "--identity {identity}: users.{identity}.auth is \"oauth1\"; use `xgate login --identity {identity} --oauth1`"
         )));
     };
-    let app = config
-        .apps
-        .get(&user.app)
-        .ok_or_else(|| CliError::Usage(format!("users.{identity}.app: no App {}", user.app)))?;
+    let app = app_of(config, user)?;
     let client_cfg = app.oauth2.as_ref().ok_or_else(|| {
         CliError::Usage(format!(
             "apps.{}.oauth2_client_id is not set: it is needed to log in users with OAuth 2.0",
@@ -322,10 +330,7 @@ pub(super) fn oauth1(
             )));
         }
     };
-    let app = config
-        .apps
-        .get(&user.app)
-        .ok_or_else(|| CliError::Usage(format!("users.{identity}.app: no App {}", user.app)))?;
+    let app = app_of(config, user)?;
     let consumer = app.consumer.as_ref().ok_or_else(|| {
         CliError::Usage(format!(
             "apps.{}: consumer_key and consumer_secret are needed for OAuth 1.0a",

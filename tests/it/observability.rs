@@ -3,7 +3,6 @@
 //! queries against it, and the YAML files parsed.
 
 use std::collections::BTreeSet;
-use std::io::{BufRead as _, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -384,43 +383,13 @@ async fn json_logs_from_the_binary_are_one_object_per_line() {
     let fake = FakeX::start().await;
     let dir = scratch("jsonlog");
     std::fs::write(dir.join("proxy.toml"), config(&fake.base_url(), "")).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_xgate"))
-        .args(["serve", "--config", "proxy.toml", "--log-format", "json"])
-        .current_dir(&dir)
-        .env_clear()
-        .envs(crate::support::proxy::env())
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ignored = tx.send(line);
-        }
-    });
-    let mut lines = Vec::new();
-    let addr = loop {
-        let line = tokio::time::timeout(Duration::from_secs(20), rx.recv())
-            .await
-            .unwrap()
-            .unwrap();
-        let v: serde_json::Value =
-            serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
-        lines.push(v.clone());
-        if let Some(rest) = v["message"]
-            .as_str()
-            .and_then(|m| m.strip_prefix("proxy listening on "))
-        {
-            break rest
-                .split_whitespace()
-                .next()
-                .unwrap()
-                .parse::<SocketAddr>()
-                .unwrap();
-        }
-    };
+    let served = crate::support::binary::serve(&dir, &["--log-format", "json"], &[]).await;
+    let (mut child, addr, mut rx) = (served.child, served.addr, served.stderr);
+    let mut lines: Vec<serde_json::Value> = served
+        .startup
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
     let a = send(
         addr,
         request("GET", "/2/tweets/20")

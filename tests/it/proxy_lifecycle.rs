@@ -1,7 +1,6 @@
 //! Listeners, connections and shutdown (CONTRACT sections 2 `[server]`, 8 health, 9).
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -298,40 +297,10 @@ async fn sigterm_during_a_slow_request_still_completes() {
     );
     let dir = scratch("sigterm");
     std::fs::write(dir.join("proxy.toml"), config(&fake.base_url(), "")).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_xgate"))
-        .args(["serve", "--config", "proxy.toml"])
-        .current_dir(&dir)
-        .env_clear()
-        .envs(crate::support::proxy::env())
-        .env("XGATE_LOG", "info")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
     // Readiness: the startup line names the bound address.
-    let stderr = child.stderr.take().unwrap();
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ignored = tx.send(line);
-        }
-    });
-    let mut log = Vec::new();
-    let addr = loop {
-        let line = tokio::time::timeout(Duration::from_secs(20), rx.recv())
-            .await
-            .unwrap()
-            .unwrap();
-        log.push(line.clone());
-        if let Some(rest) = line.split("proxy listening on ").nth(1) {
-            break rest
-                .split_whitespace()
-                .next()
-                .unwrap()
-                .parse::<std::net::SocketAddr>()
-                .unwrap();
-        }
-    };
+    let served = crate::support::binary::serve(&dir, &[], &[("XGATE_LOG", "info")]).await;
+    let (mut child, addr, mut rx, mut log) =
+        (served.child, served.addr, served.stderr, served.startup);
     let slow = tokio::spawn(get(addr, "/2/slow", None));
     assert!(
         fake.wait_until(Duration::from_secs(10), |f| !f

@@ -4,7 +4,7 @@
 use std::io::{BufRead as _, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -179,6 +179,19 @@ async fn a_refused_refresh_token_answers_401_token_refresh_failed() {
         a.text()
     );
     assert!(fake.requests_to("/2/users/me").is_empty());
+    // The dead refresh token is not sent to X again...
+    let again = get(proxy.addr, "/2/users/me", Some("bob")).await;
+    assert_eq!(again.kind(), Some("token-refresh-failed"));
+    assert_eq!(fake.oauth_calls().0, 1);
+    // ... but a new login stored meanwhile (by `xgate login` in another process) is adopted.
+    fake.oauth_issue("at-new", "rt-new");
+    store_bob(&dir, "at-new", Some("rt-new"), now() + 3600, &SCOPES);
+    assert_eq!(
+        get(proxy.addr, "/2/users/me", Some("bob")).await.status,
+        200
+    );
+    assert_eq!(bearers(&fake, "/2/users/me"), ["Bearer at-new"]);
+    assert_eq!(fake.oauth_calls().0, 1);
 }
 
 #[tokio::test]
@@ -295,36 +308,7 @@ fn free_port() -> u16 {
 }
 
 fn spawn(dir: &Path, args: &[&str], stdin: Stdio) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_xgate"))
-        .args(args)
-        .current_dir(dir)
-        .env_clear()
-        .envs(crate::support::proxy::env())
-        .stdin(stdin)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
-}
-
-/// Lines of a child's pipe, as they come.
-fn lines(
-    pipe: impl std::io::Read + Send + 'static,
-) -> tokio::sync::mpsc::UnboundedReceiver<String> {
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-            let _ignored = tx.send(line);
-        }
-    });
-    rx
-}
-
-async fn next_line(rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>) -> String {
-    tokio::time::timeout(Duration::from_secs(20), rx.recv())
-        .await
-        .expect("no output within 20 s")
-        .expect("the process closed its output")
+    crate::support::binary::spawn(dir, args, stdin, &[])
 }
 
 fn query_param(url: &str, key: &str) -> Option<String> {
@@ -348,8 +332,8 @@ async fn login_with_a_browser_stores_a_pair_the_proxy_then_uses() {
     )
     .unwrap();
     let mut child = spawn(&dir, &["login", "--identity", "bob"], Stdio::null());
-    let mut out = lines(child.stdout.take().unwrap());
-    let url = next_line(&mut out).await;
+    let mut out = crate::support::binary::lines(child.stdout.take().unwrap());
+    let url = crate::support::binary::next_line(&mut out).await;
     assert!(
         url.starts_with("https://x.example/i/oauth2/authorize?"),
         "{url}"
@@ -487,15 +471,8 @@ async fn serve(
     SocketAddr,
     tokio::sync::mpsc::UnboundedReceiver<String>,
 ) {
-    let mut child = spawn(dir, &["serve"], Stdio::null());
-    let mut err = lines(child.stderr.take().unwrap());
-    let addr = loop {
-        let line = next_line(&mut err).await;
-        if let Some(rest) = line.split("proxy listening on ").nth(1) {
-            break rest.split_whitespace().next().unwrap().parse().unwrap();
-        }
-    };
-    (child, addr, err)
+    let s = crate::support::binary::serve(dir, &[], &[]).await;
+    (s.child, s.addr, s.stderr)
 }
 
 /// SIGKILL right after a refresh, then a restart: the rotated pair was kept.

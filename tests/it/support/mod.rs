@@ -1,6 +1,7 @@
 //! Shared test helpers: FakeX, an in-process proxy, HTTP clients, a TLS CA, log capture,
 //! scratch directories and running the `xgate` binary.
 
+pub mod binary;
 pub mod fake_x;
 pub mod http;
 pub mod logs;
