@@ -507,9 +507,9 @@ async fn admit<'s>(
 ) -> Result<Admission<'s>, ProxyError> {
     let limiter = &state.limiter;
     let endpoint = endpoint_id.and_then(|e| limiter.catalogue().get(e));
-    let deadline = Instant::now() + limiter.max_wait();
+    // Clocks are read only once a request is refused: the admitted path reads none here.
+    let mut deadline = None;
     loop {
-        let now_ms = limiter.now_ms();
         let (wait, err) = match limiter.admit(id, endpoint_id) {
             Ok(mut admission) => {
                 let Some(share) = &client.rate else {
@@ -524,13 +524,14 @@ async fn admit<'s>(
                             share.rate(),
                             endpoint,
                             wait,
-                            now_ms,
+                            limiter.now_ms(),
                         );
                         (Some(wait), err)
                     }
                 }
             }
             Err(refused) => {
+                let now_ms = limiter.now_ms();
                 let wait = match refused {
                     Refused::Window(r) => {
                         Some(Duration::from_millis(r.reset_ms.saturating_sub(now_ms)))
@@ -543,6 +544,7 @@ async fn admit<'s>(
                 )
             }
         };
+        let deadline = *deadline.get_or_insert_with(|| Instant::now() + limiter.max_wait());
         match wait {
             Some(wait) if Instant::now() + wait <= deadline => {
                 tokio::time::sleep(wait.max(Duration::from_millis(1))).await;

@@ -266,6 +266,9 @@ impl Identities {
 pub struct ClockSkew {
     offset: AtomicI64,
     logged: AtomicBool,
+    /// The last `Date` value seen: with one-second resolution, most answers repeat it, and
+    /// those are not parsed again.
+    last: std::sync::Mutex<Option<HeaderValue>>,
 }
 
 /// Differences up to this are normal network and clock jitter.
@@ -279,6 +282,12 @@ impl ClockSkew {
 
     /// Learns from an upstream `Date` header value.
     pub fn observe(&self, date: &HeaderValue, clock: &dyn Clock) {
+        if let Ok(mut last) = self.last.try_lock() {
+            if last.as_ref() == Some(date) {
+                return;
+            }
+            *last = Some(date.clone());
+        }
         let Some(upstream) = date
             .to_str()
             .ok()
