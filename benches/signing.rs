@@ -88,7 +88,7 @@ fn signing(c: &mut Criterion) {
         })
     });
     let signer = Oauth1Signer::new(SystemClock, RandomNonce);
-    g.bench_function("header_with_os_nonce/recent", |b| {
+    g.bench_function("header_with_random_nonce/recent", |b| {
         b.iter(|| {
             signer
                 .sign(&key, "GET", black_box(&recent), None, 0)

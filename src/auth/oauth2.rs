@@ -413,13 +413,9 @@ impl Oauth2Users {
         *refreshing = Some(rx.clone());
         let this = Arc::clone(self);
         tokio::spawn(async move {
+            // Cleared however the task ends, so a later refresh never joins a dead one.
+            let _clear = ClearOnDrop(&this, id);
             let outcome = this.run_refresh(id).await;
-            if let Some(slot) = this.slots.get(&id) {
-                *slot
-                    .refreshing
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner) = None;
-            }
             let _no_waiters = tx.send(Some(outcome));
         });
         rx
@@ -557,6 +553,20 @@ impl Oauth2Users {
                 Outcome::Ok(c)
             }
             None => Outcome::Failed("the new access token is not usable in a header".to_owned()),
+        }
+    }
+}
+
+/// Marks an identity's refresh as finished when dropped.
+struct ClearOnDrop<'a>(&'a Oauth2Users, IdentityId);
+
+impl Drop for ClearOnDrop<'_> {
+    fn drop(&mut self) {
+        if let Some(slot) = self.0.slots.get(&self.1) {
+            *slot
+                .refreshing
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = None;
         }
     }
 }

@@ -346,3 +346,78 @@ async fn sigterm_during_a_slow_request_still_completes() {
     }
     assert!(!log.contains(BEARER), "the log shows the Bearer token");
 }
+
+/// `tls_handshake_timeout`: a connection that never starts its TLS handshake is dropped
+/// (well before the 10 s default).
+#[tokio::test]
+async fn a_stalled_tls_handshake_is_dropped_after_tls_handshake_timeout() {
+    let ca = TestCa::new();
+    let (cert, key) = ca.issue_pem(&["localhost", "127.0.0.1"]);
+    let dir = scratch("tls-stall");
+    std::fs::write(dir.join("cert.pem"), cert).unwrap();
+    std::fs::write(dir.join("key.pem"), key).unwrap();
+    let fake = FakeX::start().await;
+    let proxy = Proxy::start_in(
+        &config(
+            &fake.base_url(),
+            "#server\ntls = { cert = \"cert.pem\", key = \"key.pem\" }\ntls_handshake_timeout = \"200ms\"\n",
+        ),
+        &dir,
+    )
+    .await;
+    let mut tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let closed = read_until_close(&mut tcp, Duration::from_secs(5)).await;
+    assert!(closed.is_empty());
+    // Had the timeout not applied, the read above would have run into its own 5 s limit
+    // with the connection still open: check it really is closed.
+    let write = tokio::io::AsyncWriteExt::write_all(&mut tcp, &[0x16; 64]).await;
+    let mut buf = [0u8; 8];
+    let read = tokio::io::AsyncReadExt::read(&mut tcp, &mut buf).await;
+    assert!(
+        write.is_err() || matches!(read, Ok(0) | Err(_)),
+        "{write:?} {read:?}"
+    );
+}
+
+/// `http2_max_concurrent_streams` and `max_header_bytes` reach HTTP/2 clients in the
+/// server's SETTINGS frame.
+#[tokio::test]
+async fn http2_settings_carry_the_configured_limits() {
+    let fake = FakeX::start().await;
+    let proxy = Proxy::start(&config(
+        &fake.base_url(),
+        "#server\nhttp2_max_concurrent_streams = 7\nmax_header_bytes = 20000\n",
+    ))
+    .await;
+    let mut tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    // The client preface and an empty SETTINGS frame.
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    hello.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+    tcp.write_all(&hello).await.unwrap();
+    let mut head = [0u8; 9];
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::io::AsyncReadExt::read_exact(&mut tcp, &mut head),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(head[3], 4, "the server's first frame is not SETTINGS");
+    let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+    let mut payload = vec![0u8; len];
+    tokio::io::AsyncReadExt::read_exact(&mut tcp, &mut payload)
+        .await
+        .unwrap();
+    let settings: std::collections::BTreeMap<u16, u32> = payload
+        .chunks_exact(6)
+        .map(|c| {
+            (
+                u16::from_be_bytes([c[0], c[1]]),
+                u32::from_be_bytes([c[2], c[3], c[4], c[5]]),
+            )
+        })
+        .collect();
+    // SETTINGS_MAX_CONCURRENT_STREAMS (0x3) and SETTINGS_MAX_HEADER_LIST_SIZE (0x6).
+    assert_eq!(settings.get(&3), Some(&7), "{settings:?}");
+    assert_eq!(settings.get(&6), Some(&20000), "{settings:?}");
+}

@@ -743,3 +743,42 @@ async fn check_reads_the_store_for_stored_tokens_and_refuses_a_wrong_key() {
         "{wrong:?}"
     );
 }
+
+/// The refresh runs detached: a client that gives up while it is in flight does not cancel
+/// it, and the rotated pair is stored and used by the next request without a second refresh.
+#[tokio::test]
+async fn a_client_that_leaves_during_a_refresh_does_not_cancel_it() {
+    let fake = FakeX::start().await;
+    fake.oauth_issue("at-old", "rt-old");
+    fake.oauth_trouble(0, Duration::from_millis(500));
+    let dir = scratch("oauth-detached");
+    store_bob(&dir, "at-old", Some("rt-old"), now() - 10, &SCOPES);
+    let proxy = start(&fake, &dir).await;
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(100),
+        get(proxy.addr, "/2/users/me", Some("bob")),
+    )
+    .await;
+    assert!(
+        gave_up.is_err(),
+        "the request should still be waiting for the refresh"
+    );
+    assert!(
+        fake.wait_until(Duration::from_secs(10), |f| f.oauth_calls().0 == 1)
+            .await
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while stored_bob(&dir).0 != "at-1" && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        stored_bob(&dir),
+        ("at-1".to_owned(), Some("rt-1".to_owned()))
+    );
+    assert_eq!(
+        get(proxy.addr, "/2/users/me", Some("bob")).await.status,
+        200
+    );
+    assert_eq!(bearers(&fake, "/2/users/me"), ["Bearer at-1"]);
+    assert_eq!(fake.oauth_calls().0, 1);
+}
