@@ -1,12 +1,14 @@
 //! The proxy itself: one request from the client to X and back.
 //!
 //! Owns [`handle`], which runs the phases of a request in the order of answers of CONTRACT
-//! section 7 — method, client key, identity, path, stored credentials, body size, then
-//! credentials and upstream — so that order lives in exactly one function. Also owns the
-//! shared [`State`] built from the config, the tower service that wraps `handle`
-//! ([`ProxyService`]: errors become responses here, through `ProxyError::to_response`), the
-//! per-request access record (a client that goes away before the response head is recorded
-//! as 499), and the per-connection activity count the server uses for `keepalive_timeout`.
+//! section 7 — method, client key, identity, path, stored OAuth 2.0 token, auth pre-check,
+//! body size, rate limits, then credentials and upstream — so that order lives in exactly one
+//! function. Also owns the shared [`State`] built from the config (opening the token store
+//! when an identity needs it), the tower service that wraps `handle` ([`ProxyService`]:
+//! errors become responses here, through `ProxyError::to_response`), the per-request access
+//! record (request id, metrics at the response head, the log line when the body ends; a
+//! client that goes away before the head is recorded as 499), and the per-connection activity
+//! count the server uses for `keepalive_timeout`.
 
 use std::convert::Infallible;
 use std::fmt;

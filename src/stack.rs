@@ -8,12 +8,15 @@
 //!    (`ProxyError::to_response`), so the service's error type is `Infallible`, and the
 //!    request's status is recorded (499 if the client left first).
 //! 3. `proxy::handle`: the phases of one request in CONTRACT section 7's order (method, client
-//!    key, identity, path, stored credentials, body size, credentials, upstream). They are
+//!    key, identity, path, stored credentials, auth pre-check, body size, rate limits,
+//!    credentials, upstream). They are
 //!    plain sequential steps rather than one tower layer each: they share the request's parts
 //!    and the identity, which layers would have to pass through request extensions, and a
 //!    reader sees the whole order in one function.
 //!
-//! Layers that observe every request (metrics, request ids) go around [`ProxyService`] here.
+//! Metrics and request ids live in the access record that `ProxyService` keeps per request
+//! (it needs the identity and endpoint that only `handle` learns); further cross-cutting
+//! layers go around [`ProxyService`] here.
 
 use std::sync::Arc;
 
