@@ -37,22 +37,23 @@ async fn http2_prior_knowledge() {
     ));
 }
 
-#[tokio::test]
-async fn inbound_tls() {
+/// A proxy serving inbound TLS with a certificate from a test CA; `extra` lines go into
+/// `[server]`.
+async fn tls_proxy(name: &str, extra: &str) -> (TestCa, FakeX, Proxy) {
     let ca = TestCa::new();
     let (cert, key) = ca.issue_pem(&["localhost", "127.0.0.1"]);
-    let dir = scratch("inbound-tls");
+    let dir = scratch(name);
     std::fs::write(dir.join("cert.pem"), cert).unwrap();
     std::fs::write(dir.join("key.pem"), key).unwrap();
     let fake = FakeX::start().await;
-    let proxy = Proxy::start_in(
-        &config(
-            &fake.base_url(),
-            "#server\ntls = { cert = \"cert.pem\", key = \"key.pem\" }\n",
-        ),
-        &dir,
-    )
-    .await;
+    let server = format!("#server\ntls = {{ cert = \"cert.pem\", key = \"key.pem\" }}\n{extra}");
+    let proxy = Proxy::start_in(&config(&fake.base_url(), &server), &dir).await;
+    (ca, fake, proxy)
+}
+
+#[tokio::test]
+async fn inbound_tls() {
+    let (ca, _fake, proxy) = tls_proxy("inbound-tls", "").await;
 
     let mut roots = rustls::RootCertStore::empty();
     let ca_der = rustls::pki_types::CertificateDer::from_pem_slice(ca.pem().as_bytes()).unwrap();
@@ -351,20 +352,7 @@ async fn sigterm_during_a_slow_request_still_completes() {
 /// (well before the 10 s default).
 #[tokio::test]
 async fn a_stalled_tls_handshake_is_dropped_after_tls_handshake_timeout() {
-    let ca = TestCa::new();
-    let (cert, key) = ca.issue_pem(&["localhost", "127.0.0.1"]);
-    let dir = scratch("tls-stall");
-    std::fs::write(dir.join("cert.pem"), cert).unwrap();
-    std::fs::write(dir.join("key.pem"), key).unwrap();
-    let fake = FakeX::start().await;
-    let proxy = Proxy::start_in(
-        &config(
-            &fake.base_url(),
-            "#server\ntls = { cert = \"cert.pem\", key = \"key.pem\" }\ntls_handshake_timeout = \"200ms\"\n",
-        ),
-        &dir,
-    )
-    .await;
+    let (_ca, _fake, proxy) = tls_proxy("tls-stall", "tls_handshake_timeout = \"200ms\"\n").await;
     let mut tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
     let closed = read_until_close(&mut tcp, Duration::from_secs(5)).await;
     assert!(closed.is_empty());

@@ -50,6 +50,15 @@ fn stored_bob(dir: &Path) -> (String, Option<String>) {
     }
 }
 
+/// Waits (at most 10 s, polling the store) until bob's stored access token is `access`: a
+/// background refresh writes it from its own task.
+async fn wait_for_stored(dir: &Path, access: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while stored_bob(dir).0 != access && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// The `Authorization` values upstream saw on `path`, in order.
 fn bearers(fake: &FakeX, path: &str) -> Vec<String> {
     fake.requests_to(path)
@@ -112,10 +121,7 @@ async fn a_token_close_to_expiry_is_refreshed_in_the_background() {
             .await
     );
     // Wait for the new pair to be stored, then it is used.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while stored_bob(&dir).0 != "at-1" && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_stored(&dir, "at-1").await;
     assert_eq!(
         get(proxy.addr, "/2/users/me", Some("bob")).await.status,
         200
@@ -767,10 +773,7 @@ async fn a_client_that_leaves_during_a_refresh_does_not_cancel_it() {
         fake.wait_until(Duration::from_secs(10), |f| f.oauth_calls().0 == 1)
             .await
     );
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while stored_bob(&dir).0 != "at-1" && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_stored(&dir, "at-1").await;
     assert_eq!(
         stored_bob(&dir),
         ("at-1".to_owned(), Some("rt-1".to_owned()))
