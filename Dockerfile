@@ -2,8 +2,12 @@
 #
 #   docker build -t xgate .
 #   docker run --rm -p 8080:8080 -p 9090:9090 \
-#     -v "$PWD/deploy/proxy.toml:/etc/xgate/proxy.toml:ro" \
+#     -v "$PWD/my-proxy.toml:/etc/xgate/proxy.toml:ro" \
 #     -v "$PWD/secrets:/run/secrets:ro" -v xgate-state:/var/lib/xgate xgate
+#
+# For a published port, my-proxy.toml listens on 0.0.0.0:8080 (and keys its clients);
+# deploy/proxy.toml listens on loopback, for an app sharing the container's network
+# namespace (deploy/docker-compose.yml, deploy/kubernetes/sidecar.yaml).
 #
 # The image is not built in CI (no container engine runs there); it uses only the official
 # Rust and Debian images and the crates of Cargo.lock.
