@@ -310,33 +310,30 @@ fn the_deployment_examples_parse_and_carry_valid_configs() {
     }
 }
 
-#[tokio::test]
-async fn access_records_carry_the_request_id_endpoint_and_bytes() {
-    let fake = FakeX::start().await;
-    let proxy = Proxy::start(&config(&fake.base_url(), "")).await;
-    let id = "req-7f3a.b:c@d_e";
-    let first = send(
-        proxy.addr,
-        request("GET", "/2/tweets/20?secret_query=1")
+/// A GET as the `backend` client with `x-request-id: id`.
+async fn get_with_id(addr: SocketAddr, path: &str, id: &str) -> crate::support::http::Answer {
+    send(
+        addr,
+        request("GET", path)
             .header("x-xgate-key", KEY)
             .header("x-request-id", id)
             .body(Full::default())
             .unwrap(),
     )
-    .await;
+    .await
+}
+
+#[tokio::test]
+async fn access_records_carry_the_request_id_endpoint_and_bytes() {
+    let fake = FakeX::start().await;
+    let proxy = Proxy::start(&config(&fake.base_url(), "")).await;
+    let id = "req-7f3a.b:c@d_e";
+    let first = get_with_id(proxy.addr, "/2/tweets/20?secret_query=1", id).await;
     assert_eq!(first.header("x-request-id"), Some(id));
     // Malformed, too long, or shaped like a client key: replaced by a fresh id.
     let mut fresh = BTreeSet::new();
     for bad in ["has space", &"x".repeat(129), KEY] {
-        let a = send(
-            proxy.addr,
-            request("GET", "/2/tweets/21")
-                .header("x-xgate-key", KEY)
-                .header("x-request-id", bad)
-                .body(Full::default())
-                .unwrap(),
-        )
-        .await;
+        let a = get_with_id(proxy.addr, "/2/tweets/21", bad).await;
         let got = a.header("x-request-id").unwrap().to_owned();
         assert_ne!(got, bad);
         assert_eq!(got.len(), 32);
@@ -390,15 +387,7 @@ async fn json_logs_from_the_binary_are_one_object_per_line() {
         .iter()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
         .collect();
-    let a = send(
-        addr,
-        request("GET", "/2/tweets/20")
-            .header("x-xgate-key", KEY)
-            .header("x-request-id", "json-1")
-            .body(Full::default())
-            .unwrap(),
-    )
-    .await;
+    let a = get_with_id(addr, "/2/tweets/20", "json-1").await;
     assert_eq!(a.status, 200);
     let kill = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
