@@ -327,9 +327,9 @@ async fn sigterm_during_a_slow_request_still_completes() {
         .unwrap()
         .unwrap();
     assert_eq!(status.code(), Some(0));
-    while let Ok(line) = rx.try_recv() {
-        log.push(line);
-    }
+    // The child has exited, but the thread reading its stderr may not have passed on the
+    // last lines yet: read to the end of the output.
+    log.extend(crate::support::binary::remaining_lines(&mut rx).await);
     let log = log.join("\n");
     assert!(log.contains("shutdown signal received"), "{log}");
     // The access record of the slow request, written by the binary's own access-log sink.

@@ -43,6 +43,20 @@ pub async fn next_line(rx: &mut UnboundedReceiver<String>) -> String {
         .expect("the process closed its output")
 }
 
+/// Every line still to come, up to the end of the output (the process exited and the reading
+/// thread reached end of file), within 20 s.
+pub async fn remaining_lines(rx: &mut UnboundedReceiver<String>) -> Vec<String> {
+    let mut lines = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(line) = rx.recv().await {
+            lines.push(line);
+        }
+    })
+    .await
+    .expect("the output did not end within 20 s");
+    lines
+}
+
 /// A running `xgate serve`.
 pub struct Served {
     pub child: Child,
