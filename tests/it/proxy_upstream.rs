@@ -256,3 +256,57 @@ async fn client_disconnect_cancels_upstream_and_is_recorded_as_499() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// The upstream pool (`pool_max_idle_per_host`, `pool_idle_timeout`): sequential requests
+/// share one kept-alive connection; with no idle connections allowed each request opens its
+/// own, closed after its answer; an idle connection is closed after `pool_idle_timeout`.
+#[tokio::test]
+async fn the_upstream_pool_keeps_idle_connections_within_its_settings() {
+    async fn three_requests(proxy: &Proxy) {
+        for _ in 0..3 {
+            let a = get(proxy.addr, "/2/users/me", Some("alice")).await;
+            assert_eq!(a.status, 200, "{}", a.text());
+        }
+    }
+
+    let fake = FakeX::start().await;
+    let pooled = Proxy::start(&config(&fake.base_url(), "")).await;
+    three_requests(&pooled).await;
+    assert_eq!(
+        fake.connections(),
+        (1, 0),
+        "the default pool reuses one connection"
+    );
+    drop(pooled);
+
+    let fake = FakeX::start().await;
+    let unpooled = Proxy::start(&config(
+        &fake.base_url(),
+        "#upstream\npool_max_idle_per_host = 0\n",
+    ))
+    .await;
+    three_requests(&unpooled).await;
+    assert_eq!(fake.connections().0, 3);
+    assert!(
+        fake.wait_until(Duration::from_secs(10), |f| f.connections() == (3, 3))
+            .await,
+        "connections were kept: {:?}",
+        fake.connections()
+    );
+
+    let fake = FakeX::start().await;
+    let short = Proxy::start(&config(
+        &fake.base_url(),
+        "#upstream\npool_idle_timeout = \"200ms\"\n",
+    ))
+    .await;
+    let a = get(short.addr, "/2/users/me", Some("alice")).await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    // Closed well before the 90 s default would close it.
+    assert!(
+        fake.wait_until(Duration::from_secs(10), |f| f.connections() == (1, 1))
+            .await,
+        "the idle connection was kept: {:?}",
+        fake.connections()
+    );
+}

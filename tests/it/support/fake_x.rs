@@ -139,6 +139,8 @@ struct Shared {
     /// Targets whose streamed body was sent to the end.
     streams_done: Mutex<Vec<String>>,
     oauth: Mutex<OauthState>,
+    /// Connections accepted, and those of them that have ended.
+    connections: Mutex<(usize, usize)>,
     changed: Notify,
 }
 
@@ -232,9 +234,12 @@ impl FakeX {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
+                sh.connections.lock().unwrap().0 += 1;
+                let conn_sh = Arc::clone(&sh);
                 let sh = Arc::clone(&sh);
                 let tls = tls.clone();
                 tokio::spawn(async move {
+                    let _counted = ConnectionEnd(conn_sh);
                     let svc = hyper::service::service_fn(move |req| {
                         let sh = Arc::clone(&sh);
                         async move { Ok::<_, Infallible>(serve(sh, addr, is_tls, req).await) }
@@ -299,6 +304,11 @@ impl FakeX {
             .unwrap()
             .iter()
             .any(|t| t == target)
+    }
+
+    /// Connections accepted so far, and how many of them have ended.
+    pub fn connections(&self) -> (usize, usize) {
+        *self.shared.connections.lock().unwrap()
     }
 
     /// Waits (at most `limit`) until `pred` holds on the fake's records.
@@ -373,6 +383,16 @@ impl FakeX {
             .unwrap()
             .iter()
             .any(|t| t == target)
+    }
+}
+
+/// Counts a connection as ended when its task finishes (or is dropped with the fake).
+struct ConnectionEnd(Arc<Shared>);
+
+impl Drop for ConnectionEnd {
+    fn drop(&mut self) {
+        self.0.connections.lock().unwrap().1 += 1;
+        self.0.changed.notify_waiters();
     }
 }
 
