@@ -325,14 +325,49 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
+/// The most of a refused request's unread body that is read and thrown away.
+const DISCARD_MAX_BYTES: u64 = 16 << 20;
+/// How long a refused request's unread body is read at most.
+const DISCARD_TIME: Duration = Duration::from_secs(10);
+
+/// Reads and throws away the body of a request refused before its body was read, at most
+/// [`DISCARD_MAX_BYTES`] for at most [`DISCARD_TIME`], in a task of its own while the answer
+/// goes out. A client still sending its body then gets the answer (404, 413, 429, ...) and
+/// can keep the connection; had the connection been closed with its bytes unread, the kernel
+/// would have reset it and the client would see a broken pipe instead of the answer. A body
+/// that is declared larger, or whose client waits for `100 Continue` (which a refusal never
+/// sends), is not read: hyper closes the connection after the answer.
+fn discard_unread(body: Incoming, expects_continue: bool) {
+    let declared = body.size_hint().exact();
+    if body.is_end_stream() || expects_continue || declared.is_some_and(|n| n > DISCARD_MAX_BYTES) {
+        return;
+    }
+    tokio::spawn(async move {
+        let mut body = body;
+        let mut read = 0u64;
+        let _gave_up = tokio::time::timeout(DISCARD_TIME, async {
+            while let Some(Ok(frame)) = body.frame().await {
+                read += frame.data_ref().map_or(0, |d| d.len() as u64);
+                if read > DISCARD_MAX_BYTES {
+                    break;
+                }
+            }
+        })
+        .await;
+    });
+}
+
 /// One request, phase by phase. Each `?` is one of CONTRACT section 7's answers, in its order.
+///
+/// The body stays in `body` until the credentials phase takes it: a request refused before
+/// that leaves it there, unread, for [`discard_unread`].
 async fn handle(
     state: &State,
-    req: Request<Incoming>,
+    upstream: &Upstream,
+    mut parts: http::request::Parts,
+    body: &mut Option<Incoming>,
     record: &mut AccessRecord,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    let (mut parts, body) = req.into_parts();
-
     // 1. Method (405). Unparseable requests (400, 431) never get here: hyper answers them.
     inbound::check_method(&parts.method)?;
 
@@ -397,6 +432,12 @@ async fn handle(
     // 8. Credentials (401), over exactly the URL that goes upstream. A form body on an
     //    OAuth 1.0a identity is read (bounded) because its parameters are signed; every other
     //    body is streamed. A failure here sends nothing, so the reservations are given back.
+    let Some(body) = body.take() else {
+        admission.release();
+        return Err(ProxyError::BadRequest(
+            "the request body was already read".to_owned(),
+        ));
+    };
     let empty_body = body.is_end_stream();
     let prepared = prepare(state, id, identity, &mut parts, path_and_query, body).await;
     let (body, generation) = match prepared {
@@ -417,7 +458,7 @@ async fn handle(
 
     // 9. Upstream (502, 504), and the answer streamed back.
     let sent = Instant::now();
-    let mut first = state.upstream.send(Request::from_parts(parts, body)).await;
+    let mut first = upstream.send(Request::from_parts(parts, body)).await;
     let unauthorized = matches!(&first, Ok(r) if r.status() == StatusCode::UNAUTHORIZED);
     if let (true, Some(generation)) = (unauthorized, generation) {
         match replay {
@@ -435,7 +476,7 @@ async fn handle(
                 *again.uri_mut() = uri;
                 *again.headers_mut() = headers;
                 tracing::debug!(identity = %identity.name, "replaying after a 401 with the refreshed token");
-                first = state.upstream.send(again).await;
+                first = upstream.send(again).await;
             }
         }
     }
@@ -688,13 +729,19 @@ impl Drop for InflightGuard {
 #[derive(Debug, Clone)]
 pub struct ProxyService {
     state: Arc<State>,
+    upstream: Arc<Upstream>,
     activity: Arc<ConnActivity>,
 }
 
 impl ProxyService {
-    /// The service for a connection whose activity is tracked in `activity`.
-    pub fn new(state: Arc<State>, activity: Arc<ConnActivity>) -> Self {
-        Self { state, activity }
+    /// The service for a connection whose activity is tracked in `activity`, sending upstream
+    /// through `upstream` (the pool of the worker thread that serves the connection).
+    pub fn new(state: Arc<State>, upstream: Arc<Upstream>, activity: Arc<ConnActivity>) -> Self {
+        Self {
+            state,
+            upstream,
+            activity,
+        }
     }
 }
 
@@ -709,6 +756,7 @@ impl tower::Service<Request<Incoming>> for ProxyService {
 
     fn call(&mut self, req: Request<Incoming>) -> Self::Future {
         let state = Arc::clone(&self.state);
+        let upstream = Arc::clone(&self.upstream);
         let inflight = (self.activity.begin(), state.metrics.begin());
         Box::pin(async move {
             let mut record = Box::new(AccessRecord {
@@ -726,7 +774,14 @@ impl tower::Service<Request<Incoming>> for ProxyService {
                 bytes: 0,
                 _inflight: inflight,
             });
-            let mut resp = match handle(&state, req, &mut record).await {
+            let expects_continue = req.headers().contains_key(header::EXPECT);
+            let (parts, body) = req.into_parts();
+            let mut body = Some(body);
+            let handled = handle(&state, &upstream, parts, &mut body, &mut record).await;
+            if let Some(unread) = body {
+                discard_unread(unread, expects_continue);
+            }
+            let mut resp = match handled {
                 Ok(resp) => resp,
                 Err(e) => {
                     let kind = e.kind();

@@ -6,7 +6,11 @@
 //! 431; `header_read_timeout`; `http2_max_concurrent_streams`), closing connections idle for
 //! `keepalive_timeout`, the admin listener, and graceful shutdown (CONTRACT section 9):
 //! `/readyz` turns 503, the listener stops accepting, connections finish their requests
-//! within `shutdown_grace`, then whatever is left (streams) is closed.
+//! within `shutdown_grace`, then whatever is left (streams) is closed. Connections are
+//! served on the worker threads of [`workers`]; accepting, the admin listener and shutdown run
+//! on the caller's runtime.
+
+mod workers;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -29,6 +33,8 @@ use crate::admin::{self, Readiness};
 use crate::config::{Config, TlsFiles};
 use crate::proxy::{ConnActivity, State};
 use crate::stack;
+use crate::upstream::Upstream;
+use workers::Workers;
 
 /// The two listening sockets, bound by the caller (tests bind `127.0.0.1:0`).
 #[derive(Debug)]
@@ -116,6 +122,7 @@ pub async fn run(
     let builder = Arc::new(connection_builder(&config));
     let readiness = Arc::new(Readiness::default());
     let (stop_tx, stop_rx) = watch::channel(false);
+    let mut workers = Workers::start(&config).await?;
 
     let proxy_addr = listeners
         .proxy
@@ -146,6 +153,7 @@ pub async fn run(
         apps = config.apps.len(),
         users = config.users.len(),
         clients = config.clients.len(),
+        workers = workers.len(),
         "serving"
     );
     readiness.set(true);
@@ -158,18 +166,34 @@ pub async fn run(
             () = &mut shutdown => break,
             accepted = accept(&listeners.proxy, &limit) => {
                 let Some((stream, peer, permit)) = accepted else { continue };
+                let Some(worker) = workers.next() else { continue };
+                // Registered again with the worker's event loop, below.
+                let stream = match stream.into_std() {
+                    Ok(stream) => stream,
+                    Err(e) => {
+                        tracing::debug!(%peer, error = %e, "cannot hand the connection to a worker");
+                        continue;
+                    }
+                };
                 let conn = Connection {
                     state: Arc::clone(&state),
+                    upstream: Arc::clone(&worker.upstream),
                     builder: Arc::clone(&builder),
                     tls: tls.clone(),
                     handshake_timeout: config.server.tls_handshake_timeout,
                     keepalive: config.server.keepalive_timeout,
                     stop: stop_rx.clone(),
                 };
-                conns.spawn(async move {
-                    conn.serve(stream, peer).await;
-                    drop(permit);
-                });
+                conns.spawn_on(
+                    async move {
+                        match tokio::net::TcpStream::from_std(stream) {
+                            Ok(stream) => conn.serve(stream, peer).await,
+                            Err(e) => tracing::debug!(%peer, error = %e, "worker cannot take the connection"),
+                        }
+                        drop(permit);
+                    },
+                    &worker.handle,
+                );
             }
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
         }
@@ -195,6 +219,7 @@ pub async fn run(
         conns.abort_all();
         while conns.join_next().await.is_some() {}
     }
+    workers.stop().await;
     admin.abort();
     tracing::info!("stopped");
     Ok(())
@@ -229,6 +254,8 @@ async fn accept(
 /// One accepted connection and what it needs.
 struct Connection {
     state: Arc<State>,
+    /// The upstream pool of the worker that serves the connection.
+    upstream: Arc<Upstream>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     tls: Option<TlsAcceptor>,
     handshake_timeout: Duration,
@@ -255,7 +282,11 @@ impl Connection {
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let activity = Arc::new(ConnActivity::default());
-        let service = TowerToHyperService::new(stack::proxy_connection(&self.state, &activity));
+        let service = TowerToHyperService::new(stack::proxy_connection(
+            &self.state,
+            &self.upstream,
+            &activity,
+        ));
         let conn = self.builder.serve_connection(TokioIo::new(io), service);
         let mut conn = std::pin::pin!(conn);
         let mut draining = false;

@@ -21,8 +21,18 @@
 use std::sync::Arc;
 
 use crate::proxy::{ConnActivity, ProxyService, State};
+use crate::upstream::Upstream;
 
-/// The service for one proxy connection.
-pub fn proxy_connection(state: &Arc<State>, activity: &Arc<ConnActivity>) -> ProxyService {
-    tower::ServiceBuilder::new().service(ProxyService::new(Arc::clone(state), Arc::clone(activity)))
+/// The service for one proxy connection, served by the worker whose upstream pool is
+/// `upstream`.
+pub fn proxy_connection(
+    state: &Arc<State>,
+    upstream: &Arc<Upstream>,
+    activity: &Arc<ConnActivity>,
+) -> ProxyService {
+    tower::ServiceBuilder::new().service(ProxyService::new(
+        Arc::clone(state),
+        Arc::clone(upstream),
+        Arc::clone(activity),
+    ))
 }

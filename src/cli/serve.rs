@@ -8,7 +8,9 @@ pub(super) fn run(config: Config) -> Result<(), CliError> {
     for w in &config.warnings {
         tracing::warn!("{w}");
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    // This thread accepts connections, serves the admin listener and waits for signals;
+    // connections are served on `server.workers` threads of their own (`server::workers`).
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| CliError::Runtime(format!("cannot start the async runtime: {e}")))?;

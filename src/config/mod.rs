@@ -130,6 +130,9 @@ pub struct Server {
     pub max_header_bytes: usize,
     /// Further connections wait in the accept queue.
     pub max_connections: usize,
+    /// Worker threads serving connections, each with its own runtime and upstream pool
+    /// (default: the CPUs this process may use).
+    pub workers: usize,
     /// A client that sends its request head slower than this is dropped.
     pub header_read_timeout: Duration,
     /// Idle client connection between requests.

@@ -34,6 +34,7 @@ pub(super) struct RawServer {
     pub(super) max_body_bytes: Option<u64>,
     pub(super) max_header_bytes: Option<u64>,
     pub(super) max_connections: Option<u64>,
+    pub(super) workers: Option<u64>,
     pub(super) header_read_timeout: Option<String>,
     pub(super) keepalive_timeout: Option<String>,
     pub(super) tls_handshake_timeout: Option<String>,

@@ -57,6 +57,7 @@ listen = "127.0.0.1:8080"
 max_body_bytes = 1000
 max_header_bytes = 16384
 max_connections = 10
+workers = 3
 header_read_timeout = "1s"
 keepalive_timeout = "2s"
 tls_handshake_timeout = "3s"
@@ -130,6 +131,7 @@ fn full_config_becomes_typed_values() {
     let c = parse(FULL).unwrap();
     assert_eq!(c.server.max_body_bytes, 1000);
     assert_eq!(c.server.max_header_bytes, 16384);
+    assert_eq!(c.server.workers, 3);
     assert_eq!(c.server.header_read_timeout, Duration::from_secs(1));
     assert_eq!(c.server.shutdown_grace, Duration::ZERO);
     assert_eq!(c.server.http2_max_concurrent_streams, 7);
@@ -173,6 +175,13 @@ fn defaults_match_the_contract() {
     assert_eq!(s.max_body_bytes, 5_242_880);
     assert_eq!(s.max_header_bytes, 65_536);
     assert_eq!(s.max_connections, 10_000);
+    // Not in the contract (an xgate addition): one worker per CPU this process may use.
+    assert_eq!(
+        s.workers,
+        std::thread::available_parallelism()
+            .map_or(1, std::num::NonZero::get)
+            .min(256)
+    );
     assert_eq!(s.header_read_timeout, Duration::from_secs(10));
     assert_eq!(s.keepalive_timeout, Duration::from_secs(60));
     assert_eq!(s.tls_handshake_timeout, Duration::from_secs(10));
@@ -540,4 +549,18 @@ fn the_repository_example_is_valid_with_its_one_variable() {
         e.to_string(),
         "apps.main.bearer_token: environment variable X_BEARER_TOKEN is not set"
     );
+}
+
+#[test]
+fn workers_must_be_between_one_and_the_limit() {
+    for (value, needle) in [
+        ("0", "server.workers: must be at least 1, got 0"),
+        ("257", "server.workers: must be at most 256, got 257"),
+        ("\"two\"", "server.workers"),
+    ] {
+        let p = problems(&format!(
+            "[server]\nworkers = {value}\n[apps.main]\nbearer_token = {{ env = \"X_BEARER_TOKEN\" }}\n"
+        ));
+        assert!(has(&p, needle), "{value}: {p:?}");
+    }
 }

@@ -23,6 +23,9 @@ use crate::secret::{SecretString, StoreKey};
 /// hyper refuses an HTTP/1 read buffer smaller than this.
 const MIN_HEADER_BYTES: u64 = 8192;
 
+/// The most `server.workers` a config may ask for.
+const MAX_WORKERS: usize = 256;
+
 /// X's OAuth 2.0 scopes (reference section 2.5, plus `users.email`).
 const KNOWN_SCOPES: &[&str] = &[
     "tweet.read",
@@ -161,6 +164,23 @@ impl Validator<'_> {
             self.problem(path, format!("{n} is too large"));
             default
         })
+    }
+
+    /// `server.workers`: 1 to [`MAX_WORKERS`], by default the CPUs this process may use
+    /// (its affinity and cgroup quota included).
+    fn workers(&mut self, value: Option<u64>) -> usize {
+        let default = std::thread::available_parallelism()
+            .map_or(1, std::num::NonZero::get)
+            .min(MAX_WORKERS);
+        let n: usize = self.count("server.workers", value, default, 1);
+        if n > MAX_WORKERS {
+            self.problem(
+                "server.workers",
+                format!("must be at most {MAX_WORKERS}, got {n}"),
+            );
+            return default;
+        }
+        n
     }
 
     fn addr(&mut self, path: &str, value: Option<String>, default: SocketAddr) -> SocketAddr {
@@ -307,6 +327,7 @@ impl Validator<'_> {
             max_body_bytes: self.count("server.max_body_bytes", raw.max_body_bytes, 5_242_880, 1),
             max_header_bytes,
             max_connections: self.count("server.max_connections", raw.max_connections, 10_000, 1),
+            workers: self.workers(raw.workers),
             header_read_timeout: self.duration(
                 "server.header_read_timeout",
                 raw.header_read_timeout,

@@ -569,3 +569,53 @@ async fn order_of_answers() {
         "a refused request reached upstream"
     );
 }
+
+/// A request refused before its body is read (here a 404 for the path and the auth
+/// pre-check's 403 for an App posting a Post) still gets its answer while the client is sending a large body, and the connection stays usable: the
+/// proxy reads and discards the body instead of closing on unread bytes (which would reset
+/// the connection under the client's feet).
+#[tokio::test]
+async fn a_refused_request_with_a_large_body_keeps_its_connection() {
+    let (fake, proxy) = setup().await;
+    let stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    for path in ["/nowhere", "/2/tweets"] {
+        sender.ready().await.unwrap();
+        let resp = tokio::time::timeout(
+            Duration::from_secs(20),
+            sender.send_request(
+                request("POST", path)
+                    .header("x-xgate-key", KEY)
+                    .body(Full::new(Bytes::from(vec![b'x'; 3_000_000])))
+                    .unwrap(),
+            ),
+        )
+        .await
+        .expect("no answer within 20 s")
+        .unwrap();
+        let a = crate::support::http::collect(resp).await;
+        assert_eq!(
+            a.status,
+            if path == "/nowhere" { 404 } else { 403 },
+            "{}",
+            a.text()
+        );
+    }
+    // The same connection still carries a request that goes upstream.
+    sender.ready().await.unwrap();
+    let resp = sender
+        .send_request(
+            request("GET", "/2/tweets/20")
+                .header("x-xgate-key", KEY)
+                .body(empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(crate::support::http::collect(resp).await.status, 200);
+    assert_eq!(fake.requests().len(), 1);
+}

@@ -257,35 +257,25 @@ async fn client_disconnect_cancels_upstream_and_is_recorded_as_499() {
     }
 }
 
-/// The upstream pool (`pool_max_idle_per_host`, `pool_idle_timeout`): sequential requests
-/// share one kept-alive connection; with no idle connections allowed each request opens its
-/// own, closed after its answer; an idle connection is closed after `pool_idle_timeout`.
+/// The upstream pool (`pool_max_idle_per_host`, `pool_idle_timeout`), on one worker:
+/// sequential requests share one kept-alive connection; with no idle connections allowed
+/// each request opens its own, closed after its answer; an idle connection is closed after
+/// `pool_idle_timeout`.
 #[tokio::test]
 async fn the_upstream_pool_keeps_idle_connections_within_its_settings() {
-    async fn three_requests(proxy: &Proxy) {
-        for _ in 0..3 {
-            let a = get(proxy.addr, "/2/users/me", Some("alice")).await;
-            assert_eq!(a.status, 200, "{}", a.text());
-        }
-    }
-
     let fake = FakeX::start().await;
-    let pooled = Proxy::start(&config(&fake.base_url(), "")).await;
-    three_requests(&pooled).await;
-    assert_eq!(
-        fake.connections(),
-        (1, 0),
-        "the default pool reuses one connection"
-    );
+    let pooled = Proxy::start(&config(&fake.base_url(), "#server\nworkers = 1\n")).await;
+    sequential_requests(&pooled, 3).await;
+    assert_eq!(fake.connections(), (1, 0), "the pool reuses one connection");
     drop(pooled);
 
     let fake = FakeX::start().await;
     let unpooled = Proxy::start(&config(
         &fake.base_url(),
-        "#upstream\npool_max_idle_per_host = 0\n",
+        "#server\nworkers = 1\n#upstream\npool_max_idle_per_host = 0\n",
     ))
     .await;
-    three_requests(&unpooled).await;
+    sequential_requests(&unpooled, 3).await;
     assert_eq!(fake.connections().0, 3);
     assert!(
         fake.wait_until(Duration::from_secs(10), |f| f.connections() == (3, 3))
@@ -297,11 +287,10 @@ async fn the_upstream_pool_keeps_idle_connections_within_its_settings() {
     let fake = FakeX::start().await;
     let short = Proxy::start(&config(
         &fake.base_url(),
-        "#upstream\npool_idle_timeout = \"200ms\"\n",
+        "#server\nworkers = 1\n#upstream\npool_idle_timeout = \"200ms\"\n",
     ))
     .await;
-    let a = get(short.addr, "/2/users/me", Some("alice")).await;
-    assert_eq!(a.status, 200, "{}", a.text());
+    sequential_requests(&short, 1).await;
     // Closed well before the 90 s default would close it.
     assert!(
         fake.wait_until(Duration::from_secs(10), |f| f.connections() == (1, 1))
@@ -309,4 +298,23 @@ async fn the_upstream_pool_keeps_idle_connections_within_its_settings() {
         "the idle connection was kept: {:?}",
         fake.connections()
     );
+}
+
+/// `server.workers`: client connections are handed to the workers in turn, and each worker
+/// keeps its own upstream pool, so new client connections one after another use one upstream
+/// connection per worker.
+#[tokio::test]
+async fn each_worker_has_its_own_upstream_pool() {
+    let fake = FakeX::start().await;
+    let proxy = Proxy::start(&config(&fake.base_url(), "#server\nworkers = 3\n")).await;
+    sequential_requests(&proxy, 7).await;
+    assert_eq!(fake.connections(), (3, 0));
+}
+
+/// `n` requests one after another, each on a new client connection.
+async fn sequential_requests(proxy: &Proxy, n: usize) {
+    for _ in 0..n {
+        let a = get(proxy.addr, "/2/users/me", Some("alice")).await;
+        assert_eq!(a.status, 200, "{}", a.text());
+    }
 }
