@@ -6,7 +6,6 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
@@ -344,11 +343,7 @@ async fn access_records_carry_the_request_id_endpoint_and_bytes() {
     let a = get(proxy.addr, "/nowhere", None).await;
     assert_eq!(a.header("x-request-id").map(str::len), Some(32));
 
-    let log = logs::text();
-    let line = log
-        .lines()
-        .find(|l| l.contains(&format!("request_id={id}")))
-        .unwrap_or_else(|| panic!("no access record for {id} in\n{log}"));
+    let line = logs::wait_for_line(|l| l.contains(&format!("request_id={id}"))).await;
     for field in [
         "client=\"backend\"",
         "identity=\"main\"",
@@ -370,7 +365,7 @@ async fn access_records_carry_the_request_id_endpoint_and_bytes() {
         !line.contains("secret_query"),
         "the query was logged: {line}"
     );
-    assert!(!log.contains(KEY), "a client key reached the log");
+    assert!(!logs::text().contains(KEY), "a client key reached the log");
 }
 
 /// `--log-format json`: one JSON object per line from the real binary, access records
@@ -400,7 +395,7 @@ async fn json_logs_from_the_binary_are_one_object_per_line() {
         .unwrap();
     assert_eq!(status.code(), Some(0));
     // Everything queued was written before exit.
-    while let Ok(Some(line)) = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {
+    for line in crate::support::binary::remaining_lines(&mut rx).await {
         lines.push(serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}")));
     }
     let record = lines

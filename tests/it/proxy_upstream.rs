@@ -240,21 +240,8 @@ async fn client_disconnect_cancels_upstream_and_is_recorded_as_499() {
             .await,
         "upstream request was not cancelled"
     );
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let text = logs::text();
-        if text
-            .lines()
-            .any(|l| l.contains(&format!("path={target}")) && l.contains("status=499"))
-        {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no 499 access record in:\n{text}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    logs::wait_for_line(|l| l.contains(&format!("path={target}")) && l.contains("status=499"))
+        .await;
 }
 
 /// The upstream pool (`pool_max_idle_per_host`, `pool_idle_timeout`), on one worker:

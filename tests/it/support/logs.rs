@@ -38,3 +38,20 @@ pub fn text() -> String {
         .map(|b| String::from_utf8_lossy(&b.lock().unwrap()).into_owned())
         .unwrap_or_default()
 }
+
+/// The first captured line that satisfies `pred`, waiting at most 10 s for it: a record
+/// written by a proxy's worker thread may land just after the client has its answer.
+pub async fn wait_for_line(pred: impl Fn(&str) -> bool) -> String {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let text = text();
+        if let Some(line) = text.lines().find(|l| pred(l)) {
+            return line.to_owned();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no such line within 10 s in:\n{text}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
