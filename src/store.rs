@@ -26,6 +26,30 @@ const SCHEMA_VERSION: i64 = 1;
 /// What the key-check record seals.
 const KEY_CHECK: &[u8] = b"xgate token store key check v1";
 
+/// How often, 10 ms apart, opening a store retries a step SQLite answers "busy" or "locked":
+/// another process setting up the same new store (switching it to WAL, creating the schema)
+/// holds locks that `busy_timeout` does not wait for. 500 × 10 ms = 5 s.
+const OPEN_ATTEMPTS: u32 = 500;
+
+/// Runs `step`, again while SQLite reports a lock held by another connection.
+fn retry_locked<T>(mut step: impl FnMut() -> rusqlite::Result<T>) -> rusqlite::Result<T> {
+    let mut attempts = 1;
+    loop {
+        match step() {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if matches!(
+                    e.code,
+                    rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+                ) && attempts < OPEN_ATTEMPTS =>
+            {
+                attempts += 1;
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// A stored credential.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -212,15 +236,15 @@ impl SqliteStore {
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(|e| io(&e))?;
         // WAL: readers never wait for a writer; FULL: a commit is on disk when it returns.
-        let mode: String = conn
-            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
-            .map_err(|e| io(&e))?;
+        let mode: String =
+            retry_locked(|| conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0)))
+                .map_err(|e| io(&e))?;
         if !mode.eq_ignore_ascii_case("wal") {
             return Err(io(&format!("cannot use WAL journaling (got {mode})")));
         }
         conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")
             .map_err(|e| io(&e))?;
-        migrate(&conn).map_err(|e| io(&e))?;
+        retry_locked(|| migrate(&conn)).map_err(|e| io(&e))?;
         let store = Self {
             path: path.to_path_buf(),
             conn: Mutex::new(conn),
@@ -299,13 +323,29 @@ impl SqliteStore {
             )),
             (Some(_), None) if !write => Ok(()),
             (Some(_), None) => {
+                // Another process opening the new store at the same moment may have written
+                // its check first: keep the first, then verify ours opens it.
                 let sealed = self.seal(KEY_CHECK, b"key_check")?;
-                conn.execute(
-                    "INSERT INTO meta (key, value) VALUES ('key_check', ?1)",
-                    [sealed],
-                )
+                retry_locked(|| {
+                    conn.execute(
+                        "INSERT INTO meta (key, value) VALUES ('key_check', ?1)
+                         ON CONFLICT (key) DO NOTHING",
+                        [&sealed],
+                    )
+                })
                 .map_err(|e| self.io_error(&e))?;
-                Ok(())
+                let stored: Vec<u8> = conn
+                    .query_row("SELECT value FROM meta WHERE key = 'key_check'", [], |r| {
+                        r.get(0)
+                    })
+                    .map_err(|e| self.io_error(&e))?;
+                if self.open_sealed(&stored, b"key_check").as_deref() == Some(KEY_CHECK) {
+                    Ok(())
+                } else {
+                    Err(self.key_error(
+                        "store.encryption_key does not open this store (wrong key)",
+                    ))
+                }
             }
             (None, Some(_)) => Err(self.key_error(
                 "the store is encrypted: set store.encryption_key to its key",
@@ -445,6 +485,30 @@ mod tests {
             refresh_token: Some("REFRESH-def".into()),
             expires_at: Some(1_700_000_000),
             scopes: vec!["tweet.read".into(), "offline.access".into()],
+        }
+    }
+
+    /// Several processes (`serve`, `login`, a restarted replica) may open a new store at the
+    /// same moment, with or without a key: every one of them must succeed.
+    #[test]
+    fn concurrent_first_opens_of_a_new_store_all_succeed() {
+        for round in 0..20 {
+            let path = dir(&format!("concurrent-{round}")).join("xgate.db");
+            let barrier = std::sync::Arc::new(std::sync::Barrier::new(8));
+            let openers: Vec<_> = (0..8)
+                .map(|_| {
+                    let (path, barrier) = (path.clone(), std::sync::Arc::clone(&barrier));
+                    std::thread::spawn(move || {
+                        barrier.wait();
+                        let key = (round % 2 == 1).then(|| StoreKey::new([7; 32]));
+                        SqliteStore::open(&path, key.as_ref()).map(drop)
+                    })
+                })
+                .collect();
+            for opener in openers {
+                let opened = opener.join().unwrap();
+                assert!(opened.is_ok(), "round {round}: {opened:?}");
+            }
         }
     }
 

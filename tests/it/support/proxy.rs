@@ -109,8 +109,10 @@ pub struct Proxy {
 }
 
 impl Proxy {
+    /// Starts a proxy whose relative paths (the token store) are in a directory of its own,
+    /// so proxies of tests running side by side never share a store.
     pub async fn start(toml: &str) -> Self {
-        Self::start_in(toml, Path::new(env!("CARGO_TARGET_TMPDIR"))).await
+        Self::start_in(toml, &super::scratch("proxy")).await
     }
 
     pub async fn start_in(toml: &str, dir: &Path) -> Self {
