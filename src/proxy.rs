@@ -175,6 +175,11 @@ impl State {
         })
     }
 
+    /// The upstream client (each worker thread takes a pool of its own from it).
+    pub fn upstream(&self) -> &Upstream {
+        &self.upstream
+    }
+
     /// The proxy's metrics (the admin listener renders them).
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics

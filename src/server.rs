@@ -122,7 +122,7 @@ pub async fn run(
     let builder = Arc::new(connection_builder(&config));
     let readiness = Arc::new(Readiness::default());
     let (stop_tx, stop_rx) = watch::channel(false);
-    let mut workers = Workers::start(&config).await?;
+    let mut workers = Workers::start(config.server.workers, state.upstream()).await?;
 
     let proxy_addr = listeners
         .proxy

@@ -401,7 +401,14 @@ fn migrate(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
              );
              PRAGMA user_version = 1;
              COMMIT;",
-        )?;
+        )
+        .inspect_err(|_| {
+            // A step that failed after BEGIN leaves the transaction open; close it so the
+            // caller can retry from a clean connection.
+            if !conn.is_autocommit() {
+                let _rolled_back = conn.execute_batch("ROLLBACK");
+            }
+        })?;
     }
     if version > SCHEMA_VERSION {
         return Err(rusqlite::Error::InvalidParameterName(format!(

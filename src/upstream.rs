@@ -28,6 +28,10 @@ use crate::error::{ProxyError, UpstreamFailure};
 #[derive(Debug, Clone)]
 pub struct Upstream {
     client: Client<HttpsConnector<HttpConnector>, UpstreamBody>,
+    /// What a client with a pool of its own is built from ([`Upstream::with_own_pool`]).
+    connector: HttpsConnector<HttpConnector>,
+    pool_idle_timeout: Duration,
+    pool_max_idle_per_host: usize,
     scheme: Scheme,
     authority: Authority,
     request_timeout: Duration,
@@ -85,12 +89,11 @@ impl Upstream {
             .enable_http1()
             .enable_http2()
             .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(upstream.pool_idle_timeout)
-            .pool_max_idle_per_host(upstream.pool_max_idle_per_host)
-            .build(connector);
+        let client = pooled_client(
+            connector.clone(),
+            upstream.pool_idle_timeout,
+            upstream.pool_max_idle_per_host,
+        );
         let (Some(scheme), Some(authority)) = (
             upstream.base_url.scheme().cloned(),
             upstream.base_url.authority().cloned(),
@@ -102,10 +105,26 @@ impl Upstream {
         };
         Ok(Self {
             client,
+            connector,
+            pool_idle_timeout: upstream.pool_idle_timeout,
+            pool_max_idle_per_host: upstream.pool_max_idle_per_host,
             scheme,
             authority,
             request_timeout,
         })
+    }
+
+    /// The same upstream with a connection pool of its own (one per worker thread); the TLS
+    /// configuration and roots are shared, not loaded again.
+    pub fn with_own_pool(&self) -> Self {
+        Self {
+            client: pooled_client(
+                self.connector.clone(),
+                self.pool_idle_timeout,
+                self.pool_max_idle_per_host,
+            ),
+            ..self.clone()
+        }
     }
 
     /// `scheme://authority` of `upstream.base_url`.
@@ -131,6 +150,20 @@ impl Upstream {
             Ok(Err(e)) => Err(classify(&e)),
         }
     }
+}
+
+/// hyper-util's pooled client with the `[upstream]` pool settings.
+fn pooled_client(
+    connector: HttpsConnector<HttpConnector>,
+    idle_timeout: Duration,
+    max_idle_per_host: usize,
+) -> Client<HttpsConnector<HttpConnector>, UpstreamBody> {
+    Client::builder(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(idle_timeout)
+        .pool_max_idle_per_host(max_idle_per_host)
+        .build(connector)
 }
 
 /// Maps a client error to the contract's answer.

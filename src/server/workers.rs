@@ -17,7 +17,6 @@ use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 
 use super::StartError;
-use crate::config::Config;
 use crate::upstream::Upstream;
 
 /// A running worker thread.
@@ -39,11 +38,11 @@ pub(super) struct Workers {
 }
 
 impl Workers {
-    /// Starts `config.server.workers` threads.
-    pub(super) async fn start(config: &Config) -> Result<Self, StartError> {
-        let mut list = Vec::with_capacity(config.server.workers);
-        for n in 0..config.server.workers {
-            list.push(start_one(n, config).await?);
+    /// Starts `count` threads, each with a pool of its own to `upstream`.
+    pub(super) async fn start(count: usize, upstream: &Upstream) -> Result<Self, StartError> {
+        let mut list = Vec::with_capacity(count);
+        for n in 0..count {
+            list.push(start_one(n, upstream.with_own_pool()).await?);
         }
         Ok(Self { list, next: 0 })
     }
@@ -74,12 +73,9 @@ impl Workers {
     }
 }
 
-/// Starts worker `n` and waits until its runtime is up.
-async fn start_one(n: usize, config: &Config) -> Result<Worker, StartError> {
-    let upstream = Arc::new(
-        Upstream::new(&config.upstream, config.server.request_timeout)
-            .map_err(|e| StartError::runtime(e.to_string()))?,
-    );
+/// Starts worker `n`, whose upstream pool is `upstream`, and waits until its runtime is up.
+async fn start_one(n: usize, upstream: Upstream) -> Result<Worker, StartError> {
+    let upstream = Arc::new(upstream);
     let (ready_tx, ready_rx) = oneshot::channel();
     let (stop, stop_rx) = oneshot::channel::<()>();
     let (done_tx, done) = oneshot::channel();

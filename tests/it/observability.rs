@@ -77,6 +77,15 @@ fn promtool_check_metrics(text: &str) {
     );
 }
 
+/// A proxy whose App may look up one user an hour, so a second lookup is a local 429.
+async fn one_user_lookup_an_hour(fake: &FakeX) -> Proxy {
+    Proxy::start(&config(
+        &fake.base_url(),
+        "#limits\n[[limits.override]]\nendpoint = \"GET /2/users/:id\"\napp = \"1/1h\"\n",
+    ))
+    .await
+}
+
 #[tokio::test]
 async fn a_live_scrape_after_traffic_has_every_metric_with_its_type_and_labels() {
     let fake = FakeX::start().await;
@@ -84,11 +93,7 @@ async fn a_live_scrape_after_traffic_has_every_metric_with_its_type_and_labels()
         "/2/tweets/search/recent",
         Reply::json(429, r#"{"title":"Too Many Requests","type":"about:blank"}"#),
     );
-    let proxy = Proxy::start(&config(
-        &fake.base_url(),
-        "#limits\n[[limits.override]]\nendpoint = \"GET /2/users/:id\"\napp = \"1/1h\"\n",
-    ))
-    .await;
+    let proxy = one_user_lookup_an_hour(&fake).await;
     assert_eq!(get(proxy.addr, "/2/tweets/20", None).await.status, 200);
     assert_eq!(get(proxy.addr, "/2/users/1", None).await.status, 200);
     assert_eq!(get(proxy.addr, "/2/users/2", None).await.status, 429);
@@ -193,11 +198,7 @@ async fn ten_thousand_tweet_ids_make_one_endpoint_label() {
 #[tokio::test]
 async fn the_dashboard_queries_only_metrics_xgate_exports() {
     let fake = FakeX::start().await;
-    let proxy = Proxy::start(&config(
-        &fake.base_url(),
-        "#limits\n[[limits.override]]\nendpoint = \"GET /2/users/:id\"\napp = \"1/1h\"\n",
-    ))
-    .await;
+    let proxy = one_user_lookup_an_hour(&fake).await;
     // Traffic that touches every panel: an answer with X's rate-limit headers, a local 429.
     assert_eq!(get(proxy.addr, "/2/tweets/20", None).await.status, 200);
     assert_eq!(get(proxy.addr, "/2/users/1", None).await.status, 200);
