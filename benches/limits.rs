@@ -6,6 +6,7 @@
 
 #![expect(
     clippy::unwrap_used,
+    clippy::panic,
     reason = "benchmark setup: a panic aborts the run"
 )]
 
@@ -16,15 +17,37 @@ use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::Method;
-use xgate::auth::{Credential, Identity, IdentityKind};
 use xgate::clock::SystemClock;
 use xgate::config::{EndpointPattern, Limits, OnExhausted, Override, Rate};
-use xgate::limits::{Catalogue, Limiter};
+use xgate::endpoints::Catalogue;
+use xgate::identity::{Identities, IdentityId, IdentityKind, IdentitySpec};
+use xgate::limits::{Admission, Draw, Limiter};
 
-const APP: usize = 0;
-const USER: usize = 1;
+/// Polls a future that the in-memory backend has already decided (it never waits).
+fn ready<F: std::future::Future>(f: F) -> F::Output {
+    let mut f = std::pin::pin!(f);
+    match f
+        .as_mut()
+        .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
+    {
+        std::task::Poll::Ready(out) => out,
+        std::task::Poll::Pending => panic!("the in-memory backend never waits"),
+    }
+}
 
-fn limiter() -> Limiter {
+/// One admitted request that went upstream: reserved, sent, completed when dropped.
+fn admit(l: &Limiter, identity: IdentityId, endpoint: Option<usize>) -> Admission<'_> {
+    let draw = Draw {
+        identity,
+        endpoint,
+        client: None,
+    };
+    let mut a = ready(l.admit(draw)).unwrap();
+    a.sent();
+    a
+}
+
+fn limiter() -> (Limiter, IdentityId, IdentityId) {
     let big = |w: &str| Rate::parse(&format!("4000000000/{w}")).unwrap();
     let overrides = vec![
         // One bucket: app-only on GET /2/tweets/:id.
@@ -40,35 +63,41 @@ fn limiter() -> Limiter {
             user: vec![big("15m"), big("24h")],
         },
     ];
-    let identity = |name: &str, kind| Identity {
-        name: Arc::from(name),
+    let identity = |name: &str, kind, app: Option<&str>| IdentitySpec {
+        name: name.to_owned(),
         kind,
-        credential: Credential::Missing {
-            hint: String::new(),
-        },
-        app: APP,
+        app: app.map(str::to_owned),
         scopes: Vec::new(),
     };
+    let identities = Arc::new(
+        Identities::new([
+            identity("main", IdentityKind::App, None),
+            identity("alice", IdentityKind::Oauth1User, Some("main")),
+        ])
+        .unwrap(),
+    );
+    let (app, user) = (
+        identities.find("main").unwrap(),
+        identities.find("alice").unwrap(),
+    );
     let limits = Limits {
         on_exhausted: OnExhausted::Reject,
         max_wait: Duration::ZERO,
         usage_cap_cooldown: Duration::from_secs(300),
         overrides,
     };
-    Limiter::new(
-        Catalogue::new(&limits.overrides).unwrap(),
-        &[
-            identity("main", IdentityKind::App),
-            identity("alice", IdentityKind::Oauth1User),
-        ],
+    let l = Limiter::in_memory(
+        Arc::new(Catalogue::new(&limits.overrides).unwrap()),
+        identities,
         &limits,
         Arc::new(SystemClock),
-    )
+    );
+    (l, app, user)
 }
 
 fn bench(c: &mut Criterion) {
-    let l = limiter();
-    let cat = l.catalogue();
+    let (l, app, user) = limiter();
+    let cat = Catalogue::new(&[]).unwrap();
     let tweet = cat
         .lookup(&Method::GET, "/2/tweets/1460323737035677698")
         .unwrap();
@@ -95,10 +124,10 @@ fn bench(c: &mut Criterion) {
         b.iter(|| cat.lookup(black_box(&Method::GET), black_box("/2/not/a/known/path")));
     });
     g.bench_function("admit/1_bucket", |b| {
-        b.iter(|| drop(black_box(l.admit(APP, Some(tweet)).unwrap())));
+        b.iter(|| drop(black_box(admit(&l, app, Some(tweet)))));
     });
     g.bench_function("admit/3_buckets", |b| {
-        b.iter(|| drop(black_box(l.admit(USER, Some(post)).unwrap())));
+        b.iter(|| drop(black_box(admit(&l, user, Some(post)))));
     });
     g.bench_function("decision/match_and_1_bucket", |b| {
         b.iter(|| {
@@ -106,30 +135,30 @@ fn bench(c: &mut Criterion) {
                 black_box(&Method::GET),
                 black_box("/2/tweets/1460323737035677698"),
             );
-            drop(black_box(l.admit(APP, e).unwrap()));
+            drop(black_box(admit(&l, app, e)));
         });
     });
     g.bench_function("decision/match_and_3_buckets", |b| {
         b.iter(|| {
             let e = cat.lookup(black_box(&Method::POST), black_box("/2/tweets"));
-            drop(black_box(l.admit(USER, e).unwrap()));
+            drop(black_box(admit(&l, user, e)));
         });
     });
 
     // The same buckets, with a second thread admitting on them all the while.
     for (name, id, endpoint) in [
-        ("admit_contended/1_bucket", APP, tweet),
-        ("admit_contended/3_buckets", USER, post),
+        ("admit_contended/1_bucket", app, tweet),
+        ("admit_contended/3_buckets", user, post),
     ] {
         let stop = AtomicBool::new(false);
         std::thread::scope(|s| {
             s.spawn(|| {
                 while !stop.load(Ordering::Relaxed) {
-                    drop(black_box(l.admit(id, Some(endpoint)).unwrap()));
+                    drop(black_box(admit(&l, id, Some(endpoint))));
                 }
             });
             g.bench_function(name, |b| {
-                b.iter(|| drop(black_box(l.admit(id, Some(endpoint)).unwrap())));
+                b.iter(|| drop(black_box(admit(&l, id, Some(endpoint)))));
             });
             stop.store(true, Ordering::Relaxed);
         });

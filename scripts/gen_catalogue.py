@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Generates src/limits/catalogue_table.rs, xgate's built-in endpoint catalogue.
+"""Generates src/endpoints/table.rs, xgate's built-in endpoint catalogue.
 
 Inputs (the two files of shared/reference/):
   x-openapi.json  X's OpenAPI document: every v2 operation, its auth types
@@ -87,7 +87,7 @@ def main():
     here = pathlib.Path(__file__).resolve().parent.parent
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reference", default=str(here.parent / "shared" / "reference"))
-    ap.add_argument("--out", default=str(here / "src" / "limits" / "catalogue_table.rs"))
+    ap.add_argument("--out", default=str(here / "src" / "endpoints" / "table.rs"))
     args = ap.parse_args()
     ref = pathlib.Path(args.reference)
     spec_bytes = (ref / "x-openapi.json").read_bytes()
@@ -131,7 +131,7 @@ def main():
     out.append("// shared/reference/x-api-v2.md (section 4.5). Do not edit by hand: regenerate (README,")
     out.append("// \"The endpoint catalogue\").")
     out.append("")
-    out.append("use super::catalogue::{APP, O1U, O2U, Row, r};")
+    out.append("use super::{APP, O1U, O2U, Row, r};")
     out.append("")
     out.append("/// SHA-256 of the x-openapi.json this table was generated from.")
     out.append(f"pub(super) const SPEC_SHA256: &str = {rust_str(hashlib.sha256(spec_bytes).hexdigest())};")

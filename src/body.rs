@@ -40,13 +40,17 @@ pub struct BodyIdle(pub Duration);
 
 // === UpstreamBody ===
 
+/// A client's request body of any type, boxed (hyper's `Incoming` on a connection; a
+/// `Full` in tests that call the service without a socket).
+pub type ClientBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
+
 /// The body of the request sent upstream.
 #[derive(Debug)]
 pub enum UpstreamBody {
     /// The client's body, streamed, at most `limit` bytes.
     Stream {
         /// The client's body.
-        inner: Incoming,
+        inner: ClientBody,
         /// Bytes still allowed.
         remaining: u64,
         /// `max_body_bytes`.
@@ -57,10 +61,19 @@ pub enum UpstreamBody {
 }
 
 impl UpstreamBody {
-    /// Streams `inner`, failing with [`BodyTooLarge`] past `limit` bytes.
-    pub fn limited(inner: Incoming, limit: u64) -> Self {
+    /// Streams `inner`, failing with [`BodyTooLarge`] past `limit` bytes. An empty body (most
+    /// requests) is not boxed.
+    pub fn limited<B>(inner: B, limit: u64) -> Self
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        use http_body_util::BodyExt as _;
+        if inner.is_end_stream() {
+            return Self::Full(None);
+        }
         Self::Stream {
-            inner,
+            inner: inner.map_err(Into::into).boxed_unsync(),
             remaining: limit,
             limit,
         }
@@ -85,7 +98,7 @@ impl Body for UpstreamBody {
                 let Some(frame) = ready!(Pin::new(&mut *inner).poll_frame(cx)) else {
                     return Poll::Ready(None);
                 };
-                let frame = frame.map_err(|e| Box::new(e) as BoxError)?;
+                let frame = frame?;
                 match frame.into_data() {
                     Ok(data) => {
                         let len = data.len() as u64;

@@ -11,11 +11,12 @@ use std::sync::Arc;
 
 use http::{HeaderMap, header};
 
-use crate::auth::{Identities, IdentityId};
 use crate::client_key;
+use crate::clock::Clock;
 use crate::config::{ClientAuth, Config};
-use crate::error::ProxyError;
+use crate::error::{BadRequest, ProxyError};
 use crate::headers::{XGATE_IDENTITY, XGATE_KEY};
+use crate::identity::{Identities, IdentityId};
 use crate::limits::ClientRate;
 
 /// A configured client.
@@ -40,8 +41,9 @@ pub struct Clients {
 }
 
 impl Clients {
-    /// Builds the table from a validated config (whose client identities all exist).
-    pub fn from_config(config: &Config, identities: &Identities) -> Self {
+    /// Builds the table from a validated config (whose client identities all exist); the
+    /// clients' own shares read `clock`.
+    pub fn from_config(config: &Config, identities: &Identities, clock: &Arc<dyn Clock>) -> Self {
         let mut list = Vec::with_capacity(config.clients.len());
         let mut by_hash = HashMap::new();
         let mut anonymous = None;
@@ -63,7 +65,7 @@ impl Clients {
                     .default_identity
                     .as_deref()
                     .and_then(|n| identities.find(n)),
-                rate: c.rate.map(ClientRate::new),
+                rate: c.rate.map(|r| ClientRate::new(r, Arc::clone(clock))),
             });
         }
         Self {
@@ -109,12 +111,7 @@ impl Clients {
                 .ok()
                 .and_then(|n| identities.find(n.trim()))
                 .ok_or(ProxyError::IdentityForbidden)?,
-            None => client.default.ok_or_else(|| {
-                ProxyError::BadRequest(
-                    "no identity: send X-Xgate-Identity (this client has no default_identity)"
-                        .to_owned(),
-                )
-            })?,
+            None => client.default.ok_or(BadRequest::NoIdentity)?,
         };
         if client.identities.contains(&id) {
             Ok(id)

@@ -71,6 +71,45 @@ impl Clock for ManualClock {
     }
 }
 
+/// Unix time that moves with tokio's clock from a fixed start: under paused time
+/// (`tokio::time::pause`, `advance`) it moves exactly as far as the runtime's timers do, so a
+/// test of a wait or a window advances one clock, not two.
+#[derive(Debug)]
+pub struct TokioClock {
+    start_unix: Duration,
+    start: tokio::time::Instant,
+}
+
+impl TokioClock {
+    /// A clock reading `unix_seconds` now (by tokio's clock).
+    pub fn at(unix_seconds: u64) -> Arc<Self> {
+        Arc::new(Self {
+            start_unix: Duration::from_secs(unix_seconds),
+            start: tokio::time::Instant::now(),
+        })
+    }
+}
+
+impl Clock for TokioClock {
+    fn unix_time(&self) -> Duration {
+        self.start_unix + self.start.elapsed()
+    }
+}
+
+/// An injected [`Clock`] as `governor`'s clock, so the client shares' GCRA reads the same
+/// time as the fixed windows (and tests move both at once). Unix time is not monotonic; a
+/// step back reads as no time passing (`governor` saturates).
+#[derive(Debug, Clone)]
+pub struct GovernorClock(pub Arc<dyn Clock>);
+
+impl governor::clock::Clock for GovernorClock {
+    type Instant = Duration;
+
+    fn now(&self) -> Duration {
+        self.0.unix_time()
+    }
+}
+
 /// A source of OAuth 1.0a nonces.
 pub trait NonceSource: Send + Sync + fmt::Debug {
     /// A fresh nonce: ASCII letters and digits only.

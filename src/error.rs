@@ -41,13 +41,15 @@ pub enum ErrorKind {
     UsageCapped,
     /// 502.
     UpstreamUnavailable,
+    /// 503: the shared rate-limit state cannot be reached (`on_failure = "refuse"`).
+    SharedStateUnavailable,
     /// 504.
     UpstreamTimeout,
 }
 
 impl ErrorKind {
     /// Every kind, for tests and documentation.
-    pub const ALL: [Self; 14] = [
+    pub const ALL: [Self; 15] = [
         Self::BadRequest,
         Self::ClientUnauthenticated,
         Self::TokenRefreshFailed,
@@ -61,6 +63,7 @@ impl ErrorKind {
         Self::RateLimited,
         Self::UsageCapped,
         Self::UpstreamUnavailable,
+        Self::SharedStateUnavailable,
         Self::UpstreamTimeout,
     ];
 
@@ -80,6 +83,7 @@ impl ErrorKind {
             Self::RateLimited => "rate-limited",
             Self::UsageCapped => "usage-capped",
             Self::UpstreamUnavailable => "upstream-unavailable",
+            Self::SharedStateUnavailable => "shared-state-unavailable",
             Self::UpstreamTimeout => "upstream-timeout",
         }
     }
@@ -99,7 +103,26 @@ impl ErrorKind {
             Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RateLimited | Self::UsageCapped => StatusCode::TOO_MANY_REQUESTS,
             Self::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
+            Self::SharedStateUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// The problem `title`: the status's reason phrase.
+    pub fn title(self) -> &'static str {
+        match self {
+            Self::BadRequest => "Bad Request",
+            Self::ClientUnauthenticated | Self::TokenRefreshFailed | Self::CredentialsMissing => {
+                "Unauthorized"
+            }
+            Self::IdentityForbidden | Self::AuthTypeUnsupported | Self::ScopeMissing => "Forbidden",
+            Self::PathNotAllowed => "Not Found",
+            Self::MethodNotAllowed => "Method Not Allowed",
+            Self::BodyTooLarge => "Payload Too Large",
+            Self::RateLimited | Self::UsageCapped => "Too Many Requests",
+            Self::UpstreamUnavailable => "Bad Gateway",
+            Self::SharedStateUnavailable => "Service Unavailable",
+            Self::UpstreamTimeout => "Gateway Timeout",
         }
     }
 }
@@ -119,6 +142,8 @@ pub enum UpstreamFailure {
     Tls,
     /// The connection broke while the request or response was in flight.
     Reset,
+    /// No response head within `server.request_timeout`.
+    Timeout,
 }
 
 impl UpstreamFailure {
@@ -128,8 +153,46 @@ impl UpstreamFailure {
             Self::Connect => "connect",
             Self::Tls => "tls",
             Self::Reset => "reset",
+            Self::Timeout => "timeout",
         }
     }
+}
+
+/// Why a request cannot be forwarded as sent (400 `bad-request`).
+#[derive(Debug, thiserror::Error)]
+pub enum BadRequest {
+    /// The target is not origin-form or absolute-form with a path.
+    #[error("the request target must be a path starting with /")]
+    NotAPath,
+    /// Invalid percent-encoding in the path or the query.
+    #[error("invalid percent-encoding in the {0}")]
+    PercentEncoding(&'static str),
+    /// A `.` or `..` segment.
+    #[error("`.` and `..` path segments are not allowed")]
+    DotSegment,
+    /// The client has no default identity and the request names none.
+    #[error("no identity: send X-Xgate-Identity (this client has no default_identity)")]
+    NoIdentity,
+    /// The upstream URL cannot be made from the request's path and query.
+    #[error("request target: {0}")]
+    Target(#[source] http::Error),
+    /// The body could not be read (the client broke its framing or went away).
+    #[error("the request body could not be read: {0}")]
+    Body(#[source] crate::body::BoxError),
+    /// OAuth 1.0a cannot sign the request as sent (e.g. an unparseable form body).
+    #[error("the request cannot be signed: {0}")]
+    Unsignable(#[source] crate::body::BoxError),
+}
+
+/// A failure of the proxy itself while preparing a request: never the client's fault.
+#[derive(Debug, thiserror::Error)]
+pub enum Internal {
+    /// The OS random source failed (no nonce).
+    #[error(transparent)]
+    Random(#[from] crate::clock::RandomError),
+    /// A credential made a header value that HTTP does not allow.
+    #[error("a credential is not usable in a header: {0}")]
+    Header(#[from] http::header::InvalidHeaderValue),
 }
 
 /// A failure the proxy answers itself.
@@ -137,8 +200,8 @@ impl UpstreamFailure {
 pub enum ProxyError {
     // === the client's request ===
     /// A request xgate cannot forward as sent.
-    #[error("{0}")]
-    BadRequest(String),
+    #[error(transparent)]
+    BadRequest(#[from] BadRequest),
     /// `CONNECT`, `TRACE`.
     #[error("method {0} is not allowed")]
     MethodNotAllowed(http::Method),
@@ -190,7 +253,7 @@ pub enum ProxyError {
     /// A local bucket is empty (CONTRACT section 5 rule 3).
     #[error(
         "{who}: {endpoint} limit {} reached; resets in {} s",
-        crate::limits::figure(*.limit, *.window),
+        crate::config::figure(*.limit, *.window),
         retry_after_secs(*.reset_ms, *.now_ms)
     )]
     RateLimited {
@@ -252,9 +315,14 @@ pub enum ProxyError {
     /// Upstream sent no response head within `server.request_timeout`.
     #[error("upstream sent no response within {0:?}")]
     UpstreamTimeout(std::time::Duration),
-    /// The request could not be prepared for upstream (e.g. the OS random source failed).
+    /// The shared rate-limit state could not be reached and `on_failure = "refuse"`.
+    #[error("the shared rate-limit state is unavailable")]
+    SharedStateUnavailable,
+
+    // === the proxy itself ===
+    /// The request could not be prepared for upstream.
     #[error("request could not be prepared for upstream: {0}")]
-    Prepare(String),
+    Internal(#[from] Internal),
 }
 
 impl ProxyError {
@@ -273,23 +341,32 @@ impl ProxyError {
             Self::ScopeMissing { .. } => ErrorKind::ScopeMissing,
             Self::RateLimited { .. } => ErrorKind::RateLimited,
             Self::UsageCapped { .. } => ErrorKind::UsageCapped,
-            Self::UpstreamUnavailable { .. } | Self::Prepare(_) => ErrorKind::UpstreamUnavailable,
+            Self::UpstreamUnavailable { .. } | Self::Internal(_) => ErrorKind::UpstreamUnavailable,
+            Self::SharedStateUnavailable => ErrorKind::SharedStateUnavailable,
             Self::UpstreamTimeout(_) => ErrorKind::UpstreamTimeout,
         }
     }
 
-    /// The problem `title`.
-    fn title(&self) -> &'static str {
-        match self.kind().status() {
-            StatusCode::BAD_REQUEST => "Bad Request",
-            StatusCode::UNAUTHORIZED => "Unauthorized",
-            StatusCode::FORBIDDEN => "Forbidden",
-            StatusCode::NOT_FOUND => "Not Found",
-            StatusCode::METHOD_NOT_ALLOWED => "Method Not Allowed",
-            StatusCode::PAYLOAD_TOO_LARGE => "Payload Too Large",
-            StatusCode::TOO_MANY_REQUESTS => "Too Many Requests",
-            StatusCode::GATEWAY_TIMEOUT => "Gateway Timeout",
-            _ => "Bad Gateway",
+    /// How an upstream exchange failed, for `xgate_upstream_errors_total`; `None` when the
+    /// failure is not upstream's (exhaustive on purpose: a new variant must say).
+    pub fn upstream_failure(&self) -> Option<UpstreamFailure> {
+        match self {
+            Self::UpstreamUnavailable { failure, .. } => Some(*failure),
+            Self::UpstreamTimeout(_) => Some(UpstreamFailure::Timeout),
+            Self::BadRequest(_)
+            | Self::MethodNotAllowed(_)
+            | Self::ClientUnauthenticated
+            | Self::IdentityForbidden
+            | Self::PathNotAllowed
+            | Self::BodyTooLarge { .. }
+            | Self::AuthTypeUnsupported { .. }
+            | Self::ScopeMissing { .. }
+            | Self::RateLimited { .. }
+            | Self::UsageCapped { .. }
+            | Self::CredentialsMissing { .. }
+            | Self::TokenRefreshFailed { .. }
+            | Self::SharedStateUnavailable
+            | Self::Internal(_) => None,
         }
     }
 
@@ -298,7 +375,7 @@ impl ProxyError {
         let kind = self.kind();
         let body = serde_json::json!({
             "type": format!("urn:xgate:problem:{}", kind.as_str()),
-            "title": self.title(),
+            "title": kind.title(),
             "status": kind.status().as_u16(),
             "detail": self.to_string(),
         });
@@ -331,7 +408,19 @@ impl ProxyError {
             Self::UsageCapped {
                 until_ms, now_ms, ..
             } => limited_headers(headers, *until_ms, *now_ms),
-            _ => {}
+            Self::BadRequest(_)
+            | Self::ClientUnauthenticated
+            | Self::IdentityForbidden
+            | Self::PathNotAllowed
+            | Self::BodyTooLarge { .. }
+            | Self::AuthTypeUnsupported { .. }
+            | Self::ScopeMissing { .. }
+            | Self::CredentialsMissing { .. }
+            | Self::TokenRefreshFailed { .. }
+            | Self::UpstreamUnavailable { .. }
+            | Self::UpstreamTimeout(_)
+            | Self::SharedStateUnavailable
+            | Self::Internal(_) => {}
         }
         resp
     }
@@ -376,6 +465,7 @@ mod tests {
             ("rate-limited", 429),
             ("usage-capped", 429),
             ("upstream-unavailable", 502),
+            ("shared-state-unavailable", 503),
             ("upstream-timeout", 504),
         ];
         let got: Vec<(&str, u16)> = ErrorKind::ALL
@@ -388,7 +478,10 @@ mod tests {
     #[test]
     fn every_error_maps_to_its_kind_and_a_problem_response() {
         let cases = [
-            (ProxyError::BadRequest("x".into()), ErrorKind::BadRequest),
+            (
+                ProxyError::BadRequest(BadRequest::DotSegment),
+                ErrorKind::BadRequest,
+            ),
             (
                 ProxyError::MethodNotAllowed(http::Method::TRACE),
                 ErrorKind::MethodNotAllowed,
@@ -422,8 +515,12 @@ mod tests {
                 ErrorKind::UpstreamTimeout,
             ),
             (
-                ProxyError::Prepare("rng".into()),
+                ProxyError::Internal(Internal::Random(crate::clock::RandomError::Exhausted)),
                 ErrorKind::UpstreamUnavailable,
+            ),
+            (
+                ProxyError::SharedStateUnavailable,
+                ErrorKind::SharedStateUnavailable,
             ),
             (
                 ProxyError::TokenRefreshFailed {

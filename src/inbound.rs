@@ -6,7 +6,10 @@
 
 use http::Method;
 
-use crate::error::ProxyError;
+use http::uri::PathAndQuery;
+use http::{HeaderMap, header};
+
+use crate::error::{BadRequest, ProxyError};
 
 /// `CONNECT` and `TRACE` never leave the proxy (405).
 pub fn check_method(method: &Method) -> Result<(), ProxyError> {
@@ -54,24 +57,16 @@ fn is_dot_segment(seg: &str) -> bool {
 /// The path and query rules that answer 400: valid percent-encoding, no dot segments.
 pub fn check_target(path: &str, query: Option<&str>) -> Result<(), ProxyError> {
     if !path.starts_with('/') {
-        return Err(ProxyError::BadRequest(
-            "the request target must be a path starting with /".to_owned(),
-        ));
+        return Err(BadRequest::NotAPath.into());
     }
     if !valid_percent_encoding(path) {
-        return Err(ProxyError::BadRequest(
-            "invalid percent-encoding in the path".to_owned(),
-        ));
+        return Err(BadRequest::PercentEncoding("path").into());
     }
     if query.is_some_and(|q| !valid_percent_encoding(q)) {
-        return Err(ProxyError::BadRequest(
-            "invalid percent-encoding in the query".to_owned(),
-        ));
+        return Err(BadRequest::PercentEncoding("query").into());
     }
     if path.split('/').any(is_dot_segment) {
-        return Err(ProxyError::BadRequest(
-            "`.` and `..` path segments are not allowed".to_owned(),
-        ));
+        return Err(BadRequest::DotSegment.into());
     }
     Ok(())
 }
@@ -82,6 +77,30 @@ pub fn check_prefix(path: &str, prefixes: &[String]) -> Result<(), ProxyError> {
         Ok(())
     } else {
         Err(ProxyError::PathNotAllowed)
+    }
+}
+
+/// The path and query that go upstream: the request target's authority and `Host` are
+/// ignored; the path must be well-formed (400) and under an allowed prefix (404).
+pub fn target(uri: &http::Uri, prefixes: &[String]) -> Result<PathAndQuery, ProxyError> {
+    let path_and_query = uri.path_and_query().cloned().ok_or(BadRequest::NotAPath)?;
+    check_target(path_and_query.path(), path_and_query.query())?;
+    check_prefix(path_and_query.path(), prefixes)?;
+    Ok(path_and_query)
+}
+
+/// A declared `Content-Length` over `max_body_bytes` (413); a streamed body is cut at the
+/// same limit as it goes upstream.
+pub fn check_declared_size(headers: &HeaderMap, max_body_bytes: u64) -> Result<(), ProxyError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    match declared {
+        Some(n) if n > max_body_bytes => Err(ProxyError::BodyTooLarge {
+            limit: max_body_bytes,
+        }),
+        Some(_) | None => Ok(()),
     }
 }
 

@@ -16,9 +16,9 @@ use prometheus::{
     Opts, Registry, TextEncoder,
 };
 
-use crate::auth::{Identities, IdentityKind};
+use crate::endpoints::{Catalogue, EndpointId};
 use crate::error::UpstreamFailure;
-use crate::limits::Catalogue;
+use crate::identity::{Identities, IdentityKind};
 
 /// Buckets for a proxy whose own overhead is well under a millisecond and whose upstream
 /// answers in tens to hundreds of milliseconds (seconds).
@@ -138,7 +138,7 @@ impl Metrics {
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
-        for identity in identities.all() {
+        for (_, identity) in identities.iter() {
             if identity.kind == IdentityKind::Oauth2User {
                 for outcome in REFRESH_OUTCOMES {
                     token_refreshes.with_label_values(&[&*identity.name, outcome]);
@@ -243,9 +243,10 @@ impl Metrics {
     }
 
     /// An upstream exchange failed.
-    pub fn upstream_error(&self, failure: Option<UpstreamFailure>) {
-        let kind = failure.map_or("timeout", UpstreamFailure::as_str);
-        self.upstream_errors.with_label_values(&[kind]).inc();
+    pub fn upstream_error(&self, failure: UpstreamFailure) {
+        self.upstream_errors
+            .with_label_values(&[failure.as_str()])
+            .inc();
     }
 
     /// The in-flight gauge, raised until the returned guard drops.
@@ -281,7 +282,7 @@ impl<'a> EndpointLabel<'a> {
     };
 
     /// The label of catalogue endpoint `id`, or `other` (`None`).
-    pub fn of(catalogue: &'a Catalogue, id: Option<crate::limits::EndpointId>) -> Self {
+    pub fn of(catalogue: &'a Catalogue, id: Option<EndpointId>) -> Self {
         let other = catalogue.endpoints().len();
         match id.and_then(|i| catalogue.get(i).map(|e| (i, e))) {
             Some((index, e)) => Self {
@@ -321,7 +322,7 @@ identities = ["main"]
             &std::collections::BTreeMap::new(),
         )
         .unwrap();
-        let identities = Identities::from_config(&config, None).unwrap();
+        let identities = Identities::from_config(&config).unwrap();
         let catalogue = Catalogue::new(&[]).unwrap();
         let m = Metrics::new(&catalogue, &identities).unwrap();
         let tweet = catalogue.lookup(&http::Method::GET, "/2/tweets/1").unwrap();
@@ -331,7 +332,7 @@ identities = ["main"]
         m.upstream(label, Duration::from_millis(2));
         m.rate_limited("main", label.name, LimitSource::Local);
         m.remaining("main", label.name, 42);
-        m.upstream_error(Some(UpstreamFailure::Connect));
+        m.upstream_error(UpstreamFailure::Connect);
         let g = m.begin();
         let text = String::from_utf8(m.render()).unwrap();
         for want in [

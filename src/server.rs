@@ -31,7 +31,8 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::admin::{self, Readiness};
 use crate::config::{Config, TlsFiles};
-use crate::proxy::{ConnActivity, State};
+use crate::proxy::{SetupError, State};
+use crate::service::ConnActivity;
 use crate::stack;
 use crate::upstream::Upstream;
 use workers::Workers;
@@ -45,47 +46,99 @@ pub struct Listeners {
     pub admin: TcpListener,
 }
 
-/// The proxy could not start.
+/// The proxy could not start: what failed, with its cause chain.
 #[derive(Debug, thiserror::Error)]
-#[error("{message}")]
-pub struct StartError {
-    /// What failed.
-    pub message: String,
-    /// The configuration is at fault (exit status 2), not the system.
-    pub config: bool,
+pub enum StartError {
+    /// The shared state could not be built (store, identities, catalogue, upstream client).
+    #[error(transparent)]
+    Setup(#[from] SetupError),
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr} ({key}): {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// `server.listen` or `admin.listen`.
+        key: &'static str,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// An inbound TLS file could not be read or used.
+    #[error("{key} {path}: {source}", path = .path.display())]
+    TlsFile {
+        /// `server.tls.cert` or `server.tls.key`.
+        key: &'static str,
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The certificate chain and key do not make a TLS configuration.
+    #[error("server.tls: {0}")]
+    Tls(#[source] rustls::Error),
+    /// A listener's address could not be read.
+    #[error("{key}: {source}")]
+    Listener {
+        /// `server.listen` or `admin.listen`.
+        key: &'static str,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A worker thread or its runtime could not start.
+    #[error("worker thread {n}: {source}")]
+    Worker {
+        /// Which worker.
+        n: usize,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl StartError {
-    fn runtime(message: String) -> Self {
-        Self {
-            message,
-            config: false,
+    /// Whether the configuration is at fault (exit status 2), not the system.
+    pub fn is_config(&self) -> bool {
+        match self {
+            Self::Setup(e) => e.is_config(),
+            Self::Bind { .. }
+            | Self::TlsFile { .. }
+            | Self::Tls(_)
+            | Self::Listener { .. }
+            | Self::Worker { .. } => false,
         }
     }
 }
 
 /// Loads the inbound TLS certificate chain and key.
 fn tls_acceptor(files: &TlsFiles) -> Result<TlsAcceptor, StartError> {
+    let file = |key: &'static str, path: &std::path::Path, e: &dyn std::fmt::Display| {
+        StartError::TlsFile {
+            key,
+            path: path.to_path_buf(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()),
+        }
+    };
     let certs = CertificateDer::pem_file_iter(&files.cert)
         .and_then(Iterator::collect::<Result<Vec<_>, _>>)
-        .map_err(|e| {
-            StartError::runtime(format!("server.tls.cert {}: {e}", files.cert.display()))
-        })?;
+        .map_err(|e| file("server.tls.cert", &files.cert, &e))?;
     if certs.is_empty() {
-        return Err(StartError::runtime(format!(
-            "server.tls.cert {}: no PEM certificate in it",
-            files.cert.display()
-        )));
+        return Err(file(
+            "server.tls.cert",
+            &files.cert,
+            &"no PEM certificate in it",
+        ));
     }
     let key = PrivateKeyDer::from_pem_file(&files.key)
-        .map_err(|e| StartError::runtime(format!("server.tls.key {}: {e}", files.key.display())))?;
+        .map_err(|e| file("server.tls.key", &files.key, &e))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| StartError::runtime(e.to_string()))?
+        .map_err(StartError::Tls)?
         .with_no_client_auth()
         .with_single_cert(certs, key)
-        .map_err(|e| StartError::runtime(format!("server.tls: {e}")))?;
+        .map_err(StartError::Tls)?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
@@ -114,10 +167,7 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), StartError> {
-    let state = Arc::new(State::from_config(&config).map_err(|e| StartError {
-        config: e.config,
-        message: e.message,
-    })?);
+    let state = Arc::new(State::from_config(&config).await?);
     let tls = config.server.tls.as_ref().map(tls_acceptor).transpose()?;
     let builder = Arc::new(connection_builder(&config));
     let readiness = Arc::new(Readiness::default());
@@ -127,11 +177,17 @@ pub async fn run(
     let proxy_addr = listeners
         .proxy
         .local_addr()
-        .map_err(|e| StartError::runtime(e.to_string()))?;
+        .map_err(|source| StartError::Listener {
+            key: "server.listen",
+            source,
+        })?;
     let admin_addr = listeners
         .admin
         .local_addr()
-        .map_err(|e| StartError::runtime(e.to_string()))?;
+        .map_err(|source| StartError::Listener {
+            key: "admin.listen",
+            source,
+        })?;
     let admin = tokio::spawn(serve_admin(
         listeners.admin,
         admin::Admin {

@@ -20,7 +20,10 @@
 
 use std::sync::Arc;
 
-use crate::proxy::{ConnActivity, ProxyService, State};
+use hyper::body::Incoming;
+
+use crate::proxy::State;
+use crate::service::{ConnActivity, ProxyService};
 use crate::upstream::Upstream;
 
 /// The service for one proxy connection, served by the worker whose upstream pool is
@@ -29,7 +32,7 @@ pub fn proxy_connection(
     state: &Arc<State>,
     upstream: &Arc<Upstream>,
     activity: &Arc<ConnActivity>,
-) -> ProxyService {
+) -> ProxyService<Incoming> {
     tower::ServiceBuilder::new().service(ProxyService::new(
         Arc::clone(state),
         Arc::clone(upstream),

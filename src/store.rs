@@ -10,8 +10,10 @@
 //! never garbage. Calls block: async callers run them on the blocking pool.
 
 use std::fmt;
+use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, PoisonError};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
@@ -180,21 +182,46 @@ impl StoreError {
     }
 }
 
-/// Where tokens are kept. Implementations are durable: when `save` returns, the record
-/// survives a crash.
+/// What a [`TokenStore`] operation gives back, later.
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+
+/// Where tokens are kept: the one interface every command and the proxy use, whatever the
+/// backend (the embedded SQLite file; a database shared by replicas). Operations are async
+/// and fallible, so a networked backend fits behind it with its own timeouts. Implementations
+/// are durable: when `save` (or a refresh's `commit`) returns, the record survives a crash.
 pub trait TokenStore: Send + Sync + fmt::Debug {
     /// The record of `kind` for `identity`.
-    fn load(&self, identity: &str, kind: TokenKind) -> Result<Option<StoredToken>, StoreError>;
+    fn load<'a>(
+        &'a self,
+        identity: &'a str,
+        kind: TokenKind,
+    ) -> StoreFuture<'a, Option<StoredToken>>;
     /// Replaces the record of the token's kind for `identity`, durably.
-    fn save(&self, identity: &str, token: &StoredToken) -> Result<(), StoreError>;
+    fn save<'a>(&'a self, identity: &'a str, token: &'a StoredToken) -> StoreFuture<'a, ()>;
     /// Forgets the record of `kind` for `identity`.
-    fn delete(&self, identity: &str, kind: TokenKind) -> Result<(), StoreError>;
+    fn delete<'a>(&'a self, identity: &'a str, kind: TokenKind) -> StoreFuture<'a, ()>;
+    /// Begins the refresh of `identity`'s OAuth 2.0 pair: the record as it is now, read once
+    /// the refresh is this caller's, and the way to commit its successor. A store shared by
+    /// several processes makes it exclusive among them (a lock in the database) until
+    /// committed or dropped; the embedded store, which one proxy process serves from, needs
+    /// no more than the proxy's own one-refresh-per-identity rule.
+    fn begin_refresh<'a>(&'a self, identity: &'a str) -> StoreFuture<'a, Box<dyn Refresh>>;
 }
 
-/// The embedded SQLite store.
+/// A refresh begun with [`TokenStore::begin_refresh`]. Dropped without [`Refresh::commit`],
+/// it changes nothing and lets the next refresh begin.
+pub trait Refresh: Send + fmt::Debug {
+    /// The record when the refresh began (another process may have rotated it).
+    fn stored(&self) -> Option<&StoredToken>;
+    /// Stores the new pair durably, ending the refresh.
+    fn commit(self: Box<Self>, token: StoredToken) -> StoreFuture<'static, ()>;
+}
+
+/// The embedded SQLite store. Cloning it shares the connection.
+#[derive(Clone)]
 pub struct SqliteStore {
-    path: PathBuf,
-    conn: Mutex<rusqlite::Connection>,
+    path: Arc<Path>,
+    conn: Arc<Mutex<rusqlite::Connection>>,
     cipher: Option<XChaCha20Poly1305>,
 }
 
@@ -246,8 +273,8 @@ impl SqliteStore {
             .map_err(|e| io(&e))?;
         retry_locked(|| migrate(&conn)).map_err(|e| io(&e))?;
         let store = Self {
-            path: path.to_path_buf(),
-            conn: Mutex::new(conn),
+            path: Arc::from(path),
+            conn: Arc::new(Mutex::new(conn)),
             cipher: key.map(|k| XChaCha20Poly1305::new(k.expose().into())),
         };
         store.check_key(true)?;
@@ -268,8 +295,8 @@ impl SqliteStore {
             message: e.to_string(),
         })?;
         let store = Self {
-            path: path.to_path_buf(),
-            conn: Mutex::new(conn),
+            path: Arc::from(path),
+            conn: Arc::new(Mutex::new(conn)),
             cipher: key.map(|k| XChaCha20Poly1305::new(k.expose().into())),
         };
         store.check_key(false)?;
@@ -278,14 +305,14 @@ impl SqliteStore {
 
     fn key_error(&self, message: &str) -> StoreError {
         StoreError::Key {
-            path: self.path.clone(),
+            path: self.path.to_path_buf(),
             message: message.to_owned(),
         }
     }
 
     fn io_error(&self, e: &dyn fmt::Display) -> StoreError {
         StoreError::Io {
-            path: self.path.clone(),
+            path: self.path.to_path_buf(),
             message: e.to_string(),
         }
     }
@@ -418,8 +445,13 @@ fn migrate(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
-impl TokenStore for SqliteStore {
-    fn load(&self, identity: &str, kind: TokenKind) -> Result<Option<StoredToken>, StoreError> {
+impl SqliteStore {
+    /// [`TokenStore::load`], on the calling thread.
+    pub fn load_blocking(
+        &self,
+        identity: &str,
+        kind: TokenKind,
+    ) -> Result<Option<StoredToken>, StoreError> {
         let conn = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
         let data: Option<Vec<u8>> = conn
             .query_row(
@@ -445,7 +477,8 @@ impl TokenStore for SqliteStore {
         })
     }
 
-    fn save(&self, identity: &str, token: &StoredToken) -> Result<(), StoreError> {
+    /// [`TokenStore::save`], on the calling thread.
+    pub fn save_blocking(&self, identity: &str, token: &StoredToken) -> Result<(), StoreError> {
         let kind = token.kind();
         let plain =
             zeroize::Zeroizing::new(serde_json::to_vec(token).map_err(|e| self.io_error(&e))?);
@@ -464,7 +497,8 @@ impl TokenStore for SqliteStore {
         tx.commit().map_err(|e| self.io_error(&e))
     }
 
-    fn delete(&self, identity: &str, kind: TokenKind) -> Result<(), StoreError> {
+    /// [`TokenStore::delete`], on the calling thread.
+    pub fn delete_blocking(&self, identity: &str, kind: TokenKind) -> Result<(), StoreError> {
         let conn = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
         conn.execute(
             "DELETE FROM tokens WHERE identity = ?1 AND kind = ?2",
@@ -472,6 +506,86 @@ impl TokenStore for SqliteStore {
         )
         .map(drop)
         .map_err(|e| self.io_error(&e))
+    }
+}
+
+/// Runs a blocking store call on the runtime's blocking pool (SQLite calls block on disk).
+fn blocking<T: Send + 'static>(
+    store: &SqliteStore,
+    call: impl FnOnce(&SqliteStore) -> Result<T, StoreError> + Send + 'static,
+) -> StoreFuture<'static, T> {
+    let store = store.clone();
+    Box::pin(async move {
+        let path = store.path.to_path_buf();
+        tokio::task::spawn_blocking(move || call(&store))
+            .await
+            .map_err(|e| StoreError::Io {
+                path,
+                message: format!("the store call did not finish: {e}"),
+            })?
+    })
+}
+
+impl TokenStore for SqliteStore {
+    fn load<'a>(
+        &'a self,
+        identity: &'a str,
+        kind: TokenKind,
+    ) -> StoreFuture<'a, Option<StoredToken>> {
+        let identity = identity.to_owned();
+        blocking(self, move |s| s.load_blocking(&identity, kind))
+    }
+
+    fn save<'a>(&'a self, identity: &'a str, token: &'a StoredToken) -> StoreFuture<'a, ()> {
+        let (identity, token) = (identity.to_owned(), token.clone());
+        blocking(self, move |s| s.save_blocking(&identity, &token))
+    }
+
+    fn delete<'a>(&'a self, identity: &'a str, kind: TokenKind) -> StoreFuture<'a, ()> {
+        let identity = identity.to_owned();
+        blocking(self, move |s| s.delete_blocking(&identity, kind))
+    }
+
+    fn begin_refresh<'a>(&'a self, identity: &'a str) -> StoreFuture<'a, Box<dyn Refresh>> {
+        let identity = identity.to_owned();
+        blocking(self, move |s| {
+            let stored = s.load_blocking(&identity, TokenKind::Oauth2)?;
+            Ok(Box::new(SqliteRefresh {
+                store: s.clone(),
+                identity,
+                stored,
+            }) as Box<dyn Refresh>)
+        })
+    }
+}
+
+/// A refresh on the embedded store: the record read at its start, committed with one durable
+/// transaction.
+struct SqliteRefresh {
+    store: SqliteStore,
+    identity: String,
+    stored: Option<StoredToken>,
+}
+
+impl fmt::Debug for SqliteRefresh {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqliteRefresh")
+            .field("identity", &self.identity)
+            .field("stored", &self.stored)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Refresh for SqliteRefresh {
+    fn stored(&self) -> Option<&StoredToken> {
+        self.stored.as_ref()
+    }
+
+    fn commit(self: Box<Self>, token: StoredToken) -> StoreFuture<'static, ()> {
+        let Self {
+            store, identity, ..
+        } = *self;
+        blocking(&store, move |s| s.save_blocking(&identity, &token))
     }
 }
 
@@ -523,14 +637,17 @@ mod tests {
     fn tokens_round_trip_and_survive_reopening() {
         let path = dir("roundtrip").join("sub/xgate.db");
         let s = SqliteStore::open(&path, None).unwrap();
-        assert_eq!(s.load("bob", TokenKind::Oauth2).unwrap(), None);
-        s.save("bob", &token()).unwrap();
+        assert_eq!(s.load_blocking("bob", TokenKind::Oauth2).unwrap(), None);
+        s.save_blocking("bob", &token()).unwrap();
         drop(s);
         let s = SqliteStore::open(&path, None).unwrap();
-        assert_eq!(s.load("bob", TokenKind::Oauth2).unwrap(), Some(token()));
-        assert_eq!(s.load("bob", TokenKind::Bearer).unwrap(), None);
-        s.delete("bob", TokenKind::Oauth2).unwrap();
-        assert_eq!(s.load("bob", TokenKind::Oauth2).unwrap(), None);
+        assert_eq!(
+            s.load_blocking("bob", TokenKind::Oauth2).unwrap(),
+            Some(token())
+        );
+        assert_eq!(s.load_blocking("bob", TokenKind::Bearer).unwrap(), None);
+        s.delete_blocking("bob", TokenKind::Oauth2).unwrap();
+        assert_eq!(s.load_blocking("bob", TokenKind::Oauth2).unwrap(), None);
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt as _;
@@ -553,8 +670,11 @@ mod tests {
         let path = dir("crypt").join("xgate.db");
         let key = StoreKey::new([7; 32]);
         let s = SqliteStore::open(&path, Some(&key)).unwrap();
-        s.save("bob", &token()).unwrap();
-        assert_eq!(s.load("bob", TokenKind::Oauth2).unwrap(), Some(token()));
+        s.save_blocking("bob", &token()).unwrap();
+        assert_eq!(
+            s.load_blocking("bob", TokenKind::Oauth2).unwrap(),
+            Some(token())
+        );
         drop(s);
         let mut bytes = std::fs::read(&path).unwrap();
         if let Ok(wal) = std::fs::read(path.with_extension("db-wal")) {
@@ -572,7 +692,10 @@ mod tests {
         );
         // The right key still opens it.
         let s = SqliteStore::open(&path, Some(&key)).unwrap();
-        assert_eq!(s.load("bob", TokenKind::Oauth2).unwrap(), Some(token()));
+        assert_eq!(
+            s.load_blocking("bob", TokenKind::Oauth2).unwrap(),
+            Some(token())
+        );
     }
 
     #[test]
@@ -580,7 +703,7 @@ mod tests {
         let path = dir("plain").join("xgate.db");
         SqliteStore::open(&path, None)
             .unwrap()
-            .save("bob", &token())
+            .save_blocking("bob", &token())
             .unwrap();
         let e = SqliteStore::open(&path, Some(&StoreKey::new([1; 32]))).unwrap_err();
         assert!(e.is_config());

@@ -22,7 +22,7 @@ use rustls::pki_types::pem::PemObject as _;
 
 use crate::body::{UpstreamBody, find_body_too_large};
 use crate::config;
-use crate::error::{ProxyError, UpstreamFailure};
+use crate::error::{BadRequest, ProxyError, UpstreamFailure};
 
 /// The pooled client and where it sends requests.
 #[derive(Debug, Clone)]
@@ -139,7 +139,7 @@ impl Upstream {
             .authority(self.authority.clone())
             .path_and_query(path_and_query)
             .build()
-            .map_err(|e| ProxyError::BadRequest(format!("request target: {e}")))
+            .map_err(|e| ProxyError::from(BadRequest::Target(e)))
     }
 
     /// Sends `req` and waits for the response head, at most `request_timeout`.

@@ -1,39 +1,29 @@
 //! Outbound credentials: what xgate attaches to a request before it goes upstream.
 //!
-//! Owns the identities table built from the config ([`Identities`]), the credential of each
-//! ([`Credential`]: a Bearer header value, an OAuth 1.0a key, or missing with a hint for the
-//! operator), attaching it to a request ([`Identities::authorize`]), and the offset to
-//! upstream's clock for OAuth 1.0a timestamps ([`ClockSkew`], CONTRACT section 4). Only this
-//! module and `config` read secret values; header values made from them are marked sensitive.
+//! Owns the credential of each identity while serving ([`Credentials`]: a Bearer header value,
+//! an OAuth 1.0a key, OAuth 2.0 pairs in [`oauth2::Oauth2Users`], or missing with a hint for
+//! the operator), built from [`crate::identity::resolve`]; attaching it to a request
+//! ([`Credentials::authorize`]); and the offset to upstream's clock for OAuth 1.0a timestamps
+//! ([`ClockSkew`], CONTRACT section 4). Only this module and `config` read secret values;
+//! header values made from them are marked sensitive.
 
 pub mod oauth1;
 pub mod oauth2;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 
 use http::{HeaderMap, HeaderValue, header};
 
-use crate::clock::{Clock, RandomNonce, SystemClock};
-use crate::config::{Config, UserAuth};
-use crate::error::ProxyError;
-use crate::secret::SecretString;
-use crate::store::{StoredToken, TokenKind, TokenStore};
+use crate::body::{BoxError, UpstreamBody};
+use crate::clock::{Clock, RandomNonce};
+use crate::config::Config;
+use crate::error::{BadRequest, Internal, ProxyError};
+use crate::identity::{Identities, Identity, IdentityId, Resolved, resolve};
+use crate::store::{StoreError, TokenStore};
 use oauth1::{Oauth1Key, Oauth1Signer};
 
-/// What kind of identity a name refers to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum IdentityKind {
-    /// An App: app-only Bearer.
-    App,
-    /// A user with OAuth 1.0a.
-    Oauth1User,
-    /// A user with OAuth 2.0 tokens from the store.
-    Oauth2User,
-}
-
-/// How a request as this identity is authorised.
+/// How a request as one identity is authorised.
 #[derive(Debug)]
 pub enum Credential {
     /// `Authorization: Bearer ...`, prepared once and marked sensitive.
@@ -49,170 +39,94 @@ pub enum Credential {
     },
 }
 
-/// One identity: an App or a user of one.
-#[derive(Debug)]
-pub struct Identity {
-    /// The name clients use (`X-Xgate-Identity`).
-    pub name: Arc<str>,
-    /// App or user, and which auth.
-    pub kind: IdentityKind,
-    /// Its credential.
-    pub credential: Credential,
-    /// The App it acts through (its own index for an App).
-    pub app: IdentityId,
-    /// OAuth 2.0 scopes it has (the configured ones until the token store lands); empty for
-    /// other kinds.
-    pub scopes: Vec<String>,
-}
-
-/// Index of an identity in [`Identities`].
-pub type IdentityId = usize;
-
-/// Every identity of the config, by index and by name.
-#[derive(Debug)]
-pub struct Identities {
-    list: Vec<Identity>,
-    by_name: HashMap<String, IdentityId>,
-    signer: Oauth1Signer<SystemClock, RandomNonce>,
-    skew: ClockSkew,
-}
-
 /// A secret that cannot be a header value (control characters, newlines).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}: not usable in an HTTP header (control characters or non-ASCII text)")]
 pub struct BadCredential(pub String);
 
-/// The identities table could not be built.
+/// The credentials table could not be built.
 #[derive(Debug, thiserror::Error)]
-pub enum IdentitiesError {
+pub enum CredentialsError {
     /// A credential is not usable.
     #[error(transparent)]
     Credential(#[from] BadCredential),
     /// The token store failed.
     #[error(transparent)]
-    Store(crate::store::StoreError),
+    Store(#[from] StoreError),
 }
 
-fn bearer_header(token: &str, path: &str) -> Result<HeaderValue, BadCredential> {
-    let mut value = HeaderValue::try_from(format!("Bearer {token}"))
-        .map_err(|_invalid| BadCredential(path.to_owned()))?;
+/// `Bearer <token>` as a sensitive header value.
+pub fn bearer_header(token: &str) -> Result<HeaderValue, http::header::InvalidHeaderValue> {
+    let mut value = HeaderValue::try_from(format!("Bearer {token}"))?;
     value.set_sensitive(true);
     Ok(value)
 }
 
-impl Identities {
-    /// Builds the table from a validated config; credentials proxy.toml lacks are taken from
-    /// `store` (an App's Bearer from `xgate bearer`, an OAuth 1.0a pair from
-    /// `xgate login --oauth1`).
-    pub fn from_config(
+impl Credential {
+    /// What a request as the identity attaches, from what [`resolve`] found.
+    pub fn from_resolved(resolved: &Resolved, name: &str) -> Result<Self, BadCredential> {
+        Ok(match resolved {
+            Resolved::Bearer { token, .. } => Self::Bearer(
+                bearer_header(token.expose())
+                    .map_err(|_invalid| BadCredential(format!("the Bearer token of {name}")))?,
+            ),
+            Resolved::Oauth1 {
+                consumer,
+                token,
+                token_secret,
+                ..
+            } => Self::Oauth1(Box::new(Oauth1Key::new(
+                &consumer.key,
+                &consumer.secret,
+                Some((token, token_secret)),
+            ))),
+            Resolved::Oauth2 { .. } => Self::Oauth2,
+            Resolved::Missing { hint } => Self::Missing { hint: hint.clone() },
+        })
+    }
+}
+
+/// Every identity's credential while serving, by [`IdentityId`].
+#[derive(Debug)]
+pub struct Credentials {
+    list: Vec<Credential>,
+    signer: Oauth1Signer<Arc<dyn Clock>, RandomNonce>,
+    skew: ClockSkew,
+}
+
+impl Credentials {
+    /// Resolves the credential of every identity of `identities` (proxy.toml's, else
+    /// `store`'s); OAuth 1.0a timestamps read `clock`.
+    pub async fn resolve(
         config: &Config,
+        identities: &Identities,
         store: Option<&dyn TokenStore>,
-    ) -> Result<Self, IdentitiesError> {
-        let stored = |name: &str, kind| -> Result<Option<StoredToken>, IdentitiesError> {
-            match store {
-                Some(s) => s.load(name, kind).map_err(IdentitiesError::Store),
-                None => Ok(None),
-            }
-        };
-        let mut list = Vec::with_capacity(config.apps.len() + config.users.len());
-        // Apps come first, in `config.apps` order, so an App's index is its position there.
-        let app_index = |name: &str| config.apps.keys().position(|k| k == name).unwrap_or(0);
-        for app in config.apps.values() {
-            let from_store = stored(&app.name, TokenKind::Bearer)?;
-            let credential = match (&app.bearer_token, from_store.as_ref()) {
-                (Some(token), _) => Credential::Bearer(bearer_header(
-                    token.expose(),
-                    &format!("apps.{}.bearer_token", app.name),
-                )?),
-                (None, Some(StoredToken::Bearer { token })) => Credential::Bearer(bearer_header(
-                    token,
-                    &format!("the Bearer token stored for {}", app.name),
-                )?),
-                (None, _) => Credential::Missing {
-                    hint: format!(
-                        "set apps.{0}.bearer_token or run `xgate bearer --app {0}`",
-                        app.name
-                    ),
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, CredentialsError> {
+        let mut list = Vec::with_capacity(identities.len());
+        for (_, identity) in identities.iter() {
+            let credential = match resolve(config, &identity.name, store).await? {
+                Some(resolved) => Credential::from_resolved(&resolved, &identity.name)?,
+                None => Credential::Missing {
+                    hint: format!("{} is not in proxy.toml", identity.name),
                 },
             };
-            list.push(Identity {
-                name: Arc::from(app.name.as_str()),
-                kind: IdentityKind::App,
-                credential,
-                app: list.len(),
-                scopes: Vec::new(),
-            });
+            list.push(credential);
         }
-        for user in config.users.values() {
-            let mut scopes = Vec::new();
-            let (kind, credential) = match &user.auth {
-                UserAuth::Oauth1 { token } => {
-                    let consumer = config.apps.get(&user.app).and_then(|a| a.consumer.as_ref());
-                    let pair = match token {
-                        Some((t, s)) => Some((t.clone(), s.clone())),
-                        None => match stored(&user.name, TokenKind::Oauth1)?.as_ref() {
-                            Some(StoredToken::Oauth1 {
-                                token,
-                                token_secret,
-                            }) => Some((
-                                SecretString::from(token.as_str()),
-                                SecretString::from(token_secret.as_str()),
-                            )),
-                            _ => None,
-                        },
-                    };
-                    let credential = match (consumer, &pair) {
-                        (Some(c), Some((token, secret))) => Credential::Oauth1(Box::new(
-                            Oauth1Key::new(&c.key, &c.secret, Some((token, secret))),
-                        )),
-                        _ => Credential::Missing {
-                            hint: format!(
-                                "set users.{0}.token and token_secret, or run `xgate login --identity {0} --oauth1`",
-                                user.name
-                            ),
-                        },
-                    };
-                    (IdentityKind::Oauth1User, credential)
-                }
-                UserAuth::Oauth2 { scopes: configured } => {
-                    scopes.clone_from(configured);
-                    (IdentityKind::Oauth2User, Credential::Oauth2)
-                }
-            };
-            list.push(Identity {
-                name: Arc::from(user.name.as_str()),
-                kind,
-                credential,
-                app: app_index(&user.app),
-                scopes,
-            });
-        }
-        let by_name = list
-            .iter()
-            .enumerate()
-            .map(|(i, id)| (id.name.to_string(), i))
-            .collect();
         Ok(Self {
             list,
-            by_name,
-            signer: Oauth1Signer::new(SystemClock, RandomNonce),
+            signer: Oauth1Signer::new(clock, RandomNonce),
             skew: ClockSkew::default(),
         })
     }
 
-    /// The identity called `name`.
-    pub fn find(&self, name: &str) -> Option<IdentityId> {
-        self.by_name.get(name).copied()
-    }
-
-    /// The identity at `id`.
-    pub fn get(&self, id: IdentityId) -> Option<&Identity> {
-        self.list.get(id)
-    }
-
-    /// Every identity, by index.
-    pub fn all(&self) -> &[Identity] {
-        &self.list
+    /// The credential of `id`.
+    #[expect(
+        clippy::indexing_slicing,
+        reason = "the list has one entry per identity of the table whose ids index it"
+    )]
+    pub fn get(&self, id: IdentityId) -> &Credential {
+        &self.list[id.index()]
     }
 
     /// The offset to upstream's clock.
@@ -220,29 +134,31 @@ impl Identities {
         &self.skew
     }
 
-    /// Sets `Authorization` on `headers` for a request to `uri` as `identity`; `form_body` is
-    /// the request's `application/x-www-form-urlencoded` body, whose parameters OAuth 1.0a
-    /// signs.
+    /// Sets `Authorization` on `headers` for a request to `uri` as `identity` (`id`);
+    /// `form_body` is the request's `application/x-www-form-urlencoded` body, whose parameters
+    /// OAuth 1.0a signs. OAuth 2.0 identities are attached by [`oauth2::Oauth2Users`].
     pub fn authorize(
         &self,
+        id: IdentityId,
         identity: &Identity,
         method: &http::Method,
         uri: &http::Uri,
         form_body: Option<&[u8]>,
         headers: &mut HeaderMap,
     ) -> Result<(), ProxyError> {
-        let value = match &identity.credential {
+        let value = match self.get(id) {
             Credential::Bearer(value) => value.clone(),
             Credential::Oauth1(key) => {
                 let signed = self
                     .signer
                     .sign(key, method.as_str(), uri, form_body, self.skew.offset())
                     .map_err(|e| match e {
-                        oauth1::SignError::Request(e) => ProxyError::BadRequest(e.to_string()),
-                        oauth1::SignError::Random(e) => ProxyError::Prepare(e.to_string()),
+                        oauth1::SignError::Request(e) => {
+                            ProxyError::from(BadRequest::Unsignable(Box::new(e)))
+                        }
+                        oauth1::SignError::Random(e) => ProxyError::from(Internal::Random(e)),
                     })?;
-                let mut value = HeaderValue::try_from(signed)
-                    .map_err(|e| ProxyError::Prepare(e.to_string()))?;
+                let mut value = HeaderValue::try_from(signed).map_err(Internal::Header)?;
                 value.set_sensitive(true);
                 value
             }
@@ -257,6 +173,109 @@ impl Identities {
         };
         headers.insert(header::AUTHORIZATION, value);
         Ok(())
+    }
+}
+
+// === the credentials phase ===
+
+/// A request ready for upstream: credentials attached, and what a 401 replay needs.
+#[derive(Debug)]
+pub struct Outbound {
+    /// The request as it goes upstream.
+    pub request: http::Request<UpstreamBody>,
+    /// For an OAuth 2.0 identity, the generation of the token pair attached.
+    pub generation: Option<u64>,
+    /// Method, URI and headers to send again after a 401, when the body was empty.
+    pub replay: Option<(http::Method, http::Uri, HeaderMap)>,
+}
+
+/// The request as it goes upstream to `uri`: cleaned headers, credentials, and its body. A
+/// form body on an OAuth 1.0a identity is read (bounded by `max_body_bytes`, 413) because its
+/// parameters are signed; every other body is streamed through the same limit. An OAuth 2.0
+/// token is refreshed first when it has expired.
+pub async fn outbound<B>(
+    credentials: &Credentials,
+    oauth2: &Arc<oauth2::Oauth2Users>,
+    (id, identity): (IdentityId, &Identity),
+    mut parts: http::request::Parts,
+    uri: http::Uri,
+    body: B,
+    max_body_bytes: u64,
+) -> Result<Outbound, ProxyError>
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let empty_body = body.is_end_stream();
+    let form = matches!(credentials.get(id), Credential::Oauth1(_)) && is_form(&parts.headers);
+    let (form_body, body) = if form {
+        let bytes = read_bounded(body, max_body_bytes).await?;
+        (Some(bytes.clone()), UpstreamBody::Full(Some(bytes)))
+    } else {
+        (None, UpstreamBody::limited(body, max_body_bytes))
+    };
+    crate::headers::clean_request(&mut parts.headers);
+    let mut generation = None;
+    if let Credential::Oauth2 = credentials.get(id) {
+        let (value, g) = oauth2.authorization(id, &identity.name).await?;
+        parts.headers.insert(header::AUTHORIZATION, value);
+        generation = Some(g);
+    } else {
+        credentials.authorize(
+            id,
+            identity,
+            &parts.method,
+            &uri,
+            form_body.as_deref(),
+            &mut parts.headers,
+        )?;
+    }
+    parts.uri = uri;
+    parts.version = http::Version::HTTP_11;
+    // An OAuth 2.0 request with no body can be replayed once after a 401 (CONTRACT 6).
+    let replay = generation.filter(|_| empty_body).map(|_| {
+        (
+            parts.method.clone(),
+            parts.uri.clone(),
+            parts.headers.clone(),
+        )
+    });
+    Ok(Outbound {
+        request: http::Request::from_parts(parts, body),
+        generation,
+        replay,
+    })
+}
+
+/// Whether a request's body is `application/x-www-form-urlencoded`.
+fn is_form(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|m| {
+            m.trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        })
+}
+
+/// Reads a whole body, at most `limit` bytes (413 past it).
+async fn read_bounded<B>(body: B, limit: u64) -> Result<bytes::Bytes, ProxyError>
+where
+    B: http_body::Body<Data = bytes::Bytes>,
+    B::Error: Into<BoxError>,
+{
+    use http_body_util::BodyExt as _;
+    let limit_usize = usize::try_from(limit).unwrap_or(usize::MAX);
+    match http_body_util::Limited::new(body, limit_usize)
+        .collect()
+        .await
+    {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(ProxyError::BodyTooLarge { limit })
+        }
+        Err(e) => Err(BadRequest::Body(e).into()),
     }
 }
 
@@ -317,6 +336,21 @@ impl ClockSkew {
 mod tests {
     use super::*;
     use crate::clock::ManualClock;
+
+    #[test]
+    fn form_detection() {
+        let mut h = HeaderMap::new();
+        assert!(!is_form(&h));
+        h.insert(
+            header::CONTENT_TYPE,
+            "Application/X-WWW-Form-Urlencoded; charset=UTF-8"
+                .parse()
+                .unwrap(),
+        );
+        assert!(is_form(&h));
+        h.insert(header::CONTENT_TYPE, "application/json".parse().unwrap());
+        assert!(!is_form(&h));
+    }
 
     #[test]
     fn skew_applies_only_past_thirty_seconds() {

@@ -31,13 +31,13 @@ use oauth2::basic::{BasicClient, BasicErrorResponseType};
 use oauth2::{AuthType, ClientId, ClientSecret, RefreshToken, RequestTokenError, TokenUrl};
 use tokio::sync::watch;
 
-use super::IdentityId;
 use crate::body::UpstreamBody;
 use crate::clock::Clock;
 use crate::error::{ProxyError, UpstreamFailure};
+use crate::identity::{Identity, IdentityId, IdentityKind};
 use crate::metrics::Metrics;
 use crate::secret::SecretString;
-use crate::store::{StoredToken, TokenKind, TokenStore};
+use crate::store::{Refresh, StoredToken, TokenStore};
 use crate::upstream::Upstream;
 
 /// Tokens this close to expiry are refreshed ahead of time.
@@ -249,22 +249,38 @@ pub fn oauth2_client(app: &Oauth2App, token_url: &str) -> Result<TokenClient, St
     })
 }
 
+/// One OAuth 2.0 identity as [`Oauth2Users`] starts: its id, name, App client, and the pair
+/// the store held at startup.
+#[derive(Debug)]
+pub struct Oauth2User {
+    /// Its id.
+    pub id: IdentityId,
+    /// Its name.
+    pub name: Arc<str>,
+    /// Its App's OAuth 2.0 client.
+    pub app: Oauth2App,
+    /// The stored pair, if there is one.
+    pub stored: Option<StoredToken>,
+}
+
 impl Oauth2Users {
-    /// The identities of `apps` (identity → its App's client), with their stored tokens.
+    /// The OAuth 2.0 identities `users`, with the pairs stored at startup.
     pub fn new(
-        identities: Vec<(IdentityId, Arc<str>, Oauth2App)>,
+        users: Vec<Oauth2User>,
         store: Option<Arc<dyn TokenStore>>,
         upstream: Arc<Upstream>,
         token_url: String,
         clock: Arc<dyn Clock>,
         metrics: Arc<Metrics>,
-    ) -> Result<Self, crate::store::StoreError> {
-        let mut slots = HashMap::with_capacity(identities.len());
-        for (id, name, app) in identities {
-            let stored = match &store {
-                Some(s) => s.load(&name, TokenKind::Oauth2)?,
-                None => None,
-            };
+    ) -> Self {
+        let mut slots = HashMap::with_capacity(users.len());
+        for Oauth2User {
+            id,
+            name,
+            app,
+            stored,
+        } in users
+        {
             let current = stored
                 .as_ref()
                 .and_then(|t| Current::from_stored(t, 1))
@@ -280,14 +296,14 @@ impl Oauth2Users {
                 },
             );
         }
-        Ok(Self {
+        Self {
             store,
             upstream,
             token_url,
             clock,
             metrics,
             slots,
-        })
+        }
     }
 
     /// The pair in use for `id`, if one was ever stored.
@@ -299,6 +315,22 @@ impl Oauth2Users {
             .clone()
     }
 
+    /// The pair stored for `identity` (`id`) when it is an OAuth 2.0 user: none stored is 401
+    /// `credentials-missing`, before anything costs work. `None` for other kinds.
+    pub fn stored_pair(
+        &self,
+        id: IdentityId,
+        identity: &Identity,
+    ) -> Result<Option<Arc<Current>>, ProxyError> {
+        if identity.kind != IdentityKind::Oauth2User {
+            return Ok(None);
+        }
+        match self.current(id) {
+            Some(current) => Ok(Some(current)),
+            None => Err(missing(&identity.name)),
+        }
+    }
+
     /// The `Authorization` value for a request as `id` and the generation it belongs to:
     /// refreshed first when expired, refreshed in the background when due.
     pub async fn authorization(
@@ -307,12 +339,7 @@ impl Oauth2Users {
         name: &str,
     ) -> Result<(HeaderValue, u64), ProxyError> {
         let Some(current) = self.current(id) else {
-            return Err(ProxyError::CredentialsMissing {
-                identity: name.to_owned(),
-                hint: format!(
-                    "no OAuth 2.0 token is stored for {name}: run `xgate login --identity {name}`"
-                ),
-            });
+            return Err(missing(name));
         };
         let now = self.clock.unix_seconds();
         if current.expired(now) {
@@ -421,8 +448,9 @@ impl Oauth2Users {
         rx
     }
 
-    /// One refresh of `id`: adopt a pair another process stored, else ask X (with retries
-    /// for passing failures), store the new pair durably, then publish it.
+    /// One refresh of `id`: begin it in the store (exclusive among processes where the store
+    /// is shared), adopt a pair another process stored, else ask X (with retries for passing
+    /// failures), commit the new pair durably, then publish it.
     async fn run_refresh(&self, id: IdentityId) -> Outcome {
         let Some(slot) = self.slots.get(&id) else {
             return Outcome::Failed("not an OAuth 2.0 identity".to_owned());
@@ -431,22 +459,29 @@ impl Oauth2Users {
         let Some(current) = self.current(id) else {
             return Outcome::Rejected("no token is stored".to_owned());
         };
-        // Another process may have rotated the pair: its refresh token is the live one.
-        if let Some(store) = &self.store {
-            let store = Arc::clone(store);
-            let n = Arc::clone(&name);
-            let stored = tokio::task::spawn_blocking(move || store.load(&n, TokenKind::Oauth2))
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .flatten();
-            if let Some(stored) = stored {
-                if let StoredToken::Oauth2 { access_token, .. } = &stored {
-                    if access_token != current.access_token.expose() {
-                        tracing::info!(identity = %name, "adopting the token pair another process stored");
-                        return Self::publish(slot, &stored, current.generation);
-                    }
+        let refresh = match &self.store {
+            Some(store) => match store.begin_refresh(&name).await {
+                Ok(refresh) => Some(refresh),
+                Err(e) => {
+                    // Without the store the new pair could not be kept: refreshing now would
+                    // spend X's single-use refresh token for nothing durable.
+                    tracing::warn!(identity = %name, error = %e, "the token store is unavailable; not refreshing");
+                    return Outcome::Failed(format!("the token store is unavailable: {e}"));
                 }
+            },
+            None => None,
+        };
+        // Another process may have rotated the pair: its refresh token is the live one.
+        if let Some(StoredToken::Oauth2 { access_token, .. }) =
+            refresh.as_ref().and_then(|r| r.stored())
+        {
+            if access_token != current.access_token.expose() {
+                tracing::info!(identity = %name, "adopting the token pair another process stored");
+                let stored = refresh.as_ref().and_then(|r| r.stored().cloned());
+                return match stored {
+                    Some(stored) => Self::publish(slot, &stored, current.generation),
+                    None => Outcome::Failed("the stored pair vanished".to_owned()),
+                };
             }
         }
         let refused = slot
@@ -457,7 +492,7 @@ impl Oauth2Users {
         if let Some((_, why)) = refused.filter(|(g, _)| *g == current.generation) {
             return Outcome::Rejected(why);
         }
-        let outcome = self.ask_x(slot, &name, &current).await;
+        let outcome = self.ask_x(slot, &name, &current, refresh).await;
         if let Outcome::Rejected(why) = &outcome {
             *slot.rejected.lock().unwrap_or_else(PoisonError::into_inner) =
                 Some((current.generation, why.clone()));
@@ -465,8 +500,15 @@ impl Oauth2Users {
         outcome
     }
 
-    /// The refresh-token grant at X, with retries for passing failures.
-    async fn ask_x(&self, slot: &Slot, name: &Arc<str>, current: &Current) -> Outcome {
+    /// The refresh-token grant at X, with retries for passing failures; a new pair is
+    /// committed through `refresh` before it is published.
+    async fn ask_x(
+        &self,
+        slot: &Slot,
+        name: &Arc<str>,
+        current: &Current,
+        refresh: Option<Box<dyn Refresh>>,
+    ) -> Outcome {
         let Some(refresh_token) = current.refresh_token.as_ref() else {
             return Outcome::Rejected(
                 "no refresh token was granted (log in with the offline.access scope)".to_owned(),
@@ -492,7 +534,14 @@ impl Oauth2Users {
                         &current.scopes,
                         Some(refresh_token.expose()),
                     );
-                    if let Err(e) = self.save(name, &stored).await {
+                    let committed = match refresh {
+                        Some(refresh) => refresh
+                            .commit(stored.clone())
+                            .await
+                            .map_err(|e| e.to_string()),
+                        None => Err("no token store".to_owned()),
+                    };
+                    if let Err(e) = committed {
                         // X has rotated the pair: the new one only lives here now. Keep
                         // using it rather than lose the user, and say so loudly.
                         tracing::error!(identity = %name, error = %e, "the refreshed token could not be stored; it is kept in memory only");
@@ -531,19 +580,6 @@ impl Oauth2Users {
         Outcome::Failed("no attempt was made".to_owned())
     }
 
-    async fn save(&self, name: &Arc<str>, token: &StoredToken) -> Result<(), String> {
-        let Some(store) = &self.store else {
-            return Err("no token store".to_owned());
-        };
-        let store = Arc::clone(store);
-        let name = Arc::clone(name);
-        let token = token.clone();
-        tokio::task::spawn_blocking(move || store.save(&name, &token))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())
-    }
-
     fn publish(slot: &Slot, stored: &StoredToken, generation: u64) -> Outcome {
         match Current::from_stored(stored, generation + 1) {
             Some(c) => {
@@ -554,6 +590,16 @@ impl Oauth2Users {
             }
             None => Outcome::Failed("the new access token is not usable in a header".to_owned()),
         }
+    }
+}
+
+/// 401 `credentials-missing` for an OAuth 2.0 user with no stored pair.
+fn missing(name: &str) -> ProxyError {
+    ProxyError::CredentialsMissing {
+        identity: name.to_owned(),
+        hint: format!(
+            "no OAuth 2.0 token is stored for {name}: run `xgate login --identity {name}`"
+        ),
     }
 }
 

@@ -4,8 +4,9 @@ use std::io::Write;
 
 use super::{CliError, io_error};
 use crate::config::{ClientAuth, Config, UserAuth, format_duration};
-use crate::limits::Catalogue;
-use crate::store::{SqliteStore, TokenKind, TokenStore as _};
+use crate::endpoints::Catalogue;
+use crate::identity::{self, Resolved};
+use crate::store::{SqliteStore, TokenStore};
 
 pub(super) fn run(
     config: &Config,
@@ -27,21 +28,21 @@ pub(super) fn run(
                         )],
                     })
                 } else {
-                    CliError::Runtime(e.to_string())
+                    CliError::Store(e)
                 }
             })?;
+    let runtime = super::runtime()?;
     for user in config.users.values() {
         if !matches!(user.auth, UserAuth::Oauth2 { .. }) {
             continue;
         }
-        let stored = match &store {
-            Some(s) => s
-                .load(&user.name, TokenKind::Oauth2)
-                .map_err(|e| CliError::Runtime(e.to_string()))?
-                .is_some(),
-            None => false,
-        };
-        if !stored {
+        // The same answer the proxy would find at startup.
+        let resolved = runtime.block_on(identity::resolve(
+            config,
+            &user.name,
+            store.as_ref().map(|s| s as &dyn TokenStore),
+        ))?;
+        if !matches!(resolved, Some(Resolved::Oauth2 { .. })) {
             writeln!(
                 err,
                 "warning: users.{0}: no stored OAuth 2.0 token yet (store {1}); run `xgate login --identity {0}`",

@@ -35,21 +35,21 @@ use crate::upstream::Upstream;
 /// How long the callback listener waits for the browser.
 const CALLBACK_WAIT: Duration = Duration::from_secs(600);
 
-fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| CliError::Runtime(format!("cannot start the async runtime: {e}")))
+use super::runtime;
+
+/// The URL of X's token endpoint `path` under `base` (`upstream.base_url`'s scheme and
+/// authority): a URL that does not parse is an error naming it, never a request to `/`.
+fn token_endpoint(base: &str, path: &str) -> Result<http::Uri, CliError> {
+    let url = format!("{base}{path}");
+    url.parse()
+        .map_err(|e| CliError::Runtime(format!("the token endpoint URL {url:?} is not valid: {e}")))
 }
 
 fn open_store(config: &Config) -> Result<SqliteStore, CliError> {
-    SqliteStore::open(&config.store.path, config.store.encryption_key.as_ref()).map_err(|e| {
-        if e.is_config() {
-            CliError::Usage(e.to_string())
-        } else {
-            CliError::Runtime(e.to_string())
-        }
-    })
+    Ok(SqliteStore::open(
+        &config.store.path,
+        config.store.encryption_key.as_ref(),
+    )?)
 }
 
 fn upstream(config: &Config) -> Result<Upstream, CliError> {
@@ -226,7 +226,8 @@ pub(super) fn oauth2(
         };
         store
             .save(identity, &stored)
-            .map_err(|e| CliError::Runtime(e.to_string()))?;
+            .await
+            .map_err(CliError::Store)?;
         writeln!(out, "stored token for {identity}").map_err(|e| io_error(&e))?;
         writeln!(out, "scopes: {granted}").map_err(|e| io_error(&e))?;
         Ok(())
@@ -396,7 +397,8 @@ pub(super) fn oauth1(
                     token_secret: token_secret.clone(),
                 },
             )
-            .map_err(|e| CliError::Runtime(e.to_string()))?;
+            .await
+            .map_err(CliError::Store)?;
         let who = reply
             .get("screen_name")
             .map(|n| format!(" (@{n})"))
@@ -497,31 +499,31 @@ pub(super) fn bearer(
     let store = open_store(config)?;
     let upstream = upstream(config)?;
     let rt = runtime()?;
-    let post = |path: &str, body: String| {
+    let post = |path: &str, body: String| -> Result<Request<UpstreamBody>, CliError> {
         let mut req = Request::new(UpstreamBody::Full(Some(Bytes::from(body))));
         *req.method_mut() = http::Method::POST;
-        let uri = format!("{}{path}", upstream.base());
-        *req.uri_mut() = uri.parse().unwrap_or_default();
+        *req.uri_mut() = token_endpoint(&upstream.base(), path)?;
         let h = req.headers_mut();
         h.insert(header::AUTHORIZATION, authorization.clone());
         h.insert(
             header::CONTENT_TYPE,
             http::HeaderValue::from_static("application/x-www-form-urlencoded;charset=UTF-8"),
         );
-        req
+        Ok(req)
     };
     rt.block_on(async {
         if invalidate {
             let stored = store
                 .load(app_name, TokenKind::Bearer)
-                .map_err(|e| CliError::Runtime(e.to_string()))?;
+                .await
+                .map_err(CliError::Store)?;
             let Some(StoredToken::Bearer { token }) = stored.as_ref() else {
                 return Err(CliError::Runtime(format!(
                     "no Bearer token is stored for {app_name}: nothing to invalidate"
                 )));
             };
             let body = format!("access_token={}", percent_encode(token));
-            let (status, _json) = exchange(&upstream, post("/oauth2/invalidate_token", body)).await?;
+            let (status, _json) = exchange(&upstream, post("/oauth2/invalidate_token", body)?).await?;
             if !status.is_success() {
                 return Err(CliError::Runtime(format!(
                     "X answered {status} to the invalidation: the stored token is kept"
@@ -529,13 +531,14 @@ pub(super) fn bearer(
             }
             store
                 .delete(app_name, TokenKind::Bearer)
-                .map_err(|e| CliError::Runtime(e.to_string()))?;
+                .await
+                .map_err(CliError::Store)?;
             writeln!(out, "invalidated and forgot the Bearer token of {app_name}").map_err(|e| io_error(&e))?;
             return Ok(());
         }
         let (status, json) = exchange(
             &upstream,
-            post("/oauth2/token", "grant_type=client_credentials".to_owned()),
+            post("/oauth2/token", "grant_type=client_credentials".to_owned())?,
         )
         .await?;
         if !status.is_success() {
@@ -552,7 +555,8 @@ pub(super) fn bearer(
         };
         store
             .save(app_name, &StoredToken::Bearer { token: token.to_owned() })
-            .map_err(|e| CliError::Runtime(e.to_string()))?;
+            .await
+            .map_err(CliError::Store)?;
         if app.bearer_token.is_some() {
             writeln!(out, "stored Bearer token for {app_name} (apps.{app_name}.bearer_token is set and takes precedence)")
         } else {

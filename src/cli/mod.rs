@@ -18,6 +18,8 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{Config, ConfigError, Env, ProcessEnv};
+use crate::server::StartError;
+use crate::store::StoreError;
 use crate::telemetry::{self, LogFormat};
 
 /// xgate: an authenticating reverse proxy for the X API v2.
@@ -175,7 +177,20 @@ pub enum CliError {
     /// The command line is wrong: exit 2.
     #[error("{0}")]
     Usage(String),
-    /// Something failed while running: exit 1.
+    /// The proxy could not start (exit 2 when the configuration is at fault, else 1).
+    #[error(transparent)]
+    Start(#[from] StartError),
+    /// The token store failed (exit 2 for a wrong `store.encryption_key`, else 1).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The command's output could not be written (a closed pipe): exit 1.
+    #[error("cannot write output: {0}")]
+    Output(#[source] std::io::Error),
+    /// The async runtime could not start: exit 1.
+    #[error("cannot start the async runtime: {0}")]
+    AsyncRuntime(#[source] std::io::Error),
+    /// A login or token exchange with X failed: exit 1. The message says what X answered or
+    /// what the operator should do.
     #[error("{0}")]
     Runtime(String),
 }
@@ -183,11 +198,22 @@ pub enum CliError {
 impl CliError {
     /// The exit status for this failure (CONTRACT section 1).
     pub fn exit_code(&self) -> u8 {
-        match self {
-            Self::Config(_) | Self::Usage(_) => 2,
-            Self::Runtime(_) => 1,
-        }
+        let config = match self {
+            Self::Config(_) | Self::Usage(_) => true,
+            Self::Start(e) => e.is_config(),
+            Self::Store(e) => e.is_config(),
+            Self::Output(_) | Self::AsyncRuntime(_) | Self::Runtime(_) => false,
+        };
+        if config { 2 } else { 1 }
     }
+}
+
+/// A single-threaded runtime for a command that talks to X or to the store.
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(CliError::AsyncRuntime)
 }
 
 /// Runs a parsed command line and returns the process exit status.
@@ -257,5 +283,5 @@ fn report(e: &CliError) -> ExitCode {
 
 /// Maps an I/O failure on stdout/stderr (a closed pipe) to a runtime error.
 pub(crate) fn io_error(e: &std::io::Error) -> CliError {
-    CliError::Runtime(format!("cannot write output: {e}"))
+    CliError::Output(std::io::Error::new(e.kind(), e.to_string()))
 }

@@ -2,7 +2,7 @@
 
 use super::CliError;
 use crate::config::Config;
-use crate::server::{self, Listeners};
+use crate::server::{self, Listeners, StartError};
 
 pub(super) fn run(config: Config) -> Result<(), CliError> {
     for w in &config.warnings {
@@ -10,29 +10,21 @@ pub(super) fn run(config: Config) -> Result<(), CliError> {
     }
     // This thread accepts connections, serves the admin listener and waits for signals;
     // connections are served on `server.workers` threads of their own (`server::workers`).
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| CliError::Runtime(format!("cannot start the async runtime: {e}")))?;
+    let runtime = super::runtime()?;
     runtime.block_on(async {
         let proxy = bind(config.server.listen, "server.listen").await?;
         let admin = bind(config.admin.listen, "admin.listen").await?;
-        server::run(Listeners { proxy, admin }, config, shutdown_signal())
-            .await
-            .map_err(|e| {
-                if e.config {
-                    CliError::Usage(e.message)
-                } else {
-                    CliError::Runtime(e.message)
-                }
-            })
+        Ok(server::run(Listeners { proxy, admin }, config, shutdown_signal()).await?)
     })
 }
 
-async fn bind(addr: std::net::SocketAddr, key: &str) -> Result<tokio::net::TcpListener, CliError> {
+async fn bind(
+    addr: std::net::SocketAddr,
+    key: &'static str,
+) -> Result<tokio::net::TcpListener, CliError> {
     tokio::net::TcpListener::bind(addr)
         .await
-        .map_err(|e| CliError::Runtime(format!("cannot listen on {addr} ({key}): {e}")))
+        .map_err(|source| CliError::Start(StartError::Bind { addr, key, source }))
 }
 
 /// Completes on SIGTERM or SIGINT.

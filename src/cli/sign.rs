@@ -5,8 +5,10 @@ use std::io::Write;
 use super::{CliError, SignArgs, io_error};
 use crate::auth::oauth1::{self, Oauth1Key, RequestParams};
 use crate::clock::{Clock, NonceSource, RandomNonce, SystemClock};
-use crate::config::{Config, Identity, UserAuth};
+use crate::config::Config;
+use crate::identity::{self, Resolved};
 use crate::secret::REDACTED;
+use crate::store::{SqliteStore, StoredToken, TokenStore};
 
 pub(super) fn run(config: &Config, args: &SignArgs, out: &mut dyn Write) -> Result<(), CliError> {
     let header = header(config, args, &SystemClock, &RandomNonce)?;
@@ -19,12 +21,12 @@ fn header(
     clock: &dyn Clock,
     nonces: &dyn NonceSource,
 ) -> Result<String, CliError> {
-    let identity = config.identity(&args.identity).ok_or_else(|| {
-        CliError::Usage(format!(
+    if config.identity(&args.identity).is_none() {
+        return Err(CliError::Usage(format!(
             "--identity {}: no such identity in [apps] or [users]",
             args.identity
-        ))
-    })?;
+        )));
+    }
     let method = args.method.to_ascii_uppercase();
     if method.is_empty() || !method.bytes().all(|b| b.is_ascii_alphabetic()) {
         return Err(CliError::Usage(format!(
@@ -49,60 +51,66 @@ fn header(
             "URL {url:?}: give a full URL or a path starting with /"
         )));
     }
-    match identity {
-        Identity::App(app) => match &app.bearer_token {
-            Some(token) if args.reveal => Ok(format!("Bearer {}", token.expose())),
-            Some(_) => Ok(format!("Bearer {REDACTED}")),
-            None => Err(CliError::Runtime(format!(
-                "apps.{0} has no bearer_token: set it in proxy.toml or obtain one with `xgate bearer --app {0}`",
-                app.name
-            ))),
-        },
-        Identity::User(user) => match &user.auth {
-            UserAuth::Oauth1 { token } => {
-                let (token, token_secret) = token.as_ref().ok_or_else(|| {
-                    CliError::Runtime(format!(
-                        "users.{0} has no token/token_secret: set them in proxy.toml or run `xgate login --identity {0} --oauth1`",
-                        user.name
-                    ))
-                })?;
-                let consumer = config
-                    .apps
-                    .get(&user.app)
-                    .and_then(|a| a.consumer.as_ref())
-                    .ok_or_else(|| {
-                        CliError::Runtime(format!("apps.{} has no consumer key", user.app))
-                    })?;
-                let key =
-                    Oauth1Key::new(&consumer.key, &consumer.secret, Some((token, token_secret)));
-                let body = form_body(&args.form)?;
-                let nonce = match &args.nonce {
-                    Some(n) => n.clone(),
-                    None => nonces
-                        .nonce()
-                        .map_err(|e| CliError::Runtime(e.to_string()))?,
-                };
-                let timestamp = args.timestamp.unwrap_or_else(|| clock.unix_seconds());
-                let req = RequestParams {
-                    timestamp,
-                    nonce: &nonce,
-                    extra: &[],
-                };
-                oauth1::authorization_header(
-                    &key,
-                    &method,
-                    &uri,
-                    body.as_deref().map(str::as_bytes),
-                    req,
-                )
-                .map_err(|e| CliError::Usage(format!("URL {url:?}: {e}")))
-            }
-            UserAuth::Oauth2 { .. } => Err(CliError::Runtime(format!(
-                "users.{0} uses OAuth 2.0 tokens from the token store, and none is stored: run `xgate login --identity {0}`",
-                user.name
-            ))),
-        },
+    let resolved = resolve_now(config, &args.identity)?;
+    match &resolved {
+        Resolved::Bearer { token, .. } if args.reveal => Ok(format!("Bearer {}", token.expose())),
+        Resolved::Oauth2 {
+            stored: StoredToken::Oauth2 { access_token, .. },
+        } if args.reveal => Ok(format!("Bearer {access_token}")),
+        Resolved::Bearer { .. } | Resolved::Oauth2 { .. } => Ok(format!("Bearer {REDACTED}")),
+        Resolved::Oauth1 {
+            consumer,
+            token,
+            token_secret,
+            ..
+        } => {
+            let key = Oauth1Key::new(&consumer.key, &consumer.secret, Some((token, token_secret)));
+            let body = form_body(&args.form)?;
+            let nonce = match &args.nonce {
+                Some(n) => n.clone(),
+                None => nonces
+                    .nonce()
+                    .map_err(|e| CliError::Runtime(e.to_string()))?,
+            };
+            let timestamp = args.timestamp.unwrap_or_else(|| clock.unix_seconds());
+            let req = RequestParams {
+                timestamp,
+                nonce: &nonce,
+                extra: &[],
+            };
+            oauth1::authorization_header(
+                &key,
+                &method,
+                &uri,
+                body.as_deref().map(str::as_bytes),
+                req,
+            )
+            .map_err(|e| CliError::Usage(format!("URL {url:?}: {e}")))
+        }
+        Resolved::Missing { hint } => Err(CliError::Runtime(format!(
+            "identity {} has no credentials: {hint}",
+            args.identity
+        ))),
     }
+}
+
+/// What the proxy would attach for `name` now: proxy.toml's credential, else the store's
+/// (read only, never created: `sign` changes nothing).
+fn resolve_now(config: &Config, name: &str) -> Result<Resolved, CliError> {
+    let store =
+        SqliteStore::open_read_only(&config.store.path, config.store.encryption_key.as_ref())?;
+    let runtime = super::runtime()?;
+    runtime
+        .block_on(identity::resolve(
+            config,
+            name,
+            store.as_ref().map(|s| s as &dyn TokenStore),
+        ))?
+        .ok_or_else(|| {
+            CliError::Usage(format!(
+                "--identity {name}: no such identity in [apps] or [users]"
+            ))
+        })
 }
 
 /// `--form k=v` pairs as an `application/x-www-form-urlencoded` body.

@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use units::{Rate, format_duration, parse_duration};
+pub use units::{Rate, figure, format_duration, parse_duration};
 pub use validate::{is_valid_name, parse_sha256_hex};
 
 use crate::secret::{SecretString, StoreKey};

@@ -78,6 +78,15 @@ impl fmt::Display for Rate {
     }
 }
 
+/// `"450/15m"` for `limit` per `window`, also for a limit of 0 (a window X reported
+/// exhausted), for problem details.
+pub fn figure(limit: u32, window: Duration) -> String {
+    match NonZeroU32::new(limit) {
+        Some(limit) => Rate { limit, window }.to_string(),
+        None => format!("0/{}", format_duration(window)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

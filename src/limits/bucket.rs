@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use super::Report;
 use crate::config::Rate;
 
 /// A bucket's counters.
@@ -51,17 +52,6 @@ pub struct Refusal {
     pub window: Duration,
     /// When it next admits a request (Unix ms).
     pub reset_ms: u64,
-}
-
-/// What X reported about a bucket in one answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Report {
-    /// `*-limit`, when sent.
-    pub(super) limit: Option<u32>,
-    /// `*-remaining`.
-    pub(super) remaining: u32,
-    /// `*-reset`, in Unix ms.
-    pub(super) reset_ms: u64,
 }
 
 fn ms(d: Duration) -> u64 {

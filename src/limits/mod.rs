@@ -1,116 +1,58 @@
-//! X's rate limits, kept locally (CONTRACT section 5 and the pre-check of section 4).
+//! X's rate limits, kept locally (CONTRACT section 5).
 //!
-//! Owns the decision for one request: which buckets it draws from, reserving them all or none
-//! ([`Limiter::admit`]), giving them back when the request never went upstream, learning from
-//! X's `x-rate-limit-*` and 24-hour headers ([`Admission::learn`]), the App-wide usage-cap
-//! cooldown, the per-client smoothing bucket ([`ClientRate`], GCRA through `governor`), and
-//! the auth and scope pre-check ([`precheck`]).
+//! Owns admission: which buckets a request draws from, reserving them all or none, the
+//! client's own share ([`ClientRate`], GCRA through `governor`), the usage-cap cooldown, the
+//! `on_exhausted = "wait"` policy, learning from X's `x-rate-limit-*` and 24-hour headers, and
+//! the 429s these refusals become.
 //!
-//! Buckets are fixed windows ([`bucket`]) keyed by (identity, endpoint): app-only requests
-//! draw from the App's figure, user-context requests from the user's figure plus the App's
-//! 24-hour window (which counts all its users together). The keys are dense small integers
-//! known at startup, so the buckets live in one flat table of lazily initialised slots
-//! (identities × catalogue endpoints) rather than a hash map: a lookup is an index, and memory
-//! is bounded by construction — a raw path can never create a key. Unix time comes from an
-//! injected [`Clock`], so tests move windows in milliseconds.
+//! Two layers. [`Limiter`] is what the request path calls: it reads the clock once, asks the
+//! backend, waits when the policy allows, and builds the contract's errors. A [`Backend`] keeps
+//! the bucket state and makes the all-or-none decision; today's is [`memory::MemoryBackend`]
+//! (this process's memory), and a shared one (several replicas) fits behind the same trait:
+//! its calls are async and may fail, and failure has its own refusal,
+//! [`Refused::Unavailable`], decided here and nowhere else.
+//!
+//! A reservation ([`Admission`]) gives itself back: dropped before [`Admission::sent`] it
+//! uses up nothing, so no early return between admission and upstream can leak quota; once
+//! sent, dropping it completes the request (its answer came back, or it went upstream and
+//! failed there).
 
 mod bucket;
-pub mod catalogue;
-mod catalogue_table;
+pub mod memory;
 
-use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderName};
 
 pub use bucket::Refusal;
-use bucket::{Bucket, Report, Ticket};
-pub use catalogue::{Catalogue, Endpoint, EndpointId};
 
-use crate::auth::{Identity, IdentityId, IdentityKind};
-use crate::clock::Clock;
+use crate::clock::{Clock, GovernorClock};
 use crate::config::{Limits, OnExhausted, Rate};
+use crate::endpoints::{Catalogue, Endpoint, EndpointId};
 use crate::error::ProxyError;
+use crate::identity::{Identities, Identity, IdentityId};
 
 /// The window X's `x-rate-limit-*` headers describe when the figure names none.
-const PRIMARY_WINDOW: Duration = Duration::from_secs(15 * 60);
+pub(crate) const PRIMARY_WINDOW: Duration = Duration::from_secs(15 * 60);
 /// The window of X's 24-hour headers.
-const DAY_WINDOW: Duration = Duration::from_secs(24 * 60 * 60);
-/// Most buckets one request draws from: a figure has at most
-/// [`crate::config::MAX_RATES_PER_FIGURE`] windows, plus two learned ones, plus the App's
-/// 24-hour window and its learned twin.
-const MAX_HELD: usize = crate::config::MAX_RATES_PER_FIGURE + 4;
+pub(crate) const DAY_WINDOW: Duration = Duration::from_secs(24 * 60 * 60);
 
-/// The buckets of one (identity, endpoint).
-#[derive(Debug)]
-struct EndpointBuckets {
-    /// One per window of the figure, in figure order.
-    windows: Box<[Bucket]>,
-    /// The window X's `x-rate-limit-*` describe: the 15-minute one, else the first that is
-    /// neither 24 hours nor a second or less.
-    primary: Option<usize>,
-    /// The 24-hour window.
-    day: Option<usize>,
-    /// Made from X's headers when the figure lacks that window.
-    learned_primary: OnceLock<Bucket>,
-    learned_day: OnceLock<Bucket>,
-    /// The figure comes from an override, which wins over what X reports.
-    overridden: bool,
-}
-
-impl EndpointBuckets {
-    fn new(figure: &catalogue::Figure) -> Self {
-        let rates = &figure.rates;
-        let primary = rates
-            .iter()
-            .position(|r| r.window == PRIMARY_WINDOW)
-            .or_else(|| {
-                rates
-                    .iter()
-                    .position(|r| r.window != DAY_WINDOW && r.window > Duration::from_secs(1))
-            });
-        Self {
-            windows: rates.iter().map(|&r| Bucket::new(r)).collect(),
-            primary,
-            day: rates.iter().position(|r| r.window == DAY_WINDOW),
-            learned_primary: OnceLock::new(),
-            learned_day: OnceLock::new(),
-            overridden: figure.overridden,
-        }
-    }
-
-    /// The bucket X's primary (or 24-hour) headers describe, made from X's report when the
-    /// figure lacks that window. `None` when the window comes from `[[limits.override]]`: an
-    /// override wins over what X reports, and X's reset, which ends X's window, would
-    /// otherwise stretch or cut a window of another length.
-    fn learned(&self, day: bool, report: &Report) -> Option<&Bucket> {
-        let (index, slot, window) = if day {
-            (self.day, &self.learned_day, DAY_WINDOW)
-        } else {
-            (self.primary, &self.learned_primary, PRIMARY_WINDOW)
-        };
-        match index {
-            Some(_) if self.overridden => None,
-            Some(i) => self.windows.get(i),
-            None => Some(slot.get_or_init(|| {
-                let limit = report.limit.unwrap_or(report.remaining).max(1);
-                Bucket::with(limit, u64::try_from(window.as_millis()).unwrap_or(u64::MAX))
-            })),
-        }
-    }
-}
-
-/// What kind of subject an identity is for the buckets.
+/// What one request draws from.
 #[derive(Debug, Clone, Copy)]
-struct Subject {
-    user: bool,
-    /// The App it belongs to (itself for an App).
-    app: IdentityId,
+pub struct Draw<'a> {
+    /// The identity it acts as.
+    pub identity: IdentityId,
+    /// Its endpoint; `None` is `other`, which has no bucket.
+    pub endpoint: Option<EndpointId>,
+    /// The calling client's name and its own share (`rate`), when it has one.
+    pub client: Option<(&'a str, &'a ClientRate)>,
 }
 
-/// Why a request was refused before going upstream.
+/// Why a backend refused a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refused {
     /// A bucket is empty (the one that allows a request last, when several are).
@@ -120,19 +62,82 @@ pub enum Refused {
         /// When requests go upstream again.
         until_ms: u64,
     },
+    /// The client's own share has no cell free for this long.
+    ClientShare {
+        /// Until one is.
+        wait: Duration,
+    },
+    /// The backend could not decide (a shared backend that is unreachable).
+    Unavailable,
 }
 
-/// The rate-limit state of the whole proxy.
+/// What X reported about one of its windows in one answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Report {
+    /// `*-limit`, when sent.
+    pub limit: Option<u32>,
+    /// `*-remaining`.
+    pub remaining: u32,
+    /// `*-reset`, in Unix ms.
+    pub reset_ms: u64,
+}
+
+/// X's reports in one answer: the primary window, the user's 24 hours, the App's 24 hours.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Reports {
+    /// `x-rate-limit-*`.
+    pub primary: Option<Report>,
+    /// `x-user-limit-24hour-*`.
+    pub user_day: Option<Report>,
+    /// `x-app-limit-24hour-*`.
+    pub app_day: Option<Report>,
+}
+
+impl Reports {
+    /// The reports in an answer's headers.
+    pub fn from_headers(headers: &HeaderMap) -> Self {
+        Self {
+            primary: report(headers, &PRIMARY_HEADERS),
+            user_day: report(headers, &USER_DAY_HEADERS),
+            app_day: report(headers, &APP_DAY_HEADERS),
+        }
+    }
+}
+
+/// A backend's future answer to a reservation.
+pub type ReserveFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<Box<dyn Held + 'a>, Refused>> + Send + 'a>>;
+
+/// Where bucket state lives, and the all-or-none decision over it.
+pub trait Backend: Send + Sync + fmt::Debug {
+    /// Reserves the request in every bucket of `draw` (and the client's share), or in none.
+    /// `now_ms` is the limiter's clock; a shared backend uses its own.
+    /// The future holds no borrow of `draw`: what a backend needs of it, it takes at once.
+    fn reserve<'a>(&'a self, draw: Draw<'_>, now_ms: u64) -> ReserveFuture<'a>;
+
+    /// X answered `usage-capped` for `app`: its requests and its users' are refused until
+    /// `until_ms`.
+    fn usage_capped(&self, app: IdentityId, until_ms: u64);
+}
+
+/// One request's reservations in a backend. Dropped before [`Held::sent`], they are given
+/// back; after it, dropping completes them.
+pub trait Held: Send + fmt::Debug {
+    /// Whether the request went upstream: while `true`, dropping completes the reservations
+    /// (they count as used); while `false`, dropping gives them back.
+    fn set_sent(&mut self, sent: bool);
+
+    /// Applies X's reports of the answer to this request (rule 2) at `now_ms`.
+    fn learn(&self, reports: &Reports, now_ms: u64);
+}
+
+/// The rate-limit policy of the whole proxy, over its backend.
 #[derive(Debug)]
 pub struct Limiter {
-    catalogue: Catalogue,
+    catalogue: Arc<Catalogue>,
+    backend: Box<dyn Backend>,
     clock: Arc<dyn Clock>,
-    subjects: Box<[Subject]>,
-    /// `[identity * endpoints + endpoint]`.
-    slots: Box<[OnceLock<EndpointBuckets>]>,
-    /// Per identity (used for Apps): usage-capped until this Unix ms.
-    capped_until_ms: Box<[AtomicU64]>,
-    on_exhausted: OnExhausted,
+    identities: Arc<Identities>,
     max_wait: Duration,
     usage_cap_cooldown: Duration,
 }
@@ -141,38 +146,41 @@ fn unix_ms(clock: &dyn Clock) -> u64 {
     u64::try_from(clock.unix_time().as_millis()).unwrap_or(u64::MAX)
 }
 
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 impl Limiter {
-    /// The limiter for `identities` (each with the index of its App), reading time from
-    /// `clock`.
-    pub fn new(
-        catalogue: Catalogue,
-        identities: &[Identity],
+    /// The limiter with the in-memory backend: buckets in this process.
+    pub fn in_memory(
+        catalogue: Arc<Catalogue>,
+        identities: Arc<Identities>,
         limits: &Limits,
         clock: Arc<dyn Clock>,
     ) -> Self {
-        let subjects: Box<[Subject]> = identities
-            .iter()
-            .map(|id| Subject {
-                user: id.kind != IdentityKind::App,
-                app: id.app,
-            })
-            .collect();
-        let n = subjects.len() * catalogue.endpoints().len();
-        Self {
-            slots: (0..n).map(|_| OnceLock::new()).collect(),
-            capped_until_ms: subjects.iter().map(|_| AtomicU64::new(0)).collect(),
-            subjects,
-            catalogue,
-            clock,
-            on_exhausted: limits.on_exhausted,
-            max_wait: limits.max_wait,
-            usage_cap_cooldown: limits.usage_cap_cooldown,
-        }
+        let backend = memory::MemoryBackend::new(Arc::clone(&catalogue), &identities);
+        Self::new(catalogue, identities, Box::new(backend), limits, clock)
     }
 
-    /// The catalogue requests are matched against.
-    pub fn catalogue(&self) -> &Catalogue {
-        &self.catalogue
+    /// The limiter over `backend`, reading time from `clock`.
+    pub fn new(
+        catalogue: Arc<Catalogue>,
+        identities: Arc<Identities>,
+        backend: Box<dyn Backend>,
+        limits: &Limits,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Self {
+            catalogue,
+            backend,
+            clock,
+            identities,
+            max_wait: match limits.on_exhausted {
+                OnExhausted::Wait => limits.max_wait,
+                OnExhausted::Reject => Duration::ZERO,
+            },
+            usage_cap_cooldown: limits.usage_cap_cooldown,
+        }
     }
 
     /// Unix milliseconds by the limiter's clock.
@@ -180,171 +188,125 @@ impl Limiter {
         unix_ms(&*self.clock)
     }
 
-    /// How long a request may wait for room (`on_exhausted = "wait"`), else zero.
-    pub fn max_wait(&self) -> Duration {
-        match self.on_exhausted {
-            OnExhausted::Wait => self.max_wait,
-            OnExhausted::Reject => Duration::ZERO,
-        }
+    /// A client's own share (`[[clients]] rate`), reading this limiter's clock.
+    pub fn client_rate(&self, rate: Rate) -> ClientRate {
+        ClientRate::new(rate, Arc::clone(&self.clock))
     }
 
-    fn buckets(&self, identity: IdentityId, endpoint: EndpointId) -> Option<&EndpointBuckets> {
-        let n = self.catalogue.endpoints().len();
-        let slot = self
-            .slots
-            .get(identity.checked_mul(n)?.checked_add(endpoint)?)?;
-        let subject = self.subjects.get(identity)?;
-        let e = self.catalogue.get(endpoint)?;
-        Some(slot.get_or_init(|| EndpointBuckets::new(if subject.user { &e.user } else { &e.app })))
-    }
-
-    /// Reserves the request in every bucket it draws from, in a fixed order (the identity's
-    /// windows, its learned ones, then for user context the App's 24-hour ones), or in none:
-    /// when one refuses, every reservation already taken is given back, and the answer names
-    /// the refusing bucket that allows a request last. `endpoint` `None` (`other`) has no
-    /// bucket.
-    pub fn admit(
-        &self,
-        identity: IdentityId,
-        endpoint: Option<EndpointId>,
-    ) -> Result<Admission<'_>, Refused> {
-        let now = self.now_ms();
-        let subject = self.subjects.get(identity).copied().unwrap_or(Subject {
-            user: false,
-            app: identity,
-        });
-        let until = self
-            .capped_until_ms
-            .get(subject.app)
-            .map_or(0, |c| c.load(Ordering::Relaxed));
-        if now < until {
-            return Err(Refused::UsageCapped { until_ms: until });
-        }
-        let mut admission = Admission {
-            limiter: self,
-            own: None,
-            app: None,
-            held: [None; MAX_HELD],
-        };
-        let Some(endpoint) = endpoint else {
-            return Ok(admission);
-        };
-        let own = self.buckets(identity, endpoint);
-        let app = if subject.user {
-            self.buckets(subject.app, endpoint)
-        } else {
-            None
-        };
-        admission.own = own;
-        admission.app = app;
-        let own_buckets = own.into_iter().flat_map(|b| {
-            b.windows
-                .iter()
-                .chain(b.learned_primary.get())
-                .chain(b.learned_day.get())
-        });
-        let app_buckets = app.into_iter().flat_map(|b| {
-            b.day
-                .and_then(|i| b.windows.get(i))
-                .into_iter()
-                .chain(b.learned_day.get())
-        });
-        let mut all = own_buckets.chain(app_buckets);
-        let mut n = 0;
-        while let Some(bucket) = all.next() {
-            match bucket.reserve(now) {
-                Ok(ticket) => {
-                    if let Some(slot) = admission.held.get_mut(n) {
-                        *slot = Some((bucket, ticket));
-                        n += 1;
-                    } else {
-                        // More buckets than MAX_HELD cannot be configured; never let one go
-                        // uncounted if it happens.
-                        bucket.release(ticket);
-                    }
+    /// Reserves what `draw` draws from. Refused, it answers the contract's 429 (or 503 when
+    /// the backend cannot decide) — unless `on_exhausted = "wait"` and every bucket has room
+    /// again within `max_wait` of the first try, in which case it waits and tries again.
+    pub async fn admit(&self, draw: Draw<'_>) -> Result<Admission<'_>, ProxyError> {
+        let mut deadline = None;
+        loop {
+            let refused = match self.backend.reserve(draw, self.now_ms()).await {
+                Ok(held) => {
+                    return Ok(Admission {
+                        limiter: self,
+                        held,
+                    });
                 }
-                Err(refusal) => {
-                    admission.release();
-                    let worst = all
-                        .filter_map(|b| b.peek(now))
-                        .fold(refusal, |w, r| if r.reset_ms > w.reset_ms { r } else { w });
-                    return Err(Refused::Window(worst));
+                Err(refused) => refused,
+            };
+            let now_ms = self.now_ms();
+            let wait = match refused {
+                Refused::Window(r) => {
+                    Some(Duration::from_millis(r.reset_ms.saturating_sub(now_ms)))
                 }
+                Refused::ClientShare { wait } => Some(wait),
+                Refused::UsageCapped { .. } | Refused::Unavailable => None,
+            };
+            // Time is read through tokio, so paused-time tests drive the wait.
+            let now = tokio::time::Instant::now();
+            let deadline = *deadline.get_or_insert(now + self.max_wait);
+            match wait {
+                Some(wait) if now + wait <= deadline => {
+                    tokio::time::sleep(wait.max(Duration::from_millis(1))).await;
+                }
+                _ => return Err(self.refused_error(refused, draw, now_ms)),
             }
         }
-        Ok(admission)
     }
 
-    /// Records an upstream `usage-capped` 429 for `identity`'s App: its requests and all its
+    /// X answered `usage-capped` to a request as `identity`: its App's requests and all its
     /// users' are answered locally for `usage_cap_cooldown`.
     pub fn usage_capped(&self, identity: IdentityId) {
-        let app = self.subjects.get(identity).map_or(identity, |s| s.app);
+        let app = self.identities.get(identity).app;
         let until = self
             .now_ms()
-            .saturating_add(u64::try_from(self.usage_cap_cooldown.as_millis()).unwrap_or(u64::MAX));
-        if let Some(c) = self.capped_until_ms.get(app) {
-            c.fetch_max(until, Ordering::Relaxed);
+            .saturating_add(millis(self.usage_cap_cooldown));
+        self.backend.usage_capped(app, until);
+    }
+
+    /// The 429 (or 503) for a refusal (rule 3).
+    fn refused_error(&self, refused: Refused, draw: Draw<'_>, now_ms: u64) -> ProxyError {
+        let identity: &Identity = self.identities.get(draw.identity);
+        let endpoint = endpoint_name(draw.endpoint.and_then(|e| self.catalogue.get(e)));
+        match refused {
+            Refused::Window(r) => ProxyError::RateLimited {
+                who: format!("identity {}", identity.name),
+                endpoint,
+                limit: r.limit,
+                window: r.window,
+                reset_ms: r.reset_ms,
+                now_ms,
+            },
+            Refused::UsageCapped { until_ms } => ProxyError::UsageCapped {
+                identity: identity.name.to_string(),
+                until_ms,
+                now_ms,
+            },
+            Refused::ClientShare { wait } => {
+                let (client, rate) = draw
+                    .client
+                    .map_or(("-", None), |(name, share)| (name, Some(share.rate())));
+                ProxyError::RateLimited {
+                    who: format!("client {client}"),
+                    endpoint,
+                    limit: rate.map_or(0, |r| r.limit.get()),
+                    window: rate.map_or(Duration::ZERO, |r| r.window),
+                    reset_ms: now_ms.saturating_add(millis(wait)),
+                    now_ms,
+                }
+            }
+            Refused::Unavailable => ProxyError::SharedStateUnavailable,
         }
     }
 }
 
-/// A request's reservations. Dropping it counts them as used (the request went upstream);
-/// [`Admission::release`] gives them back.
+fn endpoint_name(endpoint: Option<&Endpoint>) -> String {
+    endpoint.map_or("other", |e| e.name.as_str()).to_owned()
+}
+
+/// A request's reservations: given back when dropped, unless [`Admission::sent`] was called
+/// first.
 #[derive(Debug)]
 pub struct Admission<'a> {
     limiter: &'a Limiter,
-    own: Option<&'a EndpointBuckets>,
-    app: Option<&'a EndpointBuckets>,
-    held: [Option<(&'a Bucket, Ticket)>; MAX_HELD],
+    held: Box<dyn Held + 'a>,
 }
 
 impl Admission<'_> {
-    /// The request never went upstream: it used up nothing.
-    pub fn release(&mut self) {
-        for (bucket, ticket) in self.held.iter_mut().filter_map(Option::take) {
-            bucket.release(ticket);
-        }
+    /// The request is going upstream: it counts as used from now on (a client that leaves
+    /// while X answers does not give it back).
+    pub fn sent(&mut self) {
+        self.held.set_sent(true);
     }
 
-    fn holds(&self, bucket: &Bucket) -> bool {
-        self.held
-            .iter()
-            .flatten()
-            .any(|(b, _)| std::ptr::eq(*b, bucket))
+    /// The request was sent but no connection to X was made (connect or TLS failure):
+    /// nothing reached X, so dropping gives the reservations back after all.
+    pub fn never_reached(&mut self) {
+        self.held.set_sent(false);
     }
 
-    /// Applies X's rate-limit headers of the answer to this request (rule 2):
-    /// `x-rate-limit-*` to the identity's primary window, `x-user-limit-24hour-*` to a user's
-    /// 24-hour window and `x-app-limit-24hour-*` to the App's; a header for a window the
-    /// figure lacks creates that bucket. Returns the primary window's `remaining` as X
-    /// reported it, if it did.
+    /// Applies X's rate-limit headers of the answer to this request (rule 2). Returns the
+    /// primary window's `remaining` as X reported it, if it did.
     pub fn learn(&self, headers: &HeaderMap) -> Option<u32> {
-        let now = self.limiter.now_ms();
-        let apply = |buckets: Option<&EndpointBuckets>, day: bool, r: Report| {
-            if let Some(b) = buckets.and_then(|b| b.learned(day, &r)) {
-                b.learn(now, r, self.holds(b));
-            }
-        };
-        let primary = report(headers, &PRIMARY_HEADERS);
-        if let Some(r) = primary {
-            apply(self.own, false, r);
+        let reports = Reports::from_headers(headers);
+        if reports != Reports::default() {
+            self.held.learn(&reports, self.limiter.now_ms());
         }
-        if let (Some(r), Some(_)) = (report(headers, &USER_DAY_HEADERS), self.app) {
-            apply(self.own, true, r);
-        }
-        if let Some(r) = report(headers, &APP_DAY_HEADERS) {
-            // For app-only requests the App's buckets are the identity's own.
-            apply(self.app.or(self.own), true, r);
-        }
-        primary.map(|r| r.remaining)
-    }
-}
-
-impl Drop for Admission<'_> {
-    fn drop(&mut self) {
-        for (bucket, _) in self.held.iter_mut().filter_map(Option::take) {
-            bucket.complete();
-        }
+        reports.primary.map(|r| r.remaining)
     }
 }
 
@@ -398,24 +360,33 @@ pub fn is_usage_capped(body: &[u8]) -> bool {
 
 // === per-client smoothing ===
 
+/// The `governor` limiter of one client share, on the injected clock.
+type ShareLimiter = governor::RateLimiter<
+    governor::state::NotKeyed,
+    governor::state::InMemoryState,
+    GovernorClock,
+    governor::middleware::NoOpMiddleware<Duration>,
+>;
+
 /// A client's own share (`[[clients]] rate`): GCRA as `governor` implements it, with a burst
 /// of the rate's limit.
 #[derive(Debug)]
 pub struct ClientRate {
     rate: Rate,
-    limiter: governor::DefaultDirectRateLimiter,
+    limiter: ShareLimiter,
 }
 
 impl ClientRate {
-    /// The smoothing bucket for `rate`: `limit` at once, then one per `window / limit`.
-    pub fn new(rate: Rate) -> Self {
+    /// The smoothing bucket for `rate`: `limit` at once, then one per `window / limit`, by
+    /// `clock`.
+    pub fn new(rate: Rate, clock: Arc<dyn Clock>) -> Self {
         let period = rate.window / rate.limit.get();
         let quota = governor::Quota::with_period(period.max(Duration::from_nanos(1)))
             .unwrap_or_else(|| governor::Quota::per_second(rate.limit))
             .allow_burst(rate.limit);
         Self {
             rate,
-            limiter: governor::RateLimiter::direct(quota),
+            limiter: governor::RateLimiter::direct_with_clock(quota, GovernorClock(clock)),
         }
     }
 
@@ -430,104 +401,6 @@ impl ClientRate {
     /// The configured rate.
     pub fn rate(&self) -> Rate {
         self.rate
-    }
-}
-
-// === answers ===
-
-/// The 429 for a refused request (rule 3).
-pub fn refused_error(
-    refused: Refused,
-    identity: &str,
-    endpoint: Option<&Endpoint>,
-    now_ms: u64,
-) -> ProxyError {
-    let endpoint = endpoint.map_or("other", |e| e.name.as_str()).to_owned();
-    match refused {
-        Refused::Window(r) => ProxyError::RateLimited {
-            who: format!("identity {identity}"),
-            endpoint,
-            limit: r.limit,
-            window: r.window,
-            reset_ms: r.reset_ms,
-            now_ms,
-        },
-        Refused::UsageCapped { until_ms } => ProxyError::UsageCapped {
-            identity: identity.to_owned(),
-            until_ms,
-            now_ms,
-        },
-    }
-}
-
-/// The 429 for a client over its own rate.
-pub fn client_rate_error(
-    client: &str,
-    rate: Rate,
-    endpoint: Option<&Endpoint>,
-    wait: Duration,
-    now_ms: u64,
-) -> ProxyError {
-    ProxyError::RateLimited {
-        who: format!("client {client}"),
-        endpoint: endpoint.map_or("other", |e| e.name.as_str()).to_owned(),
-        limit: rate.limit.get(),
-        window: rate.window,
-        reset_ms: now_ms.saturating_add(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX)),
-        now_ms,
-    }
-}
-
-// === pre-check ===
-
-/// CONTRACT section 4's pre-check: the endpoint must accept the identity's kind of auth and,
-/// for OAuth 2.0 users, `granted` must hold every scope it needs.
-pub fn precheck(
-    endpoint: &Endpoint,
-    identity: &Identity,
-    granted: &[String],
-) -> Result<(), ProxyError> {
-    let auth = endpoint.auth;
-    if auth.none() {
-        return Ok(());
-    }
-    let (ok, has) = match identity.kind {
-        IdentityKind::App => (auth.app(), "app-only Bearer"),
-        IdentityKind::Oauth1User => (auth.oauth1_user(), "OAuth 1.0a user context"),
-        IdentityKind::Oauth2User => (auth.oauth2_user(), "OAuth 2.0 user context"),
-    };
-    if !ok {
-        return Err(ProxyError::AuthTypeUnsupported {
-            identity: identity.name.to_string(),
-            endpoint: endpoint.name.clone(),
-            needs: auth.describe(),
-            has,
-        });
-    }
-    if identity.kind == IdentityKind::Oauth2User {
-        let missing: Vec<String> = endpoint
-            .scopes
-            .iter()
-            .filter(|s| !granted.iter().any(|g| g == **s))
-            .map(|s| (*s).to_owned())
-            .collect();
-        if !missing.is_empty() {
-            return Err(ProxyError::ScopeMissing {
-                identity: identity.name.to_string(),
-                endpoint: endpoint.name.clone(),
-                missing,
-                has: granted.to_vec(),
-            });
-        }
-    }
-    Ok(())
-}
-
-/// `"450/15m"`, for problem details.
-pub fn figure(limit: u32, window: Duration) -> String {
-    match NonZeroU32::new(limit) {
-        Some(limit) => Rate { limit, window }.to_string(),
-        None => format!("0/{}", crate::config::format_duration(window)),
     }
 }
 

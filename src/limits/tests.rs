@@ -1,13 +1,12 @@
-use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 
-use http::{HeaderValue, Method};
-use sha2::Digest as _;
+use http::{HeaderMap, HeaderValue, Method};
 
+use super::memory::{MemoryBackend, MemoryHeld};
 use super::*;
-use crate::auth::Credential;
 use crate::clock::ManualClock;
 use crate::config::{EndpointPattern, Override};
+use crate::identity::{IdentityKind, IdentitySpec};
 
 const T0: u64 = 1_700_000_000;
 
@@ -15,40 +14,51 @@ fn rate(s: &str) -> Rate {
     Rate::parse(s).unwrap()
 }
 
-fn identity(name: &str, kind: IdentityKind, app: IdentityId, scopes: &[&str]) -> Identity {
-    Identity {
-        name: Arc::from(name),
+fn spec(name: &str, kind: IdentityKind, app: Option<&str>, scopes: &[&str]) -> IdentitySpec {
+    IdentitySpec {
+        name: name.to_owned(),
         kind,
-        credential: Credential::Missing {
-            hint: String::new(),
-        },
-        app,
+        app: app.map(str::to_owned),
         scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
     }
 }
 
-/// App `main` (0), OAuth 1.0a users `alice` (1) and `carol` (2) of it, OAuth 2.0 user `bob`
-/// (3), and a second App `other` (4).
-fn identities() -> Vec<Identity> {
-    vec![
-        identity("main", IdentityKind::App, 0, &[]),
-        identity("alice", IdentityKind::Oauth1User, 0, &[]),
-        identity("carol", IdentityKind::Oauth1User, 0, &[]),
-        identity(
+/// Apps `main` and `other`, OAuth 1.0a users `alice` and `carol` of main, OAuth 2.0 user
+/// `bob` of main.
+pub(crate) fn identities() -> Identities {
+    Identities::new([
+        spec("main", IdentityKind::App, None, &[]),
+        spec("other", IdentityKind::App, None, &[]),
+        spec("alice", IdentityKind::Oauth1User, Some("main"), &[]),
+        spec("carol", IdentityKind::Oauth1User, Some("main"), &[]),
+        spec(
             "bob",
             IdentityKind::Oauth2User,
-            0,
+            Some("main"),
             &["tweet.read", "users.read"],
         ),
-        identity("other", IdentityKind::App, 4, &[]),
-    ]
+    ])
+    .unwrap()
 }
 
-const MAIN: IdentityId = 0;
-const ALICE: IdentityId = 1;
-const CAROL: IdentityId = 2;
-const BOB: IdentityId = 3;
-const OTHER: IdentityId = 4;
+struct Ids {
+    main: IdentityId,
+    other: IdentityId,
+    alice: IdentityId,
+    carol: IdentityId,
+    bob: IdentityId,
+}
+
+fn ids(t: &Identities) -> Ids {
+    let id = |n| t.find(n).unwrap();
+    Ids {
+        main: id("main"),
+        other: id("other"),
+        alice: id("alice"),
+        carol: id("carol"),
+        bob: id("bob"),
+    }
+}
 
 fn override_(endpoint: &str, app: &[&str], user: &[&str]) -> Override {
     Override {
@@ -67,30 +77,85 @@ fn limits(overrides: Vec<Override>) -> Limits {
     }
 }
 
-fn limiter(overrides: Vec<Override>) -> (Limiter, Arc<ManualClock>) {
+/// The in-memory backend driven synchronously, as the limiter drives it, with a manual clock.
+struct L {
+    backend: MemoryBackend,
+    catalogue: Arc<Catalogue>,
+    identities: Identities,
+    clock: Arc<ManualClock>,
+}
+
+/// A reservation that counts as sent (dropping it completes it), unless released.
+struct A<'a>(MemoryHeld<'a>, &'a L);
+
+impl A<'_> {
+    fn learn(&self, headers: &HeaderMap) -> Option<u32> {
+        let reports = Reports::from_headers(headers);
+        self.0.learn(&reports, self.1.now_ms());
+        reports.primary.map(|r| r.remaining)
+    }
+
+    fn release(mut self) {
+        self.0.set_sent(false);
+    }
+}
+
+impl std::fmt::Debug for A<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl L {
+    fn catalogue(&self) -> &Catalogue {
+        &self.catalogue
+    }
+
+    fn now_ms(&self) -> u64 {
+        unix_ms(&*self.clock)
+    }
+
+    fn admit(&self, id: IdentityId, e: Option<EndpointId>) -> Result<A<'_>, Refused> {
+        let draw = Draw {
+            identity: id,
+            endpoint: e,
+            client: None,
+        };
+        self.backend
+            .reserve_now(draw, self.now_ms())
+            .map(|mut held| {
+                held.set_sent(true);
+                A(held, self)
+            })
+    }
+
+    fn usage_capped(&self, id: IdentityId) {
+        let app = self.identities.get(id).app;
+        self.backend.usage_capped(app, self.now_ms() + 300_000);
+    }
+}
+
+fn limiter(overrides: &[Override]) -> (L, Arc<ManualClock>) {
     let clock = ManualClock::at(T0);
-    let catalogue = Catalogue::new(&overrides).unwrap();
-    let l = Limiter::new(
+    let catalogue = Arc::new(Catalogue::new(overrides).unwrap());
+    let identities = identities();
+    let l = L {
+        backend: MemoryBackend::new(Arc::clone(&catalogue), &identities),
         catalogue,
-        &identities(),
-        &limits(overrides),
-        Arc::clone(&clock) as Arc<dyn Clock>,
-    );
+        identities,
+        clock: Arc::clone(&clock),
+    };
     (l, clock)
 }
 
-fn ep(l: &Limiter, method: &Method, path: &str) -> EndpointId {
+fn ep(l: &L, method: &Method, path: &str) -> EndpointId {
     l.catalogue()
         .lookup(method, path)
         .unwrap_or_else(|| panic!("{method} {path} is not in the catalogue"))
 }
 
-fn name(l: &Limiter, method: &Method, path: &str) -> String {
-    l.catalogue().get(ep(l, method, path)).unwrap().name.clone()
-}
-
 /// Admits `n` requests and returns how many went through (each completed at once).
-fn burst(l: &Limiter, id: IdentityId, e: EndpointId, n: usize) -> usize {
+fn burst(l: &L, id: IdentityId, e: EndpointId, n: usize) -> usize {
     (0..n).filter(|_| l.admit(id, Some(e)).is_ok()).count()
 }
 
@@ -102,7 +167,7 @@ fn headers(pairs: &[(&'static str, String)]) -> HeaderMap {
     h
 }
 
-fn window_refusal(r: Result<Admission<'_>, Refused>) -> Refusal {
+fn window_refusal(r: Result<A<'_>, Refused>) -> Refusal {
     match r {
         Err(Refused::Window(r)) => r,
         Err(other) => panic!("refused for another reason: {other:?}"),
@@ -113,263 +178,34 @@ fn window_refusal(r: Result<Admission<'_>, Refused>) -> Refusal {
     }
 }
 
-// === the catalogue ===
-
-#[test]
-fn every_spec_operation_and_the_three_extras_are_in_the_catalogue() {
-    let rows = Catalogue::rows();
-    assert_eq!(rows.iter().filter(|r| r.in_spec).count(), 178);
-    assert_eq!(rows.iter().filter(|r| !r.in_spec).count(), 3);
-    let c = Catalogue::new(&[]).unwrap();
-    // Every row can be reached through the router with a concrete path.
-    for (id, e) in c.endpoints().iter().enumerate() {
-        let (method, path) = e.name.split_once(' ').unwrap();
-        let concrete: String = path
-            .split('/')
-            .map(|s| if s.starts_with(':') { "123" } else { s })
-            .collect::<Vec<_>>()
-            .join("/");
-        let m: Method = method.parse().unwrap();
-        assert_eq!(c.lookup(&m, &concrete), Some(id), "{}", e.name);
-    }
-}
-
-#[test]
-fn matching_names_endpoints_in_docs_style_and_unknown_paths_are_other() {
-    let (l, _) = limiter(vec![]);
-    assert_eq!(
-        name(&l, &Method::GET, "/2/tweets/1460323737035677698"),
-        "GET /2/tweets/:id"
-    );
-    assert_eq!(
-        name(&l, &Method::GET, "/2/tweets/search/recent"),
-        "GET /2/tweets/search/recent"
-    );
-    assert_eq!(
-        name(&l, &Method::DELETE, "/2/users/1/following/2"),
-        "DELETE /2/users/:source_user_id/following/:target_user_id"
-    );
-    assert_eq!(
-        name(&l, &Method::GET, "/2/users/by/username/jack/tweets"),
-        "GET /2/users/by/username/:username/tweets"
-    );
-    let c = l.catalogue();
-    assert_eq!(c.lookup(&Method::GET, "/2/nothing/here"), None);
-    assert_eq!(c.lookup(&Method::GET, "/2/tweets/1/"), None);
-    assert_eq!(c.lookup(&Method::PATCH, "/2/tweets/1"), None);
-    assert_eq!(
-        c.lookup(&Method::HEAD, "/2/tweets/1"),
-        c.lookup(&Method::GET, "/2/tweets/1")
-    );
-    assert_eq!(c.lookup(&Method::OPTIONS, "/2/tweets/1"), None);
-}
-
-#[test]
-fn ten_thousand_tweet_ids_are_one_endpoint() {
-    let (l, _) = limiter(vec![]);
-    let ids: BTreeSet<EndpointId> = (0..10_000u64)
-        .map(|i| {
-            ep(
-                &l,
-                &Method::GET,
-                &format!("/2/tweets/{}", 1_460_323_737_035_677_698 + i),
-            )
-        })
-        .collect();
-    assert_eq!(ids.len(), 1);
-}
-
-/// The fact sheet's figures for a sample of rows (x-api-v2.md section 4.5).
-#[test]
-fn sample_rows_match_the_fact_sheet() {
-    let c = Catalogue::new(&[]).unwrap();
-    let find = |n: &str| {
-        c.endpoints()
-            .iter()
-            .find(|e| e.name == n)
-            .unwrap_or_else(|| panic!("{n}"))
-    };
-    let show = |f: &catalogue::Figure| {
-        f.rates
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join(" + ")
-    };
-    let cases = [
-        ("GET /2/tweets/:id", "450/15m", "900/15m"),
-        ("GET /2/tweets", "3500/15m", "5000/15m"),
-        ("POST /2/tweets", "10000/24h", "100/15m"),
-        ("GET /2/tweets/search/all", "1/1s + 300/15m", "1/1s"),
-        ("GET /2/tweets/search/recent", "450/15m", "300/15m"),
-        ("POST /2/users/:id/likes", "", "50/15m + 1000/24h"),
-        (
-            "DELETE /2/dm_events/:event_id",
-            "4000/24h",
-            "300/15m + 1500/24h",
-        ),
-        (
-            "GET /2/users/personalized_trends",
-            "200/24h + 200/15m",
-            "100/24h + 10/15m",
-        ),
-        (
-            "GET /2/spaces/by/creator_ids",
-            "300/15m + 1/1s",
-            "300/15m + 1/1s",
-        ),
-        ("GET /2/users/me", "", "75/15m"),
-        ("GET /2/tweets/search/stream", "50/15m", ""),
-        (
-            "GET /2/users/by/username/:username/mentions",
-            "450/15m",
-            "180/15m",
-        ),
-        ("GET /2/users/:id/following/spaces", "300/15m", "300/15m"),
-        ("GET /2/broadcasts", "", ""),
-    ];
-    for (n, app, user) in cases {
-        let e = find(n);
-        assert_eq!(
-            (show(&e.app).as_str(), show(&e.user).as_str()),
-            (app, user),
-            "{n}"
-        );
-    }
-    let me = find("GET /2/users/me");
-    assert!(!me.auth.app() && me.auth.oauth2_user() && me.auth.oauth1_user());
-    assert_eq!(me.scopes, ["tweet.read", "users.read"]);
-    assert!(find("GET /2/tweets/search/stream").stream);
-    assert!(!find("GET /2/tweets/search/recent").stream);
-    assert!(find("GET /2/openapi.json").auth.none());
-}
-
-fn reference_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/reference")
-}
-
-/// The committed table against X's OpenAPI document: same SHA-256, and every operation with
-/// the same auth kinds, scopes and stream flag. CI has `../shared` beside its clone.
-#[test]
-fn the_table_agrees_with_the_spec() {
-    let path = reference_dir().join("x-openapi.json");
-    let Ok(bytes) = std::fs::read(&path) else {
-        eprintln!(
-            "SKIPPED the_table_agrees_with_the_spec: {} is not here (it is in CI, beside the clone)",
-            path.display()
-        );
-        return;
-    };
-    let (version, sha) = Catalogue::spec();
-    let actual = sha2::Sha256::digest(&bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<String>();
-    assert_eq!(
-        actual, sha,
-        "x-openapi.json changed since the catalogue was generated (version {version}): run `python3 scripts/gen_catalogue.py`"
-    );
-    let spec: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
-    let mut want = BTreeMap::new();
-    for (path, ops) in spec["paths"].as_object().unwrap() {
-        for (method, op) in ops.as_object().unwrap() {
-            if !["get", "post", "put", "delete", "patch"].contains(&method.as_str()) {
-                continue;
-            }
-            let mut auth = 0u8;
-            let mut scopes: Vec<String> = Vec::new();
-            for req in op["security"]
-                .as_array()
-                .map(Vec::as_slice)
-                .unwrap_or_default()
-            {
-                for (scheme, s) in req.as_object().unwrap() {
-                    auth |= match scheme.as_str() {
-                        "BearerToken" => catalogue::APP,
-                        "OAuth2UserToken" => {
-                            scopes = s
-                                .as_array()
-                                .unwrap()
-                                .iter()
-                                .map(|v| v.as_str().unwrap().to_owned())
-                                .collect();
-                            scopes.sort();
-                            catalogue::O2U
-                        }
-                        "UserToken" => catalogue::O1U,
-                        other => panic!("unknown scheme {other}"),
-                    };
-                }
-            }
-            let stream = op["x-twitter-streaming"].as_bool().unwrap_or(false);
-            let docs = path.replace('{', ":").replace('}', "");
-            want.insert(
-                format!("{} {docs}", method.to_uppercase()),
-                (auth, scopes, stream),
-            );
-        }
-    }
-    let got: BTreeMap<String, (u8, Vec<String>, bool)> = Catalogue::rows()
-        .iter()
-        .filter(|r| r.in_spec)
-        .map(|r| {
-            (
-                format!("{} {}", r.method, r.path),
-                (
-                    r.auth,
-                    r.scopes.iter().map(|s| (*s).to_owned()).collect(),
-                    r.stream,
-                ),
-            )
-        })
-        .collect();
-    assert_eq!(got, want);
-}
-
-#[test]
-fn overrides_match_by_shape_and_add_unknown_endpoints() {
-    let (l, _) = limiter(vec![
-        override_("GET /2/tweets/{tweet}", &["2/2s"], &[]),
-        override_("POST /2/custom/:thing", &[], &["5/1m"]),
-    ]);
-    let c = l.catalogue();
-    let e = c.get(ep(&l, &Method::GET, "/2/tweets/1")).unwrap();
-    assert_eq!(e.name, "GET /2/tweets/:id");
-    assert_eq!(e.app.rates, vec![rate("2/2s")]);
-    assert!(e.app.overridden);
-    // `user` was not given: the catalogue's figure stays.
-    assert_eq!(e.user.rates, vec![rate("900/15m")]);
-    assert!(!e.user.overridden);
-    let added = c.get(ep(&l, &Method::POST, "/2/custom/x")).unwrap();
-    assert_eq!(added.name, "POST /2/custom/:thing");
-    assert!(!added.in_spec);
-    assert_eq!(added.user.rates, vec![rate("5/1m")]);
-}
-
 // === buckets (CONTRACT section 5) ===
 
 /// Rule 1: from a cold start, a burst on a bucket of L forwards at most L.
 #[test]
 fn rule_1_a_cold_burst_admits_the_limit() {
-    let (l, clock) = limiter(vec![]);
+    let (l, clock) = limiter(&[]);
+    let i = ids(&l.identities);
     let e = ep(&l, &Method::GET, "/2/tweets/1");
-    assert_eq!(burst(&l, MAIN, e, 500), 450);
+    assert_eq!(burst(&l, i.main, e, 500), 450);
     // Users have their own buckets (900/15m each), not the App's.
-    assert_eq!(burst(&l, ALICE, e, 1000), 900);
-    assert_eq!(burst(&l, CAROL, e, 1000), 900);
+    assert_eq!(burst(&l, i.alice, e, 1000), 900);
+    assert_eq!(burst(&l, i.carol, e, 1000), 900);
     // The window ends 15 minutes after its first request.
-    let r = window_refusal(l.admit(MAIN, Some(e)));
+    let r = window_refusal(l.admit(i.main, Some(e)));
     assert_eq!(r.reset_ms, T0 * 1000 + 900_000);
     assert_eq!(r.limit, 450);
     clock.advance(Duration::from_secs(900));
-    assert_eq!(burst(&l, MAIN, e, 500), 450);
+    assert_eq!(burst(&l, i.main, e, 500), 450);
 }
 
 #[test]
 fn other_endpoints_have_no_bucket() {
-    let (l, _) = limiter(vec![]);
+    let (l, _) = limiter(&[]);
+    let i = ids(&l.identities);
     assert_eq!(
-        (0..10_000).filter(|_| l.admit(MAIN, None).is_ok()).count(),
+        (0..10_000)
+            .filter(|_| l.admit(i.main, None).is_ok())
+            .count(),
         10_000
     );
 }
@@ -377,10 +213,11 @@ fn other_endpoints_have_no_bucket() {
 #[test]
 fn several_windows_all_apply_and_a_refusal_uses_up_none() {
     // search/all: 1/1s + 300/15m per App.
-    let (l, clock) = limiter(vec![]);
+    let (l, clock) = limiter(&[]);
+    let i = ids(&l.identities);
     let e = ep(&l, &Method::GET, "/2/tweets/search/all");
-    assert!(l.admit(MAIN, Some(e)).is_ok());
-    let r = window_refusal(l.admit(MAIN, Some(e)));
+    assert!(l.admit(i.main, Some(e)).is_ok());
+    let r = window_refusal(l.admit(i.main, Some(e)));
     assert_eq!((r.limit, r.window), (1, Duration::from_secs(1)));
     assert_eq!(r.reset_ms, T0 * 1000 + 1_000);
     // The 1/s refusals did not draw from the 15-minute window: after 299 more seconds it
@@ -389,83 +226,80 @@ fn several_windows_all_apply_and_a_refusal_uses_up_none() {
     for _ in 0..299 {
         clock.advance(Duration::from_secs(1));
         for _ in 0..5 {
-            admitted += usize::from(l.admit(MAIN, Some(e)).is_ok());
+            admitted += usize::from(l.admit(i.main, Some(e)).is_ok());
         }
     }
     assert_eq!(admitted, 300);
     clock.advance(Duration::from_secs(1));
-    let r = window_refusal(l.admit(MAIN, Some(e)));
+    let r = window_refusal(l.admit(i.main, Some(e)));
     assert_eq!((r.limit, r.reset_ms), (300, T0 * 1000 + 900_000));
 }
 
 #[test]
 fn the_refusal_names_the_bucket_that_allows_a_request_last() {
-    let (l, _) = limiter(vec![override_(
-        "GET /2/tweets/:id",
-        &["1/1s", "1/15m"],
-        &[],
-    )]);
+    let (l, _) = limiter(&[override_("GET /2/tweets/:id", &["1/1s", "1/15m"], &[])]);
+    let i = ids(&l.identities);
     let e = ep(&l, &Method::GET, "/2/tweets/1");
-    assert!(l.admit(MAIN, Some(e)).is_ok());
-    let r = window_refusal(l.admit(MAIN, Some(e)));
+    assert!(l.admit(i.main, Some(e)).is_ok());
+    let r = window_refusal(l.admit(i.main, Some(e)));
     assert_eq!((r.limit, r.reset_ms), (1, T0 * 1000 + 900_000));
 }
 
 #[test]
 fn user_context_draws_from_the_apps_24_hour_window_but_not_its_15_minute_one() {
     // POST /2/tweets: 10,000/24h per App, 100/15m per user.
-    let (l, _) = limiter(vec![override_(
-        "POST /2/tweets",
-        &["3/24h", "1/15m"],
-        &["2/15m"],
-    )]);
+    let (l, _) = limiter(&[override_("POST /2/tweets", &["3/24h", "1/15m"], &["2/15m"])]);
+    let i = ids(&l.identities);
     let e = ep(&l, &Method::POST, "/2/tweets");
-    assert_eq!(burst(&l, ALICE, e, 10), 2);
+    assert_eq!(burst(&l, i.alice, e, 10), 2);
     // carol has her own 2/15m, but the App's day window (3) counts alice's too; the App's
     // 1/15m never limits users.
-    assert_eq!(burst(&l, CAROL, e, 10), 1);
-    let r = window_refusal(l.admit(CAROL, Some(e)));
+    assert_eq!(burst(&l, i.carol, e, 10), 1);
+    let r = window_refusal(l.admit(i.carol, Some(e)));
     assert_eq!((r.limit, r.window), (3, DAY_WINDOW));
     // The other App is not affected.
-    assert_eq!(burst(&l, OTHER, e, 10), 1);
+    assert_eq!(burst(&l, i.other, e, 10), 1);
 }
 
 #[test]
 fn a_user_request_refused_by_the_apps_day_window_gives_back_its_own_reservation() {
-    let (l, _) = limiter(vec![override_("POST /2/tweets", &["1/24h"], &["10/15m"])]);
+    let (l, _) = limiter(&[override_("POST /2/tweets", &["1/24h"], &["10/15m"])]);
+    let i = ids(&l.identities);
     let e = ep(&l, &Method::POST, "/2/tweets");
-    assert_eq!(burst(&l, ALICE, e, 50), 1);
+    assert_eq!(burst(&l, i.alice, e, 50), 1);
     // 49 requests were refused by the App's day window after reserving in alice's own
     // window; each gave it back.
-    let own = &l.buckets(ALICE, e).unwrap().windows[0];
+    let own = &l.backend.buckets(i.alice, e).unwrap().windows[0];
     assert_eq!(own.snapshot().1, 9);
     assert_eq!(own.snapshot().3, 0);
 }
 
 #[test]
 fn released_admissions_use_up_nothing_and_dropped_ones_count() {
-    let (l, _) = limiter(vec![override_("GET /2/tweets/:id", &["2/15m"], &[])]);
+    let (l, _) = limiter(&[override_("GET /2/tweets/:id", &["2/15m"], &[])]);
+    let i = ids(&l.identities);
     let e = ep(&l, &Method::GET, "/2/tweets/1");
     for _ in 0..10 {
-        l.admit(MAIN, Some(e)).unwrap().release();
+        l.admit(i.main, Some(e)).unwrap().release();
     }
-    let a = l.admit(MAIN, Some(e)).unwrap();
-    let b = l.admit(MAIN, Some(e)).unwrap();
-    assert!(l.admit(MAIN, Some(e)).is_err());
+    let a = l.admit(i.main, Some(e)).unwrap();
+    let b = l.admit(i.main, Some(e)).unwrap();
+    assert!(l.admit(i.main, Some(e)).is_err());
     drop(a);
     drop(b);
-    assert!(l.admit(MAIN, Some(e)).is_err());
+    assert!(l.admit(i.main, Some(e)).is_err());
 }
 
 /// Rule 2: X's remaining and reset set the window; requests in flight count; an answer
 /// never raises what remains in the same window.
 #[test]
 fn rule_2_learning_from_x_rate_limit_headers() {
-    let (l, clock) = limiter(vec![]);
+    let (l, clock) = limiter(&[]);
+    let i = ids(&l.identities);
     let e = ep(&l, &Method::GET, "/2/tweets/1");
     let reset = T0 + 120;
-    let mine = l.admit(MAIN, Some(e)).unwrap();
-    let other = l.admit(MAIN, Some(e)).unwrap();
+    let mine = l.admit(i.main, Some(e)).unwrap();
+    let other = l.admit(i.main, Some(e)).unwrap();
     let seen = mine.learn(&headers(&[
         ("x-rate-limit-limit", "450".into()),
         ("x-rate-limit-remaining", "3".into()),
@@ -474,8 +308,8 @@ fn rule_2_learning_from_x_rate_limit_headers() {
     assert_eq!(seen, Some(3));
     drop(mine);
     // 3 left after mine, one other in flight: 2 more go out before the reset.
-    assert_eq!(burst(&l, MAIN, e, 10), 2);
-    let r = window_refusal(l.admit(MAIN, Some(e)));
+    assert_eq!(burst(&l, i.main, e, 10), 2);
+    let r = window_refusal(l.admit(i.main, Some(e)));
     assert_eq!(r.reset_ms, reset * 1000);
     // The other's answer, same reset, more remaining: does not raise it.
     other.learn(&headers(&[
@@ -483,34 +317,36 @@ fn rule_2_learning_from_x_rate_limit_headers() {
         ("x-rate-limit-reset", reset.to_string()),
     ]));
     drop(other);
-    assert!(l.admit(MAIN, Some(e)).is_err());
+    assert!(l.admit(i.main, Some(e)).is_err());
     clock.advance(Duration::from_secs(120));
-    assert_eq!(burst(&l, MAIN, e, 500), 450);
+    assert_eq!(burst(&l, i.main, e, 500), 450);
 }
 
 #[test]
 fn rule_2_zero_remaining_refuses_until_the_reset_and_x_limit_replaces_the_figure() {
-    let (l, clock) = limiter(vec![]);
+    let (l, clock) = limiter(&[]);
+    let i = ids(&l.identities);
     let e = ep(&l, &Method::GET, "/2/tweets/1");
-    let a = l.admit(ALICE, Some(e)).unwrap();
+    let a = l.admit(i.alice, Some(e)).unwrap();
     a.learn(&headers(&[
         ("x-rate-limit-limit", "5".into()),
         ("x-rate-limit-remaining", "0".into()),
         ("x-rate-limit-reset", (T0 + 30).to_string()),
     ]));
     drop(a);
-    let r = window_refusal(l.admit(ALICE, Some(e)));
+    let r = window_refusal(l.admit(i.alice, Some(e)));
     assert_eq!((r.limit, r.reset_ms), (5, (T0 + 30) * 1000));
     clock.advance(Duration::from_secs(30));
     // The next window is X's figure, 5, not the catalogue's 900.
-    assert_eq!(burst(&l, ALICE, e, 100), 5);
+    assert_eq!(burst(&l, i.alice, e, 100), 5);
 }
 
 #[test]
 fn an_override_wins_over_what_x_reports() {
-    let (l, clock) = limiter(vec![override_("GET /2/tweets/:id", &["3/15m"], &[])]);
+    let (l, clock) = limiter(&[override_("GET /2/tweets/:id", &["3/15m"], &[])]);
+    let i = ids(&l.identities);
     let e = ep(&l, &Method::GET, "/2/tweets/1");
-    let a = l.admit(MAIN, Some(e)).unwrap();
+    let a = l.admit(i.main, Some(e)).unwrap();
     a.learn(&headers(&[
         ("x-rate-limit-limit", "450".into()),
         ("x-rate-limit-remaining", "0".into()),
@@ -518,19 +354,20 @@ fn an_override_wins_over_what_x_reports() {
     ]));
     drop(a);
     // The override's own window of 15 minutes and its count hold.
-    assert_eq!(burst(&l, MAIN, e, 10), 2);
-    let r = window_refusal(l.admit(MAIN, Some(e)));
+    assert_eq!(burst(&l, i.main, e, 10), 2);
+    let r = window_refusal(l.admit(i.main, Some(e)));
     assert_eq!((r.limit, r.reset_ms), (3, (T0 + 900) * 1000));
     clock.advance(Duration::from_secs(900));
-    assert_eq!(burst(&l, MAIN, e, 10), 3);
+    assert_eq!(burst(&l, i.main, e, 10), 3);
 }
 
 #[test]
 fn rule_2_24_hour_headers_update_the_user_and_app_day_buckets_and_create_missing_ones() {
     // GET /2/tweets/:id has no 24-hour figure: the headers create both day buckets.
-    let (l, clock) = limiter(vec![]);
+    let (l, clock) = limiter(&[]);
+    let i = ids(&l.identities);
     let e = ep(&l, &Method::GET, "/2/tweets/1");
-    let a = l.admit(ALICE, Some(e)).unwrap();
+    let a = l.admit(i.alice, Some(e)).unwrap();
     a.learn(&headers(&[
         ("x-user-limit-24hour-limit", "100".into()),
         ("x-user-limit-24hour-remaining", "1".into()),
@@ -540,23 +377,24 @@ fn rule_2_24_hour_headers_update_the_user_and_app_day_buckets_and_create_missing
         ("x-app-limit-24hour-reset", (T0 + 7_200).to_string()),
     ]));
     drop(a);
-    assert_eq!(burst(&l, ALICE, e, 10), 1);
-    let r = window_refusal(l.admit(ALICE, Some(e)));
+    assert_eq!(burst(&l, i.alice, e, 10), 1);
+    let r = window_refusal(l.admit(i.alice, Some(e)));
     assert_eq!((r.limit, r.reset_ms), (100, (T0 + 3_600) * 1000));
     // The App's day bucket had 2 left, one went to alice: carol gets the other one.
-    assert_eq!(burst(&l, CAROL, e, 10), 1);
-    let r = window_refusal(l.admit(CAROL, Some(e)));
+    assert_eq!(burst(&l, i.carol, e, 10), 1);
+    let r = window_refusal(l.admit(i.carol, Some(e)));
     assert_eq!((r.limit, r.reset_ms), (1000, (T0 + 7_200) * 1000));
     // App-only requests count against the App's day bucket too.
-    assert!(l.admit(MAIN, Some(e)).is_err());
+    assert!(l.admit(i.main, Some(e)).is_err());
     clock.advance(Duration::from_secs(7_200));
-    assert!(l.admit(MAIN, Some(e)).is_ok());
+    assert!(l.admit(i.main, Some(e)).is_ok());
 }
 
 #[test]
 fn headers_on_other_endpoints_or_without_numbers_change_nothing() {
-    let (l, _) = limiter(vec![]);
-    let a = l.admit(MAIN, None).unwrap();
+    let (l, _) = limiter(&[]);
+    let i = ids(&l.identities);
+    let a = l.admit(i.main, None).unwrap();
     assert_eq!(
         a.learn(&headers(&[
             ("x-rate-limit-remaining", "0".into()),
@@ -564,33 +402,34 @@ fn headers_on_other_endpoints_or_without_numbers_change_nothing() {
         ])),
         Some(0)
     );
-    assert!(l.admit(MAIN, None).is_ok());
+    assert!(l.admit(i.main, None).is_ok());
     let e = ep(&l, &Method::GET, "/2/tweets/1");
-    let a = l.admit(MAIN, Some(e)).unwrap();
+    let a = l.admit(i.main, Some(e)).unwrap();
     a.learn(&headers(&[
         ("x-rate-limit-remaining", "zero".into()),
         ("x-rate-limit-reset", (T0 + 60).to_string()),
     ]));
     drop(a);
-    assert_eq!(burst(&l, MAIN, e, 500), 449);
+    assert_eq!(burst(&l, i.main, e, 500), 449);
 }
 
 /// Rule 3: usage-capped blocks the App and all its users for the cooldown.
 #[test]
 fn rule_3_usage_capped_cools_down_the_app_and_its_users() {
-    let (l, clock) = limiter(vec![]);
+    let (l, clock) = limiter(&[]);
+    let i = ids(&l.identities);
     let e = ep(&l, &Method::GET, "/2/tweets/1");
-    l.usage_capped(ALICE);
-    for id in [MAIN, ALICE, CAROL, BOB] {
+    l.usage_capped(i.alice);
+    for id in [i.main, i.alice, i.carol, i.bob] {
         match l.admit(id, Some(e)) {
             Err(Refused::UsageCapped { until_ms }) => assert_eq!(until_ms, (T0 + 300) * 1000),
-            other => panic!("{id}: {other:?}"),
+            other => panic!("{id:?}: {other:?}"),
         }
     }
-    assert!(l.admit(MAIN, None).is_err());
-    assert!(l.admit(OTHER, Some(e)).is_ok());
+    assert!(l.admit(i.main, None).is_err());
+    assert!(l.admit(i.other, Some(e)).is_ok());
     clock.advance(Duration::from_secs(300));
-    assert!(l.admit(MAIN, Some(e)).is_ok());
+    assert!(l.admit(i.main, Some(e)).is_ok());
 }
 
 #[test]
@@ -612,7 +451,8 @@ fn usage_capped_bodies_are_recognised() {
 
 #[test]
 fn sixty_four_threads_on_a_bucket_of_ten_admit_exactly_ten() {
-    let (l, _) = limiter(vec![override_("GET /2/tweets/:id", &["10/15m"], &[])]);
+    let (l, _) = limiter(&[override_("GET /2/tweets/:id", &["10/15m"], &[])]);
+    let i = ids(&l.identities);
     let e = ep(&l, &Method::GET, "/2/tweets/1");
     let barrier = std::sync::Barrier::new(64);
     let admitted = std::sync::atomic::AtomicUsize::new(0);
@@ -620,7 +460,7 @@ fn sixty_four_threads_on_a_bucket_of_ten_admit_exactly_ten() {
         for _ in 0..64 {
             s.spawn(|| {
                 barrier.wait();
-                if l.admit(MAIN, Some(e)).is_ok() {
+                if l.admit(i.main, Some(e)).is_ok() {
                     admitted.fetch_add(1, Ordering::Relaxed);
                 }
             });
@@ -631,63 +471,143 @@ fn sixty_four_threads_on_a_bucket_of_ten_admit_exactly_ten() {
 
 #[test]
 fn client_rate_is_a_burst_then_a_steady_share() {
-    let share = ClientRate::new(rate("3/1h"));
+    // The share reads the injected clock: time moves only when the test moves it.
+    let clock = ManualClock::at(T0);
+    let share = ClientRate::new(rate("3/1h"), Arc::clone(&clock) as Arc<dyn Clock>);
     for _ in 0..3 {
         share.check().unwrap();
     }
-    let wait = share.check().unwrap_err();
     // One cell per 20 minutes.
-    assert!(
-        wait > Duration::from_secs(19 * 60) && wait <= Duration::from_secs(20 * 60),
-        "{wait:?}"
-    );
+    assert_eq!(share.check().unwrap_err(), Duration::from_secs(20 * 60));
+    clock.advance(Duration::from_secs(19 * 60));
+    assert_eq!(share.check().unwrap_err(), Duration::from_secs(60));
+    clock.advance(Duration::from_secs(60));
+    share.check().unwrap();
+    assert!(share.check().is_err());
 }
 
-// === pre-check (CONTRACT section 4) ===
+// === the limiter: reservations that give themselves back, the wait policy ===
 
-#[test]
-fn precheck_refuses_auth_kinds_the_endpoint_does_not_take() {
-    let (l, _) = limiter(vec![]);
-    let ids = identities();
-    let c = l.catalogue();
-    let me = c.get(ep(&l, &Method::GET, "/2/users/me")).unwrap();
-    let err = precheck(me, &ids[MAIN], &[]).unwrap_err();
-    assert_eq!(err.kind(), crate::error::ErrorKind::AuthTypeUnsupported);
-    assert_eq!(
-        err.to_string(),
-        "identity main (app-only Bearer): GET /2/users/me needs OAuth 2.0 user context or OAuth 1.0a user context"
-    );
-    precheck(me, &ids[ALICE], &[]).unwrap();
-    // Only OAuth 2.0 users may bookmark.
-    let bookmark = c
-        .get(ep(&l, &Method::POST, "/2/users/1/bookmarks"))
+fn real_limiter(overrides: &[Override], limits: &Limits, clock: Arc<dyn Clock>) -> Limiter {
+    let catalogue = Arc::new(Catalogue::new(overrides).unwrap());
+    Limiter::in_memory(catalogue, Arc::new(identities()), limits, clock)
+}
+
+fn draw(identity: IdentityId, endpoint: EndpointId) -> Draw<'static> {
+    Draw {
+        identity,
+        endpoint: Some(endpoint),
+        client: None,
+    }
+}
+
+#[tokio::test]
+async fn an_admission_dropped_unsent_gives_itself_back_and_a_sent_one_counts() {
+    let overrides = vec![override_("GET /2/tweets/:id", &["2/15m"], &[])];
+    let l = real_limiter(&overrides, &limits(overrides.clone()), ManualClock::at(T0));
+    let t = identities();
+    let main = t.find("main").unwrap();
+    let e = Catalogue::new(&[])
+        .unwrap()
+        .lookup(&Method::GET, "/2/tweets/1")
         .unwrap();
-    let err = precheck(bookmark, &ids[ALICE], &[]).unwrap_err();
-    assert_eq!(err.kind(), crate::error::ErrorKind::AuthTypeUnsupported);
-    // App-only endpoints refuse users.
-    let all = c.get(ep(&l, &Method::GET, "/2/tweets/search/all")).unwrap();
-    assert!(precheck(all, &ids[ALICE], &[]).is_err());
-    precheck(all, &ids[MAIN], &[]).unwrap();
-    // No auth at all: nothing to check.
-    let spec = c.get(ep(&l, &Method::GET, "/2/openapi.json")).unwrap();
-    precheck(spec, &ids[MAIN], &[]).unwrap();
+    // Any number of admissions dropped before `sent` use up nothing.
+    for _ in 0..10 {
+        drop(l.admit(draw(main, e)).await.unwrap());
+    }
+    // A sent one counts; one sent but whose connection to X never formed is given back.
+    let mut a = l.admit(draw(main, e)).await.unwrap();
+    a.sent();
+    let mut b = l.admit(draw(main, e)).await.unwrap();
+    b.sent();
+    b.never_reached();
+    drop((a, b));
+    let mut c = l.admit(draw(main, e)).await.unwrap();
+    c.sent();
+    drop(c);
+    let err = l.admit(draw(main, e)).await.unwrap_err();
+    assert_eq!(err.kind(), crate::error::ErrorKind::RateLimited);
 }
 
-#[test]
-fn precheck_refuses_missing_oauth2_scopes_and_names_them() {
-    let (l, _) = limiter(vec![]);
-    let ids = identities();
-    let c = l.catalogue();
-    let bob = &ids[BOB];
-    let tweet = c.get(ep(&l, &Method::GET, "/2/tweets/1")).unwrap();
-    precheck(tweet, bob, &bob.scopes).unwrap();
-    let dms = c.get(ep(&l, &Method::GET, "/2/dm_events")).unwrap();
-    let err = precheck(dms, bob, &bob.scopes).unwrap_err();
-    assert_eq!(err.kind(), crate::error::ErrorKind::ScopeMissing);
+#[tokio::test]
+async fn a_client_share_refusal_gives_back_the_buckets_and_names_the_client() {
+    let overrides = vec![override_("GET /2/tweets/:id", &["5/15m"], &[])];
+    let clock = ManualClock::at(T0);
+    let l = real_limiter(
+        &overrides,
+        &limits(overrides.clone()),
+        Arc::clone(&clock) as Arc<dyn Clock>,
+    );
+    let t = identities();
+    let main = t.find("main").unwrap();
+    let e = Catalogue::new(&[])
+        .unwrap()
+        .lookup(&Method::GET, "/2/tweets/1")
+        .unwrap();
+    let share = l.client_rate(rate("1/1m"));
+    let with_share = Draw {
+        client: Some(("backend", &share)),
+        ..draw(main, e)
+    };
+    let mut a = l.admit(with_share).await.unwrap();
+    a.sent();
+    drop(a);
+    let err = l.admit(with_share).await.unwrap_err();
     assert_eq!(
         err.to_string(),
-        "identity bob: GET /2/dm_events needs scope dm.read; the identity has tweet.read users.read"
+        "client backend: GET /2/tweets/:id limit 1/1m reached; resets in 60 s"
     );
-    // Scopes of OAuth 1.0a users and Apps are not checked.
-    precheck(dms, &ids[ALICE], &[]).unwrap();
+    // The refused request took nothing from the App's bucket: 4 of 5 are left.
+    let mut admitted = 0;
+    while let Ok(mut a) = l.admit(draw(main, e)).await {
+        a.sent();
+        admitted += 1;
+        assert!(admitted <= 5, "the bucket never ran out");
+    }
+    assert_eq!(admitted, 4);
+}
+
+/// `on_exhausted = "wait"` holds a request until its bucket has room, when that is within
+/// `max_wait`, and refuses at once otherwise. Paused time: the wait takes no real time, and
+/// the limiter's clock ([`crate::clock::TokioClock`]) moves with tokio's.
+#[tokio::test(start_paused = true)]
+async fn the_wait_policy_holds_a_request_within_max_wait_and_no_longer() {
+    let overrides = vec![override_("GET /2/tweets/:id", &["1/10s"], &[])];
+    let wait = |max_wait| Limits {
+        on_exhausted: OnExhausted::Wait,
+        max_wait,
+        ..limits(overrides.clone())
+    };
+    let t = identities();
+    let main = t.find("main").unwrap();
+    let e = Catalogue::new(&[])
+        .unwrap()
+        .lookup(&Method::GET, "/2/tweets/1")
+        .unwrap();
+
+    let l = real_limiter(
+        &overrides,
+        &wait(Duration::from_secs(15)),
+        crate::clock::TokioClock::at(T0),
+    );
+    let start = tokio::time::Instant::now();
+    l.admit(draw(main, e)).await.unwrap().sent();
+    let mut second = l.admit(draw(main, e)).await.unwrap();
+    second.sent();
+    assert_eq!(start.elapsed(), Duration::from_secs(10));
+
+    let l = real_limiter(
+        &overrides,
+        &wait(Duration::from_secs(5)),
+        crate::clock::TokioClock::at(T0),
+    );
+    let start = tokio::time::Instant::now();
+    l.admit(draw(main, e)).await.unwrap().sent();
+    let err = l.admit(draw(main, e)).await.unwrap_err();
+    assert_eq!(err.kind(), crate::error::ErrorKind::RateLimited);
+    assert_eq!(
+        start.elapsed(),
+        Duration::ZERO,
+        "refused at once: 10 s is past max_wait"
+    );
 }

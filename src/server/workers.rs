@@ -101,11 +101,14 @@ async fn start_one(n: usize, upstream: Upstream) -> Result<Worker, StartError> {
             drop(runtime);
             let _caller_gone = done_tx.send(());
         })
-        .map_err(|e| StartError::runtime(format!("cannot start worker thread {n}: {e}")))?;
+        .map_err(|source| StartError::Worker { n, source })?;
     let handle = ready_rx
         .await
-        .map_err(|_closed| StartError::runtime(format!("worker thread {n} ended at startup")))?
-        .map_err(|e| StartError::runtime(format!("cannot start worker {n}'s runtime: {e}")))?;
+        .map_err(|_closed| StartError::Worker {
+            n,
+            source: std::io::Error::other("the thread ended at startup"),
+        })?
+        .map_err(|source| StartError::Worker { n, source })?;
     Ok(Worker {
         handle,
         upstream,

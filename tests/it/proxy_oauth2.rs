@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
-use xgate::store::{SqliteStore, StoredToken, TokenKind, TokenStore as _};
+use xgate::store::{SqliteStore, StoredToken, TokenKind};
 
 use crate::support::fake_x::{FakeX, ISSUED_BEARER, PIN, REQUEST_TOKEN};
 use crate::support::http::{Answer, get, request, send};
@@ -26,7 +26,7 @@ fn now() -> u64 {
 fn store_bob(dir: &Path, access: &str, refresh: Option<&str>, expires_at: u64, scopes: &[&str]) {
     let store = SqliteStore::open(&dir.join("xgate.db"), None).unwrap();
     store
-        .save(
+        .save_blocking(
             "bob",
             &StoredToken::Oauth2 {
                 access_token: access.to_owned(),
@@ -40,7 +40,7 @@ fn store_bob(dir: &Path, access: &str, refresh: Option<&str>, expires_at: u64, s
 
 fn stored_bob(dir: &Path) -> (String, Option<String>) {
     let store = SqliteStore::open(&dir.join("xgate.db"), None).unwrap();
-    match store.load("bob", TokenKind::Oauth2).unwrap() {
+    match store.load_blocking("bob", TokenKind::Oauth2).unwrap() {
         Some(StoredToken::Oauth2 {
             ref access_token,
             ref refresh_token,
@@ -466,7 +466,12 @@ async fn login_refuses_a_denied_authorisation_a_state_mismatch_and_an_expired_co
     assert!(expired.2.contains("invalid_grant"), "{expired:?}");
     // Nothing was stored.
     let store = SqliteStore::open(&dir.join("xgate.db"), None).unwrap();
-    assert!(store.load("bob", TokenKind::Oauth2).unwrap().is_none());
+    assert!(
+        store
+            .load_blocking("bob", TokenKind::Oauth2)
+            .unwrap()
+            .is_none()
+    );
 }
 
 /// Starts `xgate serve` in `dir` and returns it with its proxy address.
@@ -539,7 +544,7 @@ async fn with_encryption_no_token_is_in_plain_text_and_a_wrong_key_is_refused() 
         let key = xgate::secret::StoreKey::new(std::array::from_fn(|i| u8::try_from(i).unwrap()));
         let store = SqliteStore::open(&dir.join("xgate.db"), Some(&key)).unwrap();
         store
-            .save(
+            .save_blocking(
                 "bob",
                 &StoredToken::Oauth2 {
                     access_token: "at-old".into(),
@@ -612,7 +617,12 @@ async fn bearer_obtains_stores_and_invalidates_the_apps_token() {
     assert_eq!(run.code, 0, "{run:?}");
     assert_eq!(fake.invalidated(), [ISSUED_BEARER]);
     let store = SqliteStore::open(&dir.join("xgate.db"), None).unwrap();
-    assert!(store.load("solo", TokenKind::Bearer).unwrap().is_none());
+    assert!(
+        store
+            .load_blocking("solo", TokenKind::Bearer)
+            .unwrap()
+            .is_none()
+    );
     // An App without consumer keys cannot.
     let run = self::run(&dir, &["bearer", "--app", "nope"]).await;
     assert_eq!(run.code, 2, "{run:?}");

@@ -1,6 +1,6 @@
 //! The endpoint catalogue: every X API v2 operation, what auth it takes and X's limits.
 //!
-//! Owns the row type of the generated table (`catalogue_table.rs`, made by
+//! Owns the row type of the generated table ([`table`], made by
 //! `scripts/gen_catalogue.py` from X's OpenAPI document and the fact sheet), the
 //! [`Catalogue`] built from it at startup with `[[limits.override]]` applied, and matching a
 //! request's method and path to an endpoint: one radix router (`matchit`) per method, so a
@@ -14,31 +14,35 @@ use std::time::Duration;
 use http::Method;
 
 use crate::config::{EndpointPattern, Override, Rate};
+use crate::error::ProxyError;
+use crate::identity::{Identity, IdentityKind};
+
+mod table;
 
 /// Auth kind bits of [`Row::auth`]: app-only Bearer.
-pub(super) const APP: u8 = 1;
+pub(crate) const APP: u8 = 1;
 /// OAuth 2.0 user context.
-pub(super) const O2U: u8 = 2;
+pub(crate) const O2U: u8 = 2;
 /// OAuth 1.0a user context.
-pub(super) const O1U: u8 = 4;
+pub(crate) const O1U: u8 = 4;
 
 /// One row of the generated table.
 #[derive(Debug)]
-pub(super) struct Row {
-    pub(super) method: &'static str,
+pub(crate) struct Row {
+    pub(crate) method: &'static str,
     /// Docs style: `/2/tweets/:id`.
-    pub(super) path: &'static str,
-    pub(super) auth: u8,
-    pub(super) scopes: &'static [&'static str],
-    pub(super) stream: bool,
-    pub(super) app: &'static [(u32, u32)],
-    pub(super) user: &'static [(u32, u32)],
+    pub(crate) path: &'static str,
+    pub(crate) auth: u8,
+    pub(crate) scopes: &'static [&'static str],
+    pub(crate) stream: bool,
+    pub(crate) app: &'static [(u32, u32)],
+    pub(crate) user: &'static [(u32, u32)],
     /// False for the documented endpoints the spec lacks.
-    pub(super) in_spec: bool,
+    pub(crate) in_spec: bool,
 }
 
 /// A rate of the table: `(limit, window in seconds)`.
-pub(super) const fn r(limit: u32, window_secs: u32) -> (u32, u32) {
+pub(crate) const fn r(limit: u32, window_secs: u32) -> (u32, u32) {
     (limit, window_secs)
 }
 
@@ -195,7 +199,7 @@ impl Catalogue {
     /// The built-in catalogue with `overrides` applied. An override for an endpoint the
     /// catalogue lacks adds that endpoint (any auth, no scopes).
     pub fn new(overrides: &[Override]) -> Result<Self, CatalogueError> {
-        let mut endpoints: Vec<Endpoint> = super::catalogue_table::ROWS
+        let mut endpoints: Vec<Endpoint> = table::ROWS
             .iter()
             .map(|row| Endpoint {
                 name: format!("{} {}", row.method, row.path),
@@ -290,15 +294,73 @@ impl Catalogue {
 
     /// The spec's `info.version` and SHA-256 the table was generated from.
     pub fn spec() -> (&'static str, &'static str) {
-        (
-            super::catalogue_table::SPEC_VERSION,
-            super::catalogue_table::SPEC_SHA256,
-        )
+        (table::SPEC_VERSION, table::SPEC_SHA256)
     }
 
     /// Rows of the generated table (tests).
     #[cfg(test)]
-    pub(super) fn rows() -> &'static [Row] {
-        super::catalogue_table::ROWS
+    pub(crate) fn rows() -> &'static [Row] {
+        table::ROWS
     }
 }
+
+// === pre-check ===
+
+/// The pre-check for a request matched to `endpoint` (`None`, `other`, has nothing to check).
+pub fn precheck_at(
+    catalogue: &Catalogue,
+    endpoint: Option<EndpointId>,
+    identity: &Identity,
+    granted: &[String],
+) -> Result<(), ProxyError> {
+    match endpoint.and_then(|e| catalogue.get(e)) {
+        Some(endpoint) => precheck(endpoint, identity, granted),
+        None => Ok(()),
+    }
+}
+
+/// CONTRACT section 4's pre-check: the endpoint must accept the identity's kind of auth and,
+/// for OAuth 2.0 users, `granted` must hold every scope it needs.
+pub fn precheck(
+    endpoint: &Endpoint,
+    identity: &Identity,
+    granted: &[String],
+) -> Result<(), ProxyError> {
+    let auth = endpoint.auth;
+    if auth.none() {
+        return Ok(());
+    }
+    let ok = match identity.kind {
+        IdentityKind::App => auth.app(),
+        IdentityKind::Oauth1User => auth.oauth1_user(),
+        IdentityKind::Oauth2User => auth.oauth2_user(),
+    };
+    if !ok {
+        return Err(ProxyError::AuthTypeUnsupported {
+            identity: identity.name.to_string(),
+            endpoint: endpoint.name.clone(),
+            needs: auth.describe(),
+            has: identity.kind.describe(),
+        });
+    }
+    if identity.kind == IdentityKind::Oauth2User {
+        let missing: Vec<String> = endpoint
+            .scopes
+            .iter()
+            .filter(|s| !granted.iter().any(|g| g == **s))
+            .map(|s| (*s).to_owned())
+            .collect();
+        if !missing.is_empty() {
+            return Err(ProxyError::ScopeMissing {
+                identity: identity.name.to_string(),
+                endpoint: endpoint.name.clone(),
+                missing,
+                has: granted.to_vec(),
+            });
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

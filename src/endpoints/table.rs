@@ -2,7 +2,7 @@
 // shared/reference/x-api-v2.md (section 4.5). Do not edit by hand: regenerate (README,
 // "The endpoint catalogue").
 
-use super::catalogue::{APP, O1U, O2U, Row, r};
+use super::{APP, O1U, O2U, Row, r};
 
 /// SHA-256 of the x-openapi.json this table was generated from.
 pub(super) const SPEC_SHA256: &str =

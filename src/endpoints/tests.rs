@@ -1,0 +1,331 @@
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+
+use http::Method;
+use sha2::Digest as _;
+
+use super::*;
+use crate::identity::{Identities, IdentityKind, IdentitySpec};
+
+fn rate(s: &str) -> Rate {
+    Rate::parse(s).unwrap()
+}
+
+fn override_(endpoint: &str, app: &[&str], user: &[&str]) -> Override {
+    Override {
+        endpoint: EndpointPattern::parse(endpoint).unwrap(),
+        app: app.iter().map(|s| rate(s)).collect(),
+        user: user.iter().map(|s| rate(s)).collect(),
+    }
+}
+
+fn ep(c: &Catalogue, method: &Method, path: &str) -> EndpointId {
+    c.lookup(method, path)
+        .unwrap_or_else(|| panic!("{method} {path} is not in the catalogue"))
+}
+
+fn name(c: &Catalogue, method: &Method, path: &str) -> String {
+    c.get(ep(c, method, path)).unwrap().name.clone()
+}
+
+/// App `main`, OAuth 1.0a user `alice`, OAuth 2.0 user `bob` (tweet.read users.read).
+fn identities() -> Identities {
+    let spec = |name: &str, kind, app: Option<&str>, scopes: &[&str]| IdentitySpec {
+        name: name.to_owned(),
+        kind,
+        app: app.map(str::to_owned),
+        scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+    };
+    Identities::new([
+        spec("main", IdentityKind::App, None, &[]),
+        spec("alice", IdentityKind::Oauth1User, Some("main"), &[]),
+        spec(
+            "bob",
+            IdentityKind::Oauth2User,
+            Some("main"),
+            &["tweet.read", "users.read"],
+        ),
+    ])
+    .unwrap()
+}
+
+// === the catalogue ===
+
+#[test]
+fn every_spec_operation_and_the_three_extras_are_in_the_catalogue() {
+    let rows = Catalogue::rows();
+    assert_eq!(rows.iter().filter(|r| r.in_spec).count(), 178);
+    assert_eq!(rows.iter().filter(|r| !r.in_spec).count(), 3);
+    let c = Catalogue::new(&[]).unwrap();
+    // Every row can be reached through the router with a concrete path.
+    for (id, e) in c.endpoints().iter().enumerate() {
+        let (method, path) = e.name.split_once(' ').unwrap();
+        let concrete: String = path
+            .split('/')
+            .map(|s| if s.starts_with(':') { "123" } else { s })
+            .collect::<Vec<_>>()
+            .join("/");
+        let m: Method = method.parse().unwrap();
+        assert_eq!(c.lookup(&m, &concrete), Some(id), "{}", e.name);
+    }
+}
+
+#[test]
+fn matching_names_endpoints_in_docs_style_and_unknown_paths_are_other() {
+    let c = Catalogue::new(&[]).unwrap();
+    assert_eq!(
+        name(&c, &Method::GET, "/2/tweets/1460323737035677698"),
+        "GET /2/tweets/:id"
+    );
+    assert_eq!(
+        name(&c, &Method::GET, "/2/tweets/search/recent"),
+        "GET /2/tweets/search/recent"
+    );
+    assert_eq!(
+        name(&c, &Method::DELETE, "/2/users/1/following/2"),
+        "DELETE /2/users/:source_user_id/following/:target_user_id"
+    );
+    assert_eq!(
+        name(&c, &Method::GET, "/2/users/by/username/jack/tweets"),
+        "GET /2/users/by/username/:username/tweets"
+    );
+    assert_eq!(c.lookup(&Method::GET, "/2/nothing/here"), None);
+    assert_eq!(c.lookup(&Method::GET, "/2/tweets/1/"), None);
+    assert_eq!(c.lookup(&Method::PATCH, "/2/tweets/1"), None);
+    assert_eq!(
+        c.lookup(&Method::HEAD, "/2/tweets/1"),
+        c.lookup(&Method::GET, "/2/tweets/1")
+    );
+    assert_eq!(c.lookup(&Method::OPTIONS, "/2/tweets/1"), None);
+}
+
+#[test]
+fn ten_thousand_tweet_ids_are_one_endpoint() {
+    let c = Catalogue::new(&[]).unwrap();
+    let ids: BTreeSet<EndpointId> = (0..10_000u64)
+        .map(|i| {
+            ep(
+                &c,
+                &Method::GET,
+                &format!("/2/tweets/{}", 1_460_323_737_035_677_698 + i),
+            )
+        })
+        .collect();
+    assert_eq!(ids.len(), 1);
+}
+
+/// The fact sheet's figures for a sample of rows (x-api-v2.md section 4.5).
+#[test]
+fn sample_rows_match_the_fact_sheet() {
+    let c = Catalogue::new(&[]).unwrap();
+    let find = |n: &str| {
+        c.endpoints()
+            .iter()
+            .find(|e| e.name == n)
+            .unwrap_or_else(|| panic!("{n}"))
+    };
+    let show = |f: &Figure| {
+        f.rates
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(" + ")
+    };
+    let cases = [
+        ("GET /2/tweets/:id", "450/15m", "900/15m"),
+        ("GET /2/tweets", "3500/15m", "5000/15m"),
+        ("POST /2/tweets", "10000/24h", "100/15m"),
+        ("GET /2/tweets/search/all", "1/1s + 300/15m", "1/1s"),
+        ("GET /2/tweets/search/recent", "450/15m", "300/15m"),
+        ("POST /2/users/:id/likes", "", "50/15m + 1000/24h"),
+        (
+            "DELETE /2/dm_events/:event_id",
+            "4000/24h",
+            "300/15m + 1500/24h",
+        ),
+        (
+            "GET /2/users/personalized_trends",
+            "200/24h + 200/15m",
+            "100/24h + 10/15m",
+        ),
+        (
+            "GET /2/spaces/by/creator_ids",
+            "300/15m + 1/1s",
+            "300/15m + 1/1s",
+        ),
+        ("GET /2/users/me", "", "75/15m"),
+        ("GET /2/tweets/search/stream", "50/15m", ""),
+        (
+            "GET /2/users/by/username/:username/mentions",
+            "450/15m",
+            "180/15m",
+        ),
+        ("GET /2/users/:id/following/spaces", "300/15m", "300/15m"),
+        ("GET /2/broadcasts", "", ""),
+    ];
+    for (n, app, user) in cases {
+        let e = find(n);
+        assert_eq!(
+            (show(&e.app).as_str(), show(&e.user).as_str()),
+            (app, user),
+            "{n}"
+        );
+    }
+    let me = find("GET /2/users/me");
+    assert!(!me.auth.app() && me.auth.oauth2_user() && me.auth.oauth1_user());
+    assert_eq!(me.scopes, ["tweet.read", "users.read"]);
+    assert!(find("GET /2/tweets/search/stream").stream);
+    assert!(!find("GET /2/tweets/search/recent").stream);
+    assert!(find("GET /2/openapi.json").auth.none());
+}
+
+fn reference_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/reference")
+}
+
+/// The committed table against X's OpenAPI document: same SHA-256, and every operation with
+/// the same auth kinds, scopes and stream flag. CI has `../shared` beside its clone.
+#[test]
+fn the_table_agrees_with_the_spec() {
+    let path = reference_dir().join("x-openapi.json");
+    let Ok(bytes) = std::fs::read(&path) else {
+        eprintln!(
+            "SKIPPED the_table_agrees_with_the_spec: {} is not here (it is in CI, beside the clone)",
+            path.display()
+        );
+        return;
+    };
+    let (version, sha) = Catalogue::spec();
+    let actual = sha2::Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<String>();
+    assert_eq!(
+        actual, sha,
+        "x-openapi.json changed since the catalogue was generated (version {version}): run `python3 scripts/gen_catalogue.py`"
+    );
+    let spec: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    let mut want = BTreeMap::new();
+    for (path, ops) in spec["paths"].as_object().unwrap() {
+        for (method, op) in ops.as_object().unwrap() {
+            if !["get", "post", "put", "delete", "patch"].contains(&method.as_str()) {
+                continue;
+            }
+            let mut auth = 0u8;
+            let mut scopes: Vec<String> = Vec::new();
+            for req in op["security"]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+            {
+                for (scheme, s) in req.as_object().unwrap() {
+                    auth |= match scheme.as_str() {
+                        "BearerToken" => APP,
+                        "OAuth2UserToken" => {
+                            scopes = s
+                                .as_array()
+                                .unwrap()
+                                .iter()
+                                .map(|v| v.as_str().unwrap().to_owned())
+                                .collect();
+                            scopes.sort();
+                            O2U
+                        }
+                        "UserToken" => O1U,
+                        other => panic!("unknown scheme {other}"),
+                    };
+                }
+            }
+            let stream = op["x-twitter-streaming"].as_bool().unwrap_or(false);
+            let docs = path.replace('{', ":").replace('}', "");
+            want.insert(
+                format!("{} {docs}", method.to_uppercase()),
+                (auth, scopes, stream),
+            );
+        }
+    }
+    let got: BTreeMap<String, (u8, Vec<String>, bool)> = Catalogue::rows()
+        .iter()
+        .filter(|r| r.in_spec)
+        .map(|r| {
+            (
+                format!("{} {}", r.method, r.path),
+                (
+                    r.auth,
+                    r.scopes.iter().map(|s| (*s).to_owned()).collect(),
+                    r.stream,
+                ),
+            )
+        })
+        .collect();
+    assert_eq!(got, want);
+}
+
+#[test]
+fn overrides_match_by_shape_and_add_unknown_endpoints() {
+    let c = Catalogue::new(&[
+        override_("GET /2/tweets/{tweet}", &["2/2s"], &[]),
+        override_("POST /2/custom/:thing", &[], &["5/1m"]),
+    ])
+    .unwrap();
+    let e = c.get(ep(&c, &Method::GET, "/2/tweets/1")).unwrap();
+    assert_eq!(e.name, "GET /2/tweets/:id");
+    assert_eq!(e.app.rates, vec![rate("2/2s")]);
+    assert!(e.app.overridden);
+    // `user` was not given: the catalogue's figure stays.
+    assert_eq!(e.user.rates, vec![rate("900/15m")]);
+    assert!(!e.user.overridden);
+    let added = c.get(ep(&c, &Method::POST, "/2/custom/x")).unwrap();
+    assert_eq!(added.name, "POST /2/custom/:thing");
+    assert!(!added.in_spec);
+    assert_eq!(added.user.rates, vec![rate("5/1m")]);
+}
+
+// === pre-check (CONTRACT section 4) ===
+
+#[test]
+fn precheck_refuses_auth_kinds_the_endpoint_does_not_take() {
+    let c = Catalogue::new(&[]).unwrap();
+    let t = identities();
+    let id = |n| t.get(t.find(n).unwrap());
+    let me = c.get(ep(&c, &Method::GET, "/2/users/me")).unwrap();
+    let err = precheck(me, id("main"), &[]).unwrap_err();
+    assert_eq!(err.kind(), crate::error::ErrorKind::AuthTypeUnsupported);
+    assert_eq!(
+        err.to_string(),
+        "identity main (app-only Bearer): GET /2/users/me needs OAuth 2.0 user context or OAuth 1.0a user context"
+    );
+    precheck(me, id("alice"), &[]).unwrap();
+    // Only OAuth 2.0 users may bookmark.
+    let bookmark = c
+        .get(ep(&c, &Method::POST, "/2/users/1/bookmarks"))
+        .unwrap();
+    let err = precheck(bookmark, id("alice"), &[]).unwrap_err();
+    assert_eq!(err.kind(), crate::error::ErrorKind::AuthTypeUnsupported);
+    // App-only endpoints refuse users.
+    let all = c.get(ep(&c, &Method::GET, "/2/tweets/search/all")).unwrap();
+    assert!(precheck(all, id("alice"), &[]).is_err());
+    precheck(all, id("main"), &[]).unwrap();
+    // No auth at all: nothing to check.
+    let spec = c.get(ep(&c, &Method::GET, "/2/openapi.json")).unwrap();
+    precheck(spec, id("main"), &[]).unwrap();
+}
+
+#[test]
+fn precheck_refuses_missing_oauth2_scopes_and_names_them() {
+    let c = Catalogue::new(&[]).unwrap();
+    let t = identities();
+    let id = |n| t.get(t.find(n).unwrap());
+    let bob = id("bob");
+    let tweet = c.get(ep(&c, &Method::GET, "/2/tweets/1")).unwrap();
+    precheck(tweet, bob, &bob.scopes).unwrap();
+    let dms = c.get(ep(&c, &Method::GET, "/2/dm_events")).unwrap();
+    let err = precheck(dms, bob, &bob.scopes).unwrap_err();
+    assert_eq!(err.kind(), crate::error::ErrorKind::ScopeMissing);
+    assert_eq!(
+        err.to_string(),
+        "identity bob: GET /2/dm_events needs scope dm.read; the identity has tweet.read users.read"
+    );
+    // Scopes of OAuth 1.0a users and Apps are not checked.
+    precheck(dms, id("alice"), &[]).unwrap();
+}

@@ -1,0 +1,389 @@
+//! The proxy as a tower service: the error boundary, the access record and connection
+//! activity around [`crate::proxy::handle`].
+//!
+//! Owns [`ProxyService`] (generic over the request body, so phases can be driven without a
+//! socket): every [`ProxyError`] becomes its contract response here, through
+//! [`ProxyError::to_response`], so the service's error type is `Infallible`. Owns the
+//! per-request access record (request id, metrics at the response head, the log line when
+//! the body ends; a client that goes away before the head is recorded as 499), reading and
+//! throwing away the body of a request refused before its body was read, and the
+//! per-connection activity count the server uses for `keepalive_timeout`.
+
+use std::convert::Infallible;
+use std::fmt;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body::Body;
+use http_body_util::BodyExt as _;
+use tokio::time::Instant;
+
+use crate::body::{BodyDone, BoxError, ProxyBody};
+use crate::clock::{NonceSource as _, RandomNonce};
+use crate::endpoints::EndpointId;
+use crate::error::ErrorKind;
+use crate::headers::REQUEST_ID;
+use crate::metrics::{EndpointLabel, InflightMetric, LimitSource};
+use crate::proxy::{self, State};
+use crate::telemetry::{self, access::Access};
+use crate::upstream::Upstream;
+
+/// Where a request got in matching its endpoint (the metrics' `endpoint` label).
+#[derive(Debug, Clone, Copy)]
+enum Matched {
+    /// Answered before the endpoint was matched: `-`.
+    No,
+    /// A catalogue endpoint, or `other` (`None`).
+    Yes(Option<EndpointId>),
+}
+
+/// What the access log and the metrics record about a request. Written when the response body
+/// is done (or when the client leaves before the response head: status 499), so it knows the
+/// bytes relayed; counted in the metrics at the response head. The phases fill in what they
+/// learn (client, identity, endpoint, upstream's status and time).
+pub struct AccessRecord {
+    state: Arc<State>,
+    start: Instant,
+    method: Method,
+    /// The path only: queries can be long and personal.
+    path: String,
+    request_id: String,
+    client: Option<Arc<str>>,
+    identity: Option<Arc<str>>,
+    endpoint: Matched,
+    upstream_status: Option<u16>,
+    upstream_time: Option<Duration>,
+    /// Status and time of the response head, once sent.
+    head: Option<(u16, Duration)>,
+    bytes: u64,
+    /// Released with the record: the connection's and the process's in-flight counts.
+    _inflight: (InflightGuard, InflightMetric),
+}
+
+impl fmt::Debug for AccessRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AccessRecord")
+            .field("request_id", &self.request_id)
+            .field("head", &self.head)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AccessRecord {
+    /// The client is known.
+    pub fn client(&mut self, name: &Arc<str>) {
+        self.client = Some(Arc::clone(name));
+    }
+
+    /// The identity is known.
+    pub fn identity(&mut self, name: &Arc<str>) {
+        self.identity = Some(Arc::clone(name));
+    }
+
+    /// The endpoint is matched (`None` is `other`).
+    pub fn endpoint(&mut self, id: Option<EndpointId>) {
+        self.endpoint = Matched::Yes(id);
+    }
+
+    /// Upstream's answer head arrived with `status` after `took`.
+    pub fn upstream(&mut self, status: StatusCode, took: Duration) {
+        self.upstream_status = Some(status.as_u16());
+        self.upstream_time = Some(took);
+    }
+
+    fn endpoint_label(&self) -> EndpointLabel<'_> {
+        match self.endpoint {
+            Matched::No => EndpointLabel::UNMATCHED,
+            Matched::Yes(id) => EndpointLabel::of(self.state.catalogue(), id),
+        }
+    }
+
+    /// The response head is going out with `status`: counted now.
+    fn head(&mut self, status: StatusCode) {
+        let took = self.start.elapsed();
+        self.head = Some((status.as_u16(), took));
+        self.count(status.as_u16(), took);
+    }
+
+    fn count(&self, status: u16, took: Duration) {
+        self.state.metrics().request(
+            self.client.as_deref().unwrap_or("-"),
+            self.identity.as_deref().unwrap_or("-"),
+            self.endpoint_label(),
+            status,
+            took,
+        );
+    }
+}
+
+impl BodyDone for AccessRecord {
+    fn done(mut self: Box<Self>, bytes: u64) {
+        self.bytes = bytes;
+    }
+}
+
+impl Drop for AccessRecord {
+    fn drop(&mut self) {
+        let (status, to_head) = self.head.unwrap_or_else(|| {
+            // The client went away before the response head: its upstream request, if any,
+            // was cancelled with the request's future.
+            let took = self.start.elapsed();
+            self.count(499, took);
+            (499, took)
+        });
+        let endpoint = self.endpoint_label();
+        telemetry::access::log(&Access {
+            request_id: &self.request_id,
+            client: self.client.as_deref().unwrap_or("-"),
+            identity: self.identity.as_deref().unwrap_or("-"),
+            endpoint: endpoint.name,
+            method: self.method.as_str(),
+            path: &self.path,
+            status,
+            upstream_status: self.upstream_status,
+            duration: to_head,
+            upstream: self.upstream_time,
+            bytes: self.bytes,
+            total: self.start.elapsed(),
+        });
+    }
+}
+
+/// The longest client `x-request-id` kept as it is.
+const MAX_REQUEST_ID: usize = 128;
+
+/// The client's `x-request-id` when it is well-formed (1 to 128 of `A-Z a-z 0-9 - _ . : @`)
+/// and does not look like a client key (`xgk_…`, which must never reach a log line), else a
+/// fresh random one.
+fn request_id(headers: &HeaderMap) -> String {
+    let given = headers
+        .get(REQUEST_ID)
+        .map(HeaderValue::as_bytes)
+        .filter(|v| {
+            (1..=MAX_REQUEST_ID).contains(&v.len())
+                && !v.starts_with(crate::client_key::KEY_PREFIX.as_bytes())
+                && v.iter()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:@".contains(b))
+        })
+        .and_then(|v| std::str::from_utf8(v).ok());
+    match given {
+        Some(id) => id.to_owned(),
+        // The nonce generator is a CSPRNG; should it fail, a request still gets an id.
+        None => RandomNonce
+            .nonce()
+            .unwrap_or_else(|_no_randomness| "-".to_owned()),
+    }
+}
+
+/// The most of a refused request's unread body that is read and thrown away.
+const DISCARD_MAX_BYTES: u64 = 16 << 20;
+/// How long a refused request's unread body is read at most.
+const DISCARD_TIME: Duration = Duration::from_secs(10);
+
+/// Reads and throws away the body of a request refused before its body was read, at most
+/// [`DISCARD_MAX_BYTES`] for at most [`DISCARD_TIME`], in a task of its own while the answer
+/// goes out. A client still sending its body then gets the answer (404, 413, 429, ...) and
+/// can keep the connection; had the connection been closed with its bytes unread, the kernel
+/// would have reset it and the client would see a broken pipe instead of the answer. A body
+/// that is declared larger, or whose client waits for `100 Continue` (which a refusal never
+/// sends), is not read: hyper closes the connection after the answer.
+pub(crate) fn discard_unread<B>(body: B, headers: &HeaderMap)
+where
+    B: Body + Send + Unpin + 'static,
+    B::Data: Send,
+{
+    let expects_continue = headers.contains_key(header::EXPECT);
+    let declared = body.size_hint().exact();
+    if body.is_end_stream() || expects_continue || declared.is_some_and(|n| n > DISCARD_MAX_BYTES) {
+        return;
+    }
+    tokio::spawn(async move {
+        let mut body = body;
+        let mut read = 0u64;
+        let _gave_up = tokio::time::timeout(DISCARD_TIME, async {
+            while let Some(Ok(frame)) = body.frame().await {
+                read += frame
+                    .data_ref()
+                    .map_or(0, |d| bytes::Buf::remaining(d) as u64);
+                if read > DISCARD_MAX_BYTES {
+                    break;
+                }
+            }
+        })
+        .await;
+    });
+}
+
+// === connection activity ===
+
+/// Requests in flight on one connection, and when it last became idle; the server closes a
+/// connection idle for `keepalive_timeout`.
+#[derive(Debug)]
+pub struct ConnActivity {
+    base: Instant,
+    inflight: AtomicUsize,
+    idle_since_ms: AtomicU64,
+}
+
+impl Default for ConnActivity {
+    fn default() -> Self {
+        Self {
+            base: Instant::now(),
+            inflight: AtomicUsize::new(0),
+            idle_since_ms: AtomicU64::new(0),
+        }
+    }
+}
+
+impl ConnActivity {
+    fn begin(self: &Arc<Self>) -> InflightGuard {
+        self.inflight.fetch_add(1, Ordering::AcqRel);
+        InflightGuard(Arc::clone(self))
+    }
+
+    /// `None` while a request is in flight, else when the connection became idle.
+    pub fn idle_since(&self) -> Option<Instant> {
+        if self.inflight.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let ms = self.idle_since_ms.load(Ordering::Acquire);
+        Some(self.base + Duration::from_millis(ms))
+    }
+}
+
+/// Held from the start of a request until its response body is done or dropped.
+#[derive(Debug)]
+struct InflightGuard(Arc<ConnActivity>);
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        let a = &self.0;
+        let ms = u64::try_from(a.base.elapsed().as_millis()).unwrap_or(u64::MAX);
+        a.idle_since_ms.store(ms, Ordering::Release);
+        a.inflight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+// === the service ===
+
+/// The proxy as a tower service for one connection, over request bodies of type `B`; never
+/// fails (errors are responses).
+pub struct ProxyService<B> {
+    state: Arc<State>,
+    upstream: Arc<Upstream>,
+    activity: Arc<ConnActivity>,
+    _body: PhantomData<fn(B)>,
+}
+
+impl<B> fmt::Debug for ProxyService<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProxyService").finish_non_exhaustive()
+    }
+}
+
+impl<B> Clone for ProxyService<B> {
+    fn clone(&self) -> Self {
+        Self {
+            state: Arc::clone(&self.state),
+            upstream: Arc::clone(&self.upstream),
+            activity: Arc::clone(&self.activity),
+            _body: PhantomData,
+        }
+    }
+}
+
+impl<B> ProxyService<B> {
+    /// The service for a connection whose activity is tracked in `activity`, sending upstream
+    /// through `upstream` (the pool of the worker thread that serves the connection).
+    pub fn new(state: Arc<State>, upstream: Arc<Upstream>, activity: Arc<ConnActivity>) -> Self {
+        Self {
+            state,
+            upstream,
+            activity,
+            _body: PhantomData,
+        }
+    }
+}
+
+impl<B> tower::Service<Request<B>> for ProxyService<B>
+where
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<ProxyBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let state = Arc::clone(&self.state);
+        let upstream = Arc::clone(&self.upstream);
+        let inflight = (self.activity.begin(), state.metrics().begin());
+        Box::pin(async move {
+            let mut record = Box::new(AccessRecord {
+                state: Arc::clone(&state),
+                start: Instant::now(),
+                method: req.method().clone(),
+                path: req.uri().path().to_owned(),
+                request_id: request_id(req.headers()),
+                client: None,
+                identity: None,
+                endpoint: Matched::No,
+                upstream_status: None,
+                upstream_time: None,
+                head: None,
+                bytes: 0,
+                _inflight: inflight,
+            });
+            let handled = proxy::handle(&state, &upstream, req, &mut record).await;
+            let mut resp = match handled {
+                Ok(resp) => resp,
+                Err(e) => {
+                    let kind = e.kind();
+                    tracing::debug!(error = %e, %kind, "request refused");
+                    if matches!(kind, ErrorKind::RateLimited | ErrorKind::UsageCapped) {
+                        state.metrics().rate_limited(
+                            record.identity.as_deref().unwrap_or("-"),
+                            record.endpoint_label().name,
+                            LimitSource::Local,
+                        );
+                    }
+                    e.to_response()
+                }
+            };
+            if let Ok(id) = HeaderValue::from_str(&record.request_id) {
+                resp.headers_mut().insert(REQUEST_ID, id);
+            }
+            record.head(resp.status());
+            resp.body_mut().on_done(record);
+            Ok(resp)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn activity_tracks_inflight_and_idle_time() {
+        let a = Arc::new(ConnActivity::default());
+        assert!(a.idle_since().is_some());
+        let g = a.begin();
+        assert!(a.idle_since().is_none());
+        tokio::time::advance(Duration::from_secs(5)).await;
+        drop(g);
+        let since = a.idle_since().unwrap();
+        assert!(since.duration_since(a.base) >= Duration::from_secs(5));
+    }
+}
