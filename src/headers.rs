@@ -27,13 +27,14 @@ pub const XGATE_IDENTITY: HeaderName = HeaderName::from_static("x-xgate-identity
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    if let Some(conn) = headers.get(header::CONNECTION) {
-        // Names listed in Connection are hop-by-hop too (RFC 9110 7.6.1).
-        let listed: Vec<HeaderName> = conn
-            .to_str()
-            .unwrap_or_default()
-            .split(',')
-            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+    if headers.contains_key(header::CONNECTION) {
+        // Names listed in every Connection header are hop-by-hop too (RFC 9110 7.6.1: the
+        // field may be sent more than once, and the lists combine).
+        let listed: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+            .filter_map(|n| HeaderName::from_bytes(n.trim_ascii()).ok())
             .collect();
         for name in listed {
             headers.remove(name);
@@ -113,6 +114,32 @@ mod tests {
         let mut left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
         left.sort_unstable();
         assert_eq!(left, ["accept-encoding", "content-type", "x-request-id"]);
+    }
+
+    /// Regression (review of the shape issue): a second `Connection` header's names were
+    /// forwarded, because only the first was read.
+    #[test]
+    fn every_connection_header_names_hop_by_hop_headers() {
+        let mut h = map(&[
+            ("connection", "x-first-hop"),
+            ("connection", "x-second-hop, x-third-hop"),
+            ("x-first-hop", "1"),
+            ("x-second-hop", "2"),
+            ("x-third-hop", "3"),
+            ("x-end-to-end", "4"),
+        ]);
+        clean_request(&mut h);
+        let left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, ["x-end-to-end"]);
+        let mut h = map(&[
+            ("connection", "close"),
+            ("connection", "x-upstream-hop"),
+            ("x-upstream-hop", "1"),
+            ("x-rate-limit-remaining", "10"),
+        ]);
+        clean_response(&mut h);
+        let left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, ["x-rate-limit-remaining"]);
     }
 
     #[test]

@@ -278,3 +278,6 @@ where
     .await?; // 401, 413
     forward::exchange(state, upstream, who, endpoint, outbound, admission, record).await // 502, 504
 }
+
+#[cfg(test)]
+mod tests;

@@ -597,6 +597,21 @@ async fn exchange_bytes(
 mod tests {
     use super::*;
 
+    /// Regression (review of the shape issue): an unparseable token-endpoint URL became `/`
+    /// (`unwrap_or_default`) and the request went there; now it is an error naming the URL.
+    #[test]
+    fn an_unparseable_token_endpoint_is_an_error_not_a_request_to_slash() {
+        let ok = token_endpoint("https://api.x.com", "/oauth2/token").unwrap();
+        assert_eq!(ok.to_string(), "https://api.x.com/oauth2/token");
+        let err = token_endpoint("https://api.x.com", "/oauth2/to ken").unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("\"https://api.x.com/oauth2/to ken\" is not valid"),
+            "{err}"
+        );
+        assert_eq!(err.exit_code(), 1);
+    }
+
     #[test]
     fn redirects_are_read_from_urls_or_queries() {
         let r = parse_redirect("http://127.0.0.1:8765/callback?state=abc&code=x%2By+z#frag");

@@ -292,6 +292,120 @@ fn sign_redacts_bearer_unless_revealed() {
     assert_eq!(run.stdout.trim(), "Bearer AAAAbearer%2Fsecret%3D");
 }
 
+/// Regression (review of the shape issue): `sign` worked the credential out from proxy.toml
+/// alone, so an App whose Bearer `xgate bearer` stored got an error, and an OAuth 2.0 user was
+/// told none was stored without a look. It prints what the proxy would attach (CONTRACT 1).
+#[test]
+fn sign_uses_the_credentials_in_the_store_as_the_proxy_does() {
+    use xgate::store::{SqliteStore, StoredToken};
+    let dir = scratch("cli-sign-store");
+    std::fs::write(
+        dir.join("proxy.toml"),
+        format!(
+            "[store]\npath = \"xgate.db\"\n\
+             [apps.main]\nconsumer_key = \"{X_CK}\"\nconsumer_secret = \"{X_CS}\"\noauth2_client_id = \"cid\"\n\
+             [users.alice]\napp = \"main\"\nauth = \"oauth1\"\n\
+             [users.bob]\napp = \"main\"\nauth = \"oauth2\"\nscopes = [\"tweet.read\"]\n"
+        ),
+    )
+    .unwrap();
+    // Nothing stored yet: each names the command that would store it.
+    for (identity, hint) in [
+        ("main", "xgate bearer --app main"),
+        ("alice", "xgate login --identity alice --oauth1"),
+        ("bob", "xgate login --identity bob"),
+    ] {
+        let run = xgate(
+            &dir,
+            &["sign", "--identity", identity, "GET", "/2/tweets/20"],
+            &[],
+        );
+        assert_eq!(run.code, 1, "{run:?}");
+        assert!(run.stderr.contains(hint), "{identity}: {}", run.stderr);
+    }
+    assert!(!dir.join("xgate.db").exists(), "sign created the store");
+    let store = SqliteStore::open(&dir.join("xgate.db"), None).unwrap();
+    store
+        .save_blocking(
+            "main",
+            &StoredToken::Bearer {
+                token: "stored-app-bearer".into(),
+            },
+        )
+        .unwrap();
+    store
+        .save_blocking(
+            "alice",
+            &StoredToken::Oauth1 {
+                token: X_TOKEN.into(),
+                token_secret: X_TS.into(),
+            },
+        )
+        .unwrap();
+    store
+        .save_blocking(
+            "bob",
+            &StoredToken::Oauth2 {
+                access_token: "stored-bob-access".into(),
+                refresh_token: Some("stored-bob-refresh".into()),
+                expires_at: None,
+                scopes: vec!["tweet.read".into()],
+            },
+        )
+        .unwrap();
+    drop(store);
+    for (identity, want) in [("main", "stored-app-bearer"), ("bob", "stored-bob-access")] {
+        let run = xgate(
+            &dir,
+            &["sign", "--identity", identity, "GET", "/2/tweets/20"],
+            &[],
+        );
+        assert_eq!(
+            (run.code, run.stdout.trim()),
+            (0, "Bearer [redacted]"),
+            "{run:?}"
+        );
+        assert!(!run.stdout.contains(want) && !run.stderr.contains(want));
+        let run = xgate(
+            &dir,
+            &[
+                "sign",
+                "--identity",
+                identity,
+                "--reveal",
+                "GET",
+                "/2/tweets/20",
+            ],
+            &[],
+        );
+        assert_eq!(run.stdout.trim(), format!("Bearer {want}"), "{run:?}");
+    }
+    let run = xgate(
+        &dir,
+        &[
+            "sign",
+            "--identity",
+            "alice",
+            "--nonce",
+            "kYjzVBB8Y0ZFabxSWbWovY3uYSQ2pTgmZeNu2VS4cg",
+            "--timestamp",
+            "1318622958",
+            "--form",
+            "status=Hello Ladies + Gentlemen, a signed OAuth request!",
+            "POST",
+            "https://api.x.com/1.1/statuses/update.json?include_entities=true",
+        ],
+        &[],
+    );
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        run.stdout
+            .contains("oauth_signature=\"Ls93hJiZbQ3akF3HF3x1Bz8%2FzU4%3D\""),
+        "{}",
+        run.stdout
+    );
+}
+
 #[test]
 fn sign_errors_are_clear() {
     let dir = setup();
