@@ -267,6 +267,47 @@ impl Body for ProxyBody {
     }
 }
 
+// === refused requests ===
+
+/// The most of a refused request's unread body that is read and thrown away.
+const DISCARD_MAX_BYTES: u64 = 16 << 20;
+/// How long a refused request's unread body is read at most.
+const DISCARD_TIME: Duration = Duration::from_secs(10);
+
+/// Reads and throws away the body of a request refused before its body was read, at most
+/// [`DISCARD_MAX_BYTES`] for at most [`DISCARD_TIME`], in a task of its own while the answer
+/// goes out. A client still sending its body then gets the answer (404, 413, 429, ...) and
+/// can keep the connection; had the connection been closed with its bytes unread, the kernel
+/// would have reset it and the client would see a broken pipe instead of the answer. A body
+/// that is declared larger, or whose client waits for `100 Continue` (which a refusal never
+/// sends), is not read: hyper closes the connection after the answer.
+pub fn discard_unread<B>(body: B, headers: &http::HeaderMap)
+where
+    B: Body + Send + Unpin + 'static,
+    B::Data: Send,
+{
+    let expects_continue = headers.contains_key(http::header::EXPECT);
+    let declared = body.size_hint().exact();
+    if body.is_end_stream() || expects_continue || declared.is_some_and(|n| n > DISCARD_MAX_BYTES) {
+        return;
+    }
+    tokio::spawn(async move {
+        let mut body = body;
+        let mut read = 0u64;
+        let _gave_up = tokio::time::timeout(DISCARD_TIME, async {
+            while let Some(Ok(frame)) = http_body_util::BodyExt::frame(&mut body).await {
+                read += frame
+                    .data_ref()
+                    .map_or(0, |d| bytes::Buf::remaining(d) as u64);
+                if read > DISCARD_MAX_BYTES {
+                    break;
+                }
+            }
+        })
+        .await;
+    });
+}
+
 /// Whether `err` (or anything in its source chain) is a [`BodyTooLarge`].
 pub fn find_body_too_large(err: &(dyn StdError + 'static)) -> Option<BodyTooLarge> {
     let mut cur = Some(err);

@@ -23,8 +23,8 @@ use crate::headers;
 use crate::identity::{Identity, IdentityId};
 use crate::limits::{self, Admission};
 use crate::metrics::{EndpointLabel, LimitSource};
-use crate::proxy::State;
-use crate::service::AccessRecord;
+use crate::state::State;
+use crate::telemetry::access::RequestFacts;
 use crate::upstream::Upstream;
 
 /// The most of an upstream 429 body read to look for `usage-capped`.
@@ -38,7 +38,7 @@ pub async fn exchange(
     endpoint: Option<EndpointId>,
     outbound: Outbound,
     mut admission: Admission<'_>,
-    record: &mut AccessRecord,
+    facts: &mut RequestFacts,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let Outbound {
         request,
@@ -91,7 +91,7 @@ pub async fn exchange(
     let took = sent.elapsed();
     let label = EndpointLabel::of(state.catalogue(), endpoint);
     state.metrics().upstream(label, took);
-    record.upstream(resp.status(), took);
+    facts.upstream = Some((resp.status().as_u16(), took));
     let (mut parts, body) = resp.into_parts();
     if let (Some(remaining), Some(_)) = (admission.learn(&parts.headers), endpoint) {
         state

@@ -40,6 +40,7 @@ pub mod secret;
 pub mod server;
 pub mod service;
 pub mod stack;
+pub mod state;
 pub mod store;
 pub mod telemetry;
 pub mod upstream;

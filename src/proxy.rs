@@ -1,215 +1,26 @@
 //! One request from the client to X and back, as CONTRACT section 7 orders its answers.
 //!
 //! Owns [`handle`], the list of phases — one call each, in the contract's order, each phase in
-//! the module named for its concern — and the shared [`State`] built from the config once at
-//! startup (opening the token store when an identity needs it). Choosing status codes is
-//! `error.rs`'s; turning errors into responses and the access record are `service.rs`'s.
+//! the module named for its concern. Choosing status codes is `error.rs`'s; turning errors into
+//! responses and writing the access record are `service.rs`'s; what every phase reads is
+//! `state.rs`'s.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::Response;
 use http_body::Body;
 
-use crate::auth::oauth2::{Oauth2App, Oauth2User, Oauth2Users};
-use crate::auth::{self, Credentials, CredentialsError};
+use crate::auth;
 use crate::body::{BoxError, ProxyBody};
 use crate::client_auth::Clients;
-use crate::clock::{Clock, SystemClock};
-use crate::config::Config;
-use crate::endpoints::{self, Catalogue, CatalogueError};
+use crate::endpoints;
 use crate::error::ProxyError;
-use crate::identity::{self, Identities, IdentitiesError, IdentityKind, Resolved};
-use crate::limits::{Draw, Limiter};
-use crate::metrics::{Metrics, MetricsError};
-use crate::service::AccessRecord;
-use crate::store::{SqliteStore, StoreError, TokenStore};
-use crate::upstream::{Upstream, UpstreamSetupError};
+use crate::limits::Draw;
+use crate::state::State;
+use crate::telemetry::access::RequestFacts;
+use crate::upstream::Upstream;
 use crate::{forward, inbound};
-
-/// Everything a request needs, built once at startup and shared by all connections.
-#[derive(Debug)]
-pub struct State {
-    identities: Arc<Identities>,
-    credentials: Credentials,
-    clients: Clients,
-    catalogue: Arc<Catalogue>,
-    limiter: Limiter,
-    metrics: Arc<Metrics>,
-    oauth2: Arc<Oauth2Users>,
-    upstream: Arc<Upstream>,
-    clock: Arc<dyn Clock>,
-    allowed_prefixes: Vec<String>,
-    max_body_bytes: u64,
-    idle_timeout: Duration,
-}
-
-/// The proxy could not be set up from a valid config.
-#[derive(Debug, thiserror::Error)]
-pub enum SetupError {
-    /// The token store could not be opened or read.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// The identities table could not be built.
-    #[error(transparent)]
-    Identities(#[from] IdentitiesError),
-    /// A credential is not usable.
-    #[error(transparent)]
-    Credentials(#[from] CredentialsError),
-    /// The endpoint catalogue could not be built.
-    #[error(transparent)]
-    Catalogue(#[from] CatalogueError),
-    /// The metrics could not be registered.
-    #[error(transparent)]
-    Metrics(#[from] MetricsError),
-    /// The upstream client could not be built.
-    #[error(transparent)]
-    Upstream(#[from] UpstreamSetupError),
-}
-
-impl SetupError {
-    /// Whether the configuration is at fault (a wrong `store.encryption_key`): exit status 2.
-    pub fn is_config(&self) -> bool {
-        match self {
-            Self::Store(e) | Self::Credentials(CredentialsError::Store(e)) => e.is_config(),
-            Self::Identities(_)
-            | Self::Credentials(CredentialsError::Credential(_))
-            | Self::Catalogue(_)
-            | Self::Metrics(_)
-            | Self::Upstream(_) => false,
-        }
-    }
-}
-
-impl State {
-    /// Builds the shared state from a validated config.
-    pub async fn from_config(config: &Config) -> Result<Self, SetupError> {
-        Self::with_clock(config, Arc::new(SystemClock)).await
-    }
-
-    /// Builds the shared state with every reader of time (rate limits, client shares, token
-    /// expiry, OAuth 1.0a timestamps, clock skew) reading `clock`. Opens the token store when
-    /// an identity needs it (an OAuth 2.0 user, an App without `bearer_token`, an OAuth 1.0a
-    /// user without a token pair).
-    pub async fn with_clock(config: &Config, clock: Arc<dyn Clock>) -> Result<Self, SetupError> {
-        let store = if identity::needs_store(config) {
-            let key = config.store.encryption_key.clone();
-            let path = config.store.path.clone();
-            let opened =
-                tokio::task::spawn_blocking(move || SqliteStore::open(&path, key.as_ref()))
-                    .await
-                    .map_err(|e| StoreError::Io {
-                        path: config.store.path.clone(),
-                        message: format!("opening the store did not finish: {e}"),
-                    })??;
-            Some(Arc::new(opened) as Arc<dyn TokenStore>)
-        } else {
-            None
-        };
-        let identities = Arc::new(Identities::from_config(config)?);
-        let credentials =
-            Credentials::resolve(config, &identities, store.as_deref(), Arc::clone(&clock)).await?;
-        let clients = Clients::from_config(config, &identities, &clock);
-        let catalogue = Arc::new(Catalogue::new(&config.limits.overrides)?);
-        let metrics = Arc::new(Metrics::new(&catalogue, &identities)?);
-        let limiter = Limiter::in_memory(
-            Arc::clone(&catalogue),
-            Arc::clone(&identities),
-            &config.limits,
-            Arc::clone(&clock),
-        );
-        let upstream = Arc::new(Upstream::new(
-            &config.upstream,
-            config.server.request_timeout,
-        )?);
-        let mut users = Vec::new();
-        for (id, i) in identities.iter() {
-            if i.kind != IdentityKind::Oauth2User {
-                continue;
-            }
-            let app = identities.get(i.app);
-            let Some(client) = config.apps.get(&*app.name).and_then(|a| a.oauth2.as_ref()) else {
-                continue;
-            };
-            let stored = match identity::resolve(config, &i.name, store.as_deref()).await? {
-                Some(Resolved::Oauth2 { stored }) => Some(stored),
-                _ => None,
-            };
-            users.push(Oauth2User {
-                id,
-                name: Arc::clone(&i.name),
-                app: Oauth2App {
-                    client_id: client.client_id.clone(),
-                    client_secret: client.client_secret.clone(),
-                },
-                stored,
-            });
-        }
-        let oauth2 = Arc::new(Oauth2Users::new(
-            users,
-            store,
-            Arc::clone(&upstream),
-            format!("{}/2/oauth2/token", upstream.base()),
-            Arc::clone(&clock),
-            Arc::clone(&metrics),
-        ));
-        Ok(Self {
-            identities,
-            credentials,
-            clients,
-            catalogue,
-            limiter,
-            metrics,
-            oauth2,
-            upstream,
-            clock,
-            allowed_prefixes: config.upstream.allowed_prefixes.clone(),
-            max_body_bytes: config.server.max_body_bytes,
-            idle_timeout: config.server.idle_timeout,
-        })
-    }
-
-    /// The upstream client (each worker thread takes a pool of its own from it).
-    pub fn upstream(&self) -> &Upstream {
-        &self.upstream
-    }
-
-    /// The proxy's metrics (the admin listener renders them).
-    pub fn metrics(&self) -> &Arc<Metrics> {
-        &self.metrics
-    }
-
-    /// The endpoint catalogue.
-    pub fn catalogue(&self) -> &Catalogue {
-        &self.catalogue
-    }
-
-    /// The rate limits.
-    pub fn limiter(&self) -> &Limiter {
-        &self.limiter
-    }
-
-    /// The identities' credentials.
-    pub fn credentials(&self) -> &Credentials {
-        &self.credentials
-    }
-
-    /// The OAuth 2.0 users' token pairs.
-    pub fn oauth2(&self) -> &Arc<Oauth2Users> {
-        &self.oauth2
-    }
-
-    /// The clock every phase reads.
-    pub fn clock(&self) -> &dyn Clock {
-        &*self.clock
-    }
-
-    /// `server.idle_timeout`.
-    pub fn idle_timeout(&self) -> Duration {
-        self.idle_timeout
-    }
-}
 
 /// One request, phase by phase: each line is one of CONTRACT section 7's answers, in its
 /// order. Requests that cannot be parsed (400, 431) never get here: hyper answers them.
@@ -220,7 +31,7 @@ pub async fn handle<B>(
     state: &State,
     upstream: &Upstream,
     req: http::Request<B>,
-    record: &mut AccessRecord,
+    facts: &mut RequestFacts,
 ) -> Result<Response<ProxyBody>, ProxyError>
 where
     B: Body<Data = Bytes> + Send + Unpin + 'static,
@@ -230,13 +41,13 @@ where
     let admitted = async {
         inbound::check_method(&parts.method)?; // 405
         let client = state.clients.authenticate(&parts.headers)?; // 401
-        record.client(&client.name);
+        facts.client = Some(Arc::clone(&client.name));
         let id = Clients::identity(client, &parts.headers, &state.identities)?; // 400, 403
         let identity = state.identities.get(id);
-        record.identity(&identity.name);
+        facts.identity = Some(Arc::clone(&identity.name));
         let target = inbound::target(&parts.uri, &state.allowed_prefixes)?; // 400, 404
         let endpoint = state.catalogue.lookup(&parts.method, target.path());
-        record.endpoint(endpoint);
+        facts.endpoint = Some(endpoint);
         let pair = state.oauth2.stored_pair(id, identity)?; // 401 credentials-missing
         let granted = pair
             .as_ref()
@@ -261,7 +72,7 @@ where
     let (who, endpoint, uri, admission) = match admitted {
         Ok(admitted) => admitted,
         Err(e) => {
-            crate::service::discard_unread(body, &parts.headers);
+            crate::body::discard_unread(body, &parts.headers);
             return Err(e);
         }
     };
@@ -276,7 +87,7 @@ where
         max_body,
     )
     .await?; // 401, 413
-    forward::exchange(state, upstream, who, endpoint, outbound, admission, record).await // 502, 504
+    forward::exchange(state, upstream, who, endpoint, outbound, admission, facts).await // 502, 504
 }
 
 #[cfg(test)]

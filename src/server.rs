@@ -31,9 +31,9 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::admin::{self, Readiness};
 use crate::config::{Config, TlsFiles};
-use crate::proxy::{SetupError, State};
 use crate::service::ConnActivity;
 use crate::stack;
+use crate::state::{SetupError, State};
 use crate::upstream::Upstream;
 use workers::Workers;
 

@@ -20,46 +20,31 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body::Body;
-use http_body_util::BodyExt as _;
 use tokio::time::Instant;
 
 use crate::body::{BodyDone, BoxError, ProxyBody};
 use crate::clock::{NonceSource as _, RandomNonce};
-use crate::endpoints::EndpointId;
 use crate::error::ErrorKind;
 use crate::headers::REQUEST_ID;
 use crate::metrics::{EndpointLabel, InflightMetric, LimitSource};
-use crate::proxy::{self, State};
-use crate::telemetry::{self, access::Access};
+use crate::proxy;
+use crate::state::State;
+use crate::telemetry::access::{self, Access, RequestFacts};
 use crate::upstream::Upstream;
-
-/// Where a request got in matching its endpoint (the metrics' `endpoint` label).
-#[derive(Debug, Clone, Copy)]
-enum Matched {
-    /// Answered before the endpoint was matched: `-`.
-    No,
-    /// A catalogue endpoint, or `other` (`None`).
-    Yes(Option<EndpointId>),
-}
 
 /// What the access log and the metrics record about a request. Written when the response body
 /// is done (or when the client leaves before the response head: status 499), so it knows the
-/// bytes relayed; counted in the metrics at the response head. The phases fill in what they
-/// learn (client, identity, endpoint, upstream's status and time).
-pub struct AccessRecord {
+/// bytes relayed; counted in the metrics at the response head. The phases fill in `facts`.
+struct AccessRecord {
     state: Arc<State>,
     start: Instant,
     method: Method,
     /// The path only: queries can be long and personal.
     path: String,
     request_id: String,
-    client: Option<Arc<str>>,
-    identity: Option<Arc<str>>,
-    endpoint: Matched,
-    upstream_status: Option<u16>,
-    upstream_time: Option<Duration>,
+    facts: RequestFacts,
     /// Status and time of the response head, once sent.
     head: Option<(u16, Duration)>,
     bytes: u64,
@@ -77,31 +62,10 @@ impl fmt::Debug for AccessRecord {
 }
 
 impl AccessRecord {
-    /// The client is known.
-    pub fn client(&mut self, name: &Arc<str>) {
-        self.client = Some(Arc::clone(name));
-    }
-
-    /// The identity is known.
-    pub fn identity(&mut self, name: &Arc<str>) {
-        self.identity = Some(Arc::clone(name));
-    }
-
-    /// The endpoint is matched (`None` is `other`).
-    pub fn endpoint(&mut self, id: Option<EndpointId>) {
-        self.endpoint = Matched::Yes(id);
-    }
-
-    /// Upstream's answer head arrived with `status` after `took`.
-    pub fn upstream(&mut self, status: StatusCode, took: Duration) {
-        self.upstream_status = Some(status.as_u16());
-        self.upstream_time = Some(took);
-    }
-
     fn endpoint_label(&self) -> EndpointLabel<'_> {
-        match self.endpoint {
-            Matched::No => EndpointLabel::UNMATCHED,
-            Matched::Yes(id) => EndpointLabel::of(self.state.catalogue(), id),
+        match self.facts.endpoint {
+            None => EndpointLabel::UNMATCHED,
+            Some(id) => EndpointLabel::of(self.state.catalogue(), id),
         }
     }
 
@@ -114,8 +78,8 @@ impl AccessRecord {
 
     fn count(&self, status: u16, took: Duration) {
         self.state.metrics().request(
-            self.client.as_deref().unwrap_or("-"),
-            self.identity.as_deref().unwrap_or("-"),
+            self.facts.client.as_deref().unwrap_or("-"),
+            self.facts.identity.as_deref().unwrap_or("-"),
             self.endpoint_label(),
             status,
             took,
@@ -139,17 +103,17 @@ impl Drop for AccessRecord {
             (499, took)
         });
         let endpoint = self.endpoint_label();
-        telemetry::access::log(&Access {
+        access::log(&Access {
             request_id: &self.request_id,
-            client: self.client.as_deref().unwrap_or("-"),
-            identity: self.identity.as_deref().unwrap_or("-"),
+            client: self.facts.client.as_deref().unwrap_or("-"),
+            identity: self.facts.identity.as_deref().unwrap_or("-"),
             endpoint: endpoint.name,
             method: self.method.as_str(),
             path: &self.path,
             status,
-            upstream_status: self.upstream_status,
+            upstream_status: self.facts.upstream.map(|(status, _)| status),
             duration: to_head,
-            upstream: self.upstream_time,
+            upstream: self.facts.upstream.map(|(_, took)| took),
             bytes: self.bytes,
             total: self.start.elapsed(),
         });
@@ -180,45 +144,6 @@ fn request_id(headers: &HeaderMap) -> String {
             .nonce()
             .unwrap_or_else(|_no_randomness| "-".to_owned()),
     }
-}
-
-/// The most of a refused request's unread body that is read and thrown away.
-const DISCARD_MAX_BYTES: u64 = 16 << 20;
-/// How long a refused request's unread body is read at most.
-const DISCARD_TIME: Duration = Duration::from_secs(10);
-
-/// Reads and throws away the body of a request refused before its body was read, at most
-/// [`DISCARD_MAX_BYTES`] for at most [`DISCARD_TIME`], in a task of its own while the answer
-/// goes out. A client still sending its body then gets the answer (404, 413, 429, ...) and
-/// can keep the connection; had the connection been closed with its bytes unread, the kernel
-/// would have reset it and the client would see a broken pipe instead of the answer. A body
-/// that is declared larger, or whose client waits for `100 Continue` (which a refusal never
-/// sends), is not read: hyper closes the connection after the answer.
-pub(crate) fn discard_unread<B>(body: B, headers: &HeaderMap)
-where
-    B: Body + Send + Unpin + 'static,
-    B::Data: Send,
-{
-    let expects_continue = headers.contains_key(header::EXPECT);
-    let declared = body.size_hint().exact();
-    if body.is_end_stream() || expects_continue || declared.is_some_and(|n| n > DISCARD_MAX_BYTES) {
-        return;
-    }
-    tokio::spawn(async move {
-        let mut body = body;
-        let mut read = 0u64;
-        let _gave_up = tokio::time::timeout(DISCARD_TIME, async {
-            while let Some(Ok(frame)) = body.frame().await {
-                read += frame
-                    .data_ref()
-                    .map_or(0, |d| bytes::Buf::remaining(d) as u64);
-                if read > DISCARD_MAX_BYTES {
-                    break;
-                }
-            }
-        })
-        .await;
-    });
 }
 
 // === connection activity ===
@@ -336,16 +261,12 @@ where
                 method: req.method().clone(),
                 path: req.uri().path().to_owned(),
                 request_id: request_id(req.headers()),
-                client: None,
-                identity: None,
-                endpoint: Matched::No,
-                upstream_status: None,
-                upstream_time: None,
+                facts: RequestFacts::default(),
                 head: None,
                 bytes: 0,
                 _inflight: inflight,
             });
-            let handled = proxy::handle(&state, &upstream, req, &mut record).await;
+            let handled = proxy::handle(&state, &upstream, req, &mut record.facts).await;
             let mut resp = match handled {
                 Ok(resp) => resp,
                 Err(e) => {
@@ -353,7 +274,7 @@ where
                     tracing::debug!(error = %e, %kind, "request refused");
                     if matches!(kind, ErrorKind::RateLimited | ErrorKind::UsageCapped) {
                         state.metrics().rate_limited(
-                            record.identity.as_deref().unwrap_or("-"),
+                            record.facts.identity.as_deref().unwrap_or("-"),
                             record.endpoint_label().name,
                             LimitSource::Local,
                         );

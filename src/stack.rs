@@ -22,8 +22,8 @@ use std::sync::Arc;
 
 use hyper::body::Incoming;
 
-use crate::proxy::State;
 use crate::service::{ConnActivity, ProxyService};
+use crate::state::State;
 use crate::upstream::Upstream;
 
 /// The service for one proxy connection, served by the worker whose upstream pool is

@@ -15,6 +15,7 @@ use crate::config::Config;
 use crate::endpoints::EndpointId;
 use crate::identity::IdentityId;
 use crate::service::{ConnActivity, ProxyService};
+use crate::store::SqliteStore;
 use crate::store::StoredToken;
 
 const KEY: &str = "xgk_proxy-phase-tests";

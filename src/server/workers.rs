@@ -8,7 +8,7 @@
 //! (BENCHMARKS.md, "Worker threads"). The acceptor hands each connection to the next worker in
 //! turn; a connection stays on its worker until it closes.
 //!
-//! What is shared between workers lives in [`crate::proxy::State`] behind atomics and short
+//! What is shared between workers lives in [`crate::state::State`] behind atomics and short
 //! locks: identities, buckets, tokens, metrics.
 
 use std::sync::Arc;

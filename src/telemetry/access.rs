@@ -11,11 +11,12 @@
 use std::cell::RefCell;
 use std::fmt::Write as _;
 use std::io::Write as _;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use super::{BatchWriter, LogFormat};
 use crate::clock::{Clock, SystemClock};
+use crate::endpoints::EndpointId;
 
 /// Where access lines go once logging is set up.
 #[derive(Debug)]
@@ -29,6 +30,20 @@ static SINK: OnceLock<Sink> = OnceLock::new();
 /// Sends access lines straight to `writer` in `format` (once, at startup).
 pub(super) fn install(writer: BatchWriter, format: LogFormat) {
     let _already_set = SINK.set(Sink { writer, format });
+}
+
+/// What the phases of a request learn about it, for its access record and its metrics: each
+/// phase notes what it finds out (the client, the identity, the endpoint, upstream's answer).
+#[derive(Debug, Clone, Default)]
+pub struct RequestFacts {
+    /// The calling client's name, once known.
+    pub client: Option<Arc<str>>,
+    /// The identity's name, once known.
+    pub identity: Option<Arc<str>>,
+    /// The endpoint, once matched: `Some(None)` is `other`; `None`, answered before matching.
+    pub endpoint: Option<Option<EndpointId>>,
+    /// Upstream's status and the time to its head, when it answered.
+    pub upstream: Option<(u16, Duration)>,
 }
 
 /// The fields of one access record.

@@ -8,6 +8,8 @@
 )]
 
 #[cfg(test)]
+mod architecture;
+#[cfg(test)]
 mod cli;
 #[cfg(test)]
 mod observability;
