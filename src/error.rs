@@ -45,11 +45,13 @@ pub enum ErrorKind {
     SharedStateUnavailable,
     /// 504.
     UpstreamTimeout,
+    /// 500: handling the request panicked (a bug; the rest of the proxy goes on).
+    InternalError,
 }
 
 impl ErrorKind {
     /// Every kind, for tests and documentation.
-    pub const ALL: [Self; 15] = [
+    pub const ALL: [Self; 16] = [
         Self::BadRequest,
         Self::ClientUnauthenticated,
         Self::TokenRefreshFailed,
@@ -65,6 +67,7 @@ impl ErrorKind {
         Self::UpstreamUnavailable,
         Self::SharedStateUnavailable,
         Self::UpstreamTimeout,
+        Self::InternalError,
     ];
 
     /// The `x-xgate-error` value and the end of the problem `type`.
@@ -85,6 +88,7 @@ impl ErrorKind {
             Self::UpstreamUnavailable => "upstream-unavailable",
             Self::SharedStateUnavailable => "shared-state-unavailable",
             Self::UpstreamTimeout => "upstream-timeout",
+            Self::InternalError => "internal-error",
         }
     }
 
@@ -105,6 +109,7 @@ impl ErrorKind {
             Self::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             Self::SharedStateUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::InternalError => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -123,6 +128,7 @@ impl ErrorKind {
             Self::UpstreamUnavailable => "Bad Gateway",
             Self::SharedStateUnavailable => "Service Unavailable",
             Self::UpstreamTimeout => "Gateway Timeout",
+            Self::InternalError => "Internal Server Error",
         }
     }
 }
@@ -323,6 +329,9 @@ pub enum ProxyError {
     /// The request could not be prepared for upstream.
     #[error("request could not be prepared for upstream: {0}")]
     Internal(#[from] Internal),
+    /// Handling the request panicked (caught by `stack::CatchPanicLayer`).
+    #[error("the proxy failed while handling this request (logged); it goes on serving")]
+    Panicked,
 }
 
 impl ProxyError {
@@ -344,6 +353,7 @@ impl ProxyError {
             Self::UpstreamUnavailable { .. } | Self::Internal(_) => ErrorKind::UpstreamUnavailable,
             Self::SharedStateUnavailable => ErrorKind::SharedStateUnavailable,
             Self::UpstreamTimeout(_) => ErrorKind::UpstreamTimeout,
+            Self::Panicked => ErrorKind::InternalError,
         }
     }
 
@@ -366,7 +376,8 @@ impl ProxyError {
             | Self::CredentialsMissing { .. }
             | Self::TokenRefreshFailed { .. }
             | Self::SharedStateUnavailable
-            | Self::Internal(_) => None,
+            | Self::Internal(_)
+            | Self::Panicked => None,
         }
     }
 
@@ -420,7 +431,8 @@ impl ProxyError {
             | Self::UpstreamUnavailable { .. }
             | Self::UpstreamTimeout(_)
             | Self::SharedStateUnavailable
-            | Self::Internal(_) => {}
+            | Self::Internal(_)
+            | Self::Panicked => {}
         }
         resp
     }
@@ -467,6 +479,7 @@ mod tests {
             ("upstream-unavailable", 502),
             ("shared-state-unavailable", 503),
             ("upstream-timeout", 504),
+            ("internal-error", 500),
         ];
         let got: Vec<(&str, u16)> = ErrorKind::ALL
             .iter()
@@ -522,6 +535,7 @@ mod tests {
                 ProxyError::SharedStateUnavailable,
                 ErrorKind::SharedStateUnavailable,
             ),
+            (ProxyError::Panicked, ErrorKind::InternalError),
             (
                 ProxyError::TokenRefreshFailed {
                     identity: "bob".into(),
@@ -567,6 +581,13 @@ mod tests {
                 ErrorKind::UsageCapped,
             ),
         ];
+        let covered: std::collections::HashSet<ErrorKind> =
+            cases.iter().map(|(_, kind)| *kind).collect();
+        assert_eq!(
+            covered.len(),
+            ErrorKind::ALL.len(),
+            "a kind has no case here"
+        );
         for (err, kind) in cases {
             assert_eq!(err.kind(), kind, "{err:?}");
             let resp = err.to_response();

@@ -96,11 +96,13 @@ impl BodyDone for AccessRecord {
 impl Drop for AccessRecord {
     fn drop(&mut self) {
         let (status, to_head) = self.head.unwrap_or_else(|| {
-            // The client went away before the response head: its upstream request, if any,
-            // was cancelled with the request's future.
+            // No response head went out. Dropped while its handling panicked, the client gets
+            // a 500 (`stack::CatchPanicLayer`); else the client went away first, and its
+            // upstream request, if any, was cancelled with the request's future.
+            let status = if std::thread::panicking() { 500 } else { 499 };
             let took = self.start.elapsed();
-            self.count(499, took);
-            (499, took)
+            self.count(status, took);
+            (status, took)
         });
         let endpoint = self.endpoint_label();
         access::log(&Access {
