@@ -161,11 +161,77 @@ impl Drop for ProxyBody {
 
 enum Kind {
     Full(Option<Bytes>),
-    Upstream {
-        inner: Incoming,
-        idle: Duration,
-        timer: Pin<Box<Sleep>>,
-    },
+    Upstream(IdleTimeout<Incoming>),
+}
+
+/// A body relayed frame by frame that fails with [`BodyIdle`] when no frame comes for `idle`
+/// (there is no total timeout); trailers are dropped.
+pub struct IdleTimeout<B> {
+    inner: B,
+    idle: Duration,
+    timer: Pin<Box<Sleep>>,
+}
+
+impl<B> fmt::Debug for IdleTimeout<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IdleTimeout")
+            .field("idle", &self.idle)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B> IdleTimeout<B> {
+    /// `inner`, closed after `idle` without a frame (the first wait starts now).
+    pub fn new(inner: B, idle: Duration) -> Self {
+        Self {
+            inner,
+            idle,
+            timer: Box::pin(tokio::time::sleep(idle)),
+        }
+    }
+}
+
+impl<B> Body for IdleTimeout<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        loop {
+            match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    let deadline = tokio::time::Instant::now() + this.idle;
+                    this.timer.as_mut().reset(deadline);
+                    match frame.into_data() {
+                        Ok(data) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                        // Trailers are dropped.
+                        Err(_trailers) => {}
+                    }
+                }
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e.into()))),
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => {
+                    ready!(this.timer.as_mut().poll(cx));
+                    return Poll::Ready(Some(Err(Box::new(BodyIdle(this.idle)))));
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 impl fmt::Debug for ProxyBody {
@@ -175,9 +241,9 @@ impl fmt::Debug for ProxyBody {
                 .debug_tuple("ProxyBody::Full")
                 .field(&b.as_ref().map(Bytes::len))
                 .finish(),
-            Kind::Upstream { idle, .. } => f
+            Kind::Upstream(body) => f
                 .debug_struct("ProxyBody::Upstream")
-                .field("idle", idle)
+                .field("idle", &body.idle)
                 .finish(),
         }
     }
@@ -196,11 +262,7 @@ impl ProxyBody {
     /// Upstream's body, relayed frame by frame; closed after `idle` without a frame.
     pub fn upstream(inner: Incoming, idle: Duration) -> Self {
         Self {
-            kind: Kind::Upstream {
-                inner,
-                idle,
-                timer: Box::pin(tokio::time::sleep(idle)),
-            },
+            kind: Kind::Upstream(IdleTimeout::new(inner, idle)),
             bytes: 0,
             done: None,
         }
@@ -226,35 +288,20 @@ impl Body for ProxyBody {
                 this.bytes += b.len() as u64;
                 Ok(Frame::data(b))
             })),
-            Kind::Upstream { inner, idle, timer } => loop {
-                match Pin::new(&mut *inner).poll_frame(cx) {
-                    Poll::Ready(Some(Ok(frame))) => {
-                        let deadline = tokio::time::Instant::now() + *idle;
-                        timer.as_mut().reset(deadline);
-                        match frame.into_data() {
-                            Ok(data) => {
-                                this.bytes += data.len() as u64;
-                                return Poll::Ready(Some(Ok(Frame::data(data))));
-                            }
-                            // Trailers are dropped.
-                            Err(_trailers) => {}
-                        }
-                    }
-                    Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(Box::new(e)))),
-                    Poll::Ready(None) => return Poll::Ready(None),
-                    Poll::Pending => {
-                        ready!(timer.as_mut().poll(cx));
-                        return Poll::Ready(Some(Err(Box::new(BodyIdle(*idle)))));
-                    }
+            Kind::Upstream(body) => {
+                let frame = ready!(Pin::new(body).poll_frame(cx));
+                if let Some(Ok(data)) = frame.as_ref().map(|f| f.as_ref().map(Frame::data_ref)) {
+                    this.bytes += data.map_or(0, |d| d.len() as u64);
                 }
-            },
+                Poll::Ready(frame)
+            }
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Full(b) => b.is_none(),
-            Kind::Upstream { inner, .. } => inner.is_end_stream(),
+            Kind::Upstream(body) => body.is_end_stream(),
         }
     }
 
@@ -262,7 +309,7 @@ impl Body for ProxyBody {
         match &self.kind {
             Kind::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             Kind::Full(None) => SizeHint::with_exact(0),
-            Kind::Upstream { inner, .. } => inner.size_hint(),
+            Kind::Upstream(body) => body.size_hint(),
         }
     }
 }
@@ -318,4 +365,71 @@ pub fn find_body_too_large(err: &(dyn StdError + 'static)) -> Option<BodyTooLarg
         cur = e.source();
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt as _;
+    use tokio::sync::mpsc;
+    use tokio::time::Instant;
+
+    /// A body whose chunks a test sends through a channel; it ends when the sender is dropped.
+    struct Chunks(mpsc::Receiver<Bytes>);
+
+    impl Body for Chunks {
+        type Data = Bytes;
+        type Error = BoxError;
+
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            self.get_mut()
+                .0
+                .poll_recv(cx)
+                .map(|chunk| chunk.map(|c| Ok(Frame::data(c))))
+        }
+    }
+
+    /// `idle_timeout`: a body that sends nothing for `idle` is closed then, measured in
+    /// paused time (exact, and no real waiting).
+    #[tokio::test(start_paused = true)]
+    async fn a_body_silent_for_idle_is_closed_at_idle() {
+        let idle = Duration::from_secs(90);
+        let (tx, rx) = mpsc::channel(1);
+        let mut body = IdleTimeout::new(Chunks(rx), idle);
+        tx.send(Bytes::from_static(b"first")).await.unwrap();
+        let first = body.frame().await.unwrap().unwrap();
+        assert_eq!(first.into_data().unwrap(), "first");
+        let start = Instant::now();
+        let err = body.frame().await.unwrap().unwrap_err();
+        assert_eq!(start.elapsed(), idle);
+        assert!(err.is::<BodyIdle>(), "{err}");
+        drop(tx);
+    }
+
+    /// There is no total timeout: chunks that keep coming within `idle` (X's keep-alive
+    /// newlines) keep the body open however long it lasts.
+    #[tokio::test(start_paused = true)]
+    async fn a_body_that_keeps_sending_is_never_cut() {
+        let idle = Duration::from_secs(90);
+        let (tx, rx) = mpsc::channel(1);
+        let mut body = IdleTimeout::new(Chunks(rx), idle);
+        let sender = tokio::spawn(async move {
+            for _ in 0..100 {
+                tokio::time::sleep(Duration::from_secs(20)).await;
+                tx.send(Bytes::from_static(b"\r\n")).await.unwrap();
+            }
+        });
+        let start = Instant::now();
+        let mut frames = 0;
+        while let Some(frame) = body.frame().await {
+            frame.unwrap();
+            frames += 1;
+        }
+        assert_eq!(frames, 100);
+        assert_eq!(start.elapsed(), Duration::from_secs(2000));
+        sender.await.unwrap();
+    }
 }

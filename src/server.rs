@@ -403,3 +403,100 @@ async fn serve_admin(listener: TcpListener, admin: admin::Admin) {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, DuplexStream};
+    use tokio::time::Instant;
+
+    use super::*;
+
+    /// A connection served over an in-memory stream, with an anonymous client and an upstream
+    /// nobody listens on (the requests here are answered locally).
+    async fn connection(server: &str) -> (DuplexStream, watch::Sender<bool>) {
+        let toml = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n{server}\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+             [upstream]\nbase_url = \"http://127.0.0.1:9\"\n\
+             [apps.main]\nbearer_token = \"t\"\n\
+             [[clients]]\nname = \"local\"\nanonymous = true\nidentities = [\"main\"]\ndefault_identity = \"main\"\n"
+        );
+        let config = Config::from_toml_str(
+            &toml,
+            std::path::Path::new("."),
+            &std::collections::BTreeMap::new(),
+        )
+        .unwrap();
+        let state = Arc::new(State::from_config(&config).await.unwrap());
+        let (stop_tx, stop) = watch::channel(false);
+        let conn = Connection {
+            upstream: Arc::new(state.upstream().with_own_pool()),
+            state,
+            builder: Arc::new(connection_builder(&config)),
+            tls: None,
+            handshake_timeout: config.server.tls_handshake_timeout,
+            keepalive: config.server.keepalive_timeout,
+            stop,
+        };
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        tokio::spawn(conn.serve_io(server, "127.0.0.1:1".parse().unwrap()));
+        (client, stop_tx)
+    }
+
+    /// Reads until the server closes, and how long that took.
+    async fn read_to_close(client: &mut DuplexStream) -> (String, Duration) {
+        let start = Instant::now();
+        let mut out = Vec::new();
+        let _closed = client.read_to_end(&mut out).await;
+        (String::from_utf8_lossy(&out).into_owned(), start.elapsed())
+    }
+
+    /// A local answer (404: outside the allowed prefixes), so nothing goes upstream.
+    const REQUEST: &[u8] = b"GET /1.1/statuses HTTP/1.1\r\nHost: x\r\n\r\n";
+
+    /// `keepalive_timeout`: a connection with no request in flight is closed once it has been
+    /// idle that long, counted from the end of its last response.
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_connection_is_closed_at_keepalive_timeout() {
+        let (mut client, _stop) =
+            connection("keepalive_timeout = \"7s\"\nheader_read_timeout = \"30s\"").await;
+        client.write_all(REQUEST).await.unwrap();
+        let (out, took) = read_to_close(&mut client).await;
+        assert!(out.starts_with("HTTP/1.1 404"), "{out}");
+        assert!(
+            took >= Duration::from_secs(7) && took < Duration::from_secs(8),
+            "closed after {took:?}"
+        );
+    }
+
+    /// `header_read_timeout`: a client that sends its head slower than that is dropped, and
+    /// no answer is made for the half head.
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_head_is_dropped_at_header_read_timeout() {
+        let (mut client, _stop) =
+            connection("keepalive_timeout = \"60s\"\nheader_read_timeout = \"3s\"").await;
+        client
+            .write_all(b"GET /1.1/statuses HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        let (out, took) = read_to_close(&mut client).await;
+        assert!(!out.contains("404"), "{out}");
+        assert!(
+            took >= Duration::from_secs(3) && took < Duration::from_secs(4),
+            "dropped after {took:?}"
+        );
+    }
+
+    /// Shutdown: a connection told to stop finishes the request it has and then closes,
+    /// without waiting for its keep-alive to run out.
+    #[tokio::test(start_paused = true)]
+    async fn a_stopping_connection_closes_without_waiting_for_keepalive() {
+        let (mut client, stop) = connection("keepalive_timeout = \"60s\"").await;
+        client.write_all(REQUEST).await.unwrap();
+        let mut head = [0u8; 12];
+        client.read_exact(&mut head).await.unwrap();
+        assert_eq!(&head, b"HTTP/1.1 404");
+        stop.send(true).unwrap();
+        let (_rest, took) = read_to_close(&mut client).await;
+        assert!(took < Duration::from_secs(1), "closed after {took:?}");
+    }
+}

@@ -279,10 +279,9 @@ app = "1/1h"
     assert_eq!(fake.requests().len(), 3);
     // Room only in an hour, more than max_wait: answered at once.
     assert_eq!(get(proxy.addr, "/2/users/1", None).await.status, 200);
-    let started = tokio::time::Instant::now();
+    // (That it is answered at once, not after a wait, is `limits::tests`'s paused-time test.)
     let a = get(proxy.addr, "/2/users/1", None).await;
     assert_local_429(&a, 1);
-    assert!(started.elapsed() < Duration::from_secs(4));
 }
 
 /// Rule 5: paths the catalogue does not know are forwarded with no bucket.

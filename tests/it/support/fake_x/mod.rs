@@ -1,18 +1,24 @@
 //! FakeX: an in-process stand-in for api.x.com on 127.0.0.1:0.
 //!
+//! Three parts: this module is the API server (recording, scripts, streams, cancellation);
+//! [`oauth`] holds X's token endpoints (OAuth 2.0 code and refresh with rotating refresh
+//! tokens, app-only Bearer, 3-legged OAuth 1.0a); [`verify`] checks credentials the way X
+//! does, written independently of xgate's signer. A panic in a handler (a broken fake or a
+//! failed assertion in it) is kept and raised again when the fake is dropped, so the test
+//! fails with it instead of seeing a dead connection.
+//!
 //! It records every request (method, target, headers, body, trailers), checks Bearer tokens
 //! and OAuth 1.0a signatures like X does (401 otherwise), and answers what the test scripted
 //! for a path prefix: a status, headers and body, a delay before the head, or a slow stream.
 //! It can serve TLS with a certificate from a CA made at test time. It also notices when a
 //! request is abandoned by its client (the proxy), which is how tests see cancellation.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use base64::Engine as _;
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::BodyExt;
@@ -23,6 +29,13 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, mpsc};
 
 use super::tls::TestCa;
+
+mod oauth;
+mod verify;
+
+use oauth::{OauthState, oauth1_token_reply, token_reply};
+use verify::check_auth;
+pub use verify::{dec, verify_oauth1};
 
 pub const BEARER: &str = "AAAAfake-app-bearer%2Ftoken%3D";
 pub const CONSUMER_KEY: &str = "fake-consumer-key";
@@ -142,50 +155,11 @@ struct Shared {
     /// Connections accepted, and those of them that have ended.
     connections: Mutex<(usize, usize)>,
     changed: Notify,
+    /// Panics of handlers, raised again when the fake is dropped.
+    panics: Mutex<Vec<Box<dyn std::any::Any + Send>>>,
 }
 
 /// FakeX's OAuth 2.0 authorization server: codes, a rotating refresh chain, access tokens.
-#[derive(Debug)]
-struct OauthState {
-    /// Authorization code → the PKCE challenge it was issued for.
-    codes: HashMap<String, String>,
-    /// Refresh tokens that work now; each works once (rotation).
-    live_refresh: HashSet<String>,
-    /// User access tokens X accepts.
-    valid_access: HashSet<String>,
-    refresh_calls: usize,
-    code_calls: usize,
-    bearer_calls: usize,
-    invalidated: Vec<String>,
-    issued: usize,
-    /// The next this many refresh calls answer 503.
-    fail_next: usize,
-    /// Every refresh call waits this long first.
-    delay: Duration,
-    expires_in: u64,
-    /// How the last token request authenticated the client: `basic:ID` or `body:ID`.
-    last_client_auth: Option<String>,
-}
-
-impl Default for OauthState {
-    fn default() -> Self {
-        Self {
-            codes: HashMap::new(),
-            live_refresh: HashSet::new(),
-            valid_access: HashSet::new(),
-            refresh_calls: 0,
-            code_calls: 0,
-            bearer_calls: 0,
-            invalidated: Vec::new(),
-            issued: 0,
-            fail_next: 0,
-            delay: Duration::ZERO,
-            expires_in: 7200,
-            last_client_auth: None,
-        }
-    }
-}
-
 /// A running fake.
 #[derive(Debug)]
 pub struct FakeX {
@@ -198,6 +172,22 @@ pub struct FakeX {
 impl Drop for FakeX {
     fn drop(&mut self) {
         self.task.abort();
+        // A handler that panicked fails the test that used this fake (unless the test is
+        // failing already).
+        let panicked = self.shared.panics.lock().unwrap().pop();
+        if let (Some(payload), false) = (panicked, std::thread::panicking()) {
+            std::panic::resume_unwind(payload);
+        }
+    }
+}
+
+/// Aborts a handler task when the request it serves is dropped (the client went away), so
+/// the handler's guards see the cancellation as they did before it ran in a task of its own.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -242,7 +232,34 @@ impl FakeX {
                     let _counted = ConnectionEnd(conn_sh);
                     let svc = hyper::service::service_fn(move |req| {
                         let sh = Arc::clone(&sh);
-                        async move { Ok::<_, Infallible>(serve(sh, addr, is_tls, req).await) }
+                        async move {
+                            // In a task of its own, so a panic is caught and kept for Drop.
+                            let mut task = AbortOnDrop(tokio::spawn(serve(
+                                Arc::clone(&sh),
+                                addr,
+                                is_tls,
+                                req,
+                            )));
+                            let resp = match (&mut task.0).await {
+                                Ok(resp) => resp,
+                                Err(e) => {
+                                    if let Ok(payload) = e.try_into_panic() {
+                                        sh.panics.lock().unwrap().push(payload);
+                                        sh.changed.notify_waiters();
+                                    }
+                                    Response::builder()
+                                        .status(500)
+                                        .body(
+                                            http_body_util::Full::new(Bytes::from_static(
+                                                b"FakeX panicked",
+                                            ))
+                                            .boxed(),
+                                        )
+                                        .unwrap()
+                                }
+                            };
+                            Ok::<_, Infallible>(resp)
+                        }
                     });
                     let builder = auto::Builder::new(TokioExecutor::new());
                     match tls {
@@ -564,331 +581,21 @@ impl http_body::Body for ChannelBody {
     }
 }
 
-// === credential checks, written independently of xgate's signer ===
-
-fn check_auth(
-    method: &str,
-    url: &str,
-    headers: &HeaderMap,
-    form: Option<&[u8]>,
-    user_tokens: &HashSet<String>,
-) -> Auth {
-    let Some(value) = headers.get("authorization").and_then(|v| v.to_str().ok()) else {
-        return Auth::None;
-    };
-    if let Some(token) = value.strip_prefix("Bearer ") {
-        return Auth::Bearer {
-            valid: token == BEARER || token == ISSUED_BEARER || user_tokens.contains(token),
-        };
-    }
-    if value.starts_with("OAuth ") {
-        return match verify_oauth1(method, url, value, form, CONSUMER_SECRET, ALICE_SECRET) {
-            Ok(params) => Auth::Oauth1 {
-                valid: true,
-                params,
-            },
-            Err(_) => Auth::Oauth1 {
-                valid: false,
-                params: parse_oauth_header(value),
-            },
-        };
-    }
-    Auth::Other
-}
-
-fn form(body: &[u8]) -> BTreeMap<String, String> {
-    String::from_utf8_lossy(body)
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            (
-                String::from_utf8_lossy(&dec(k)).into_owned(),
-                String::from_utf8_lossy(&dec(v)).into_owned(),
-            )
-        })
-        .collect()
-}
-
-fn oauth_error(status: u16, error: &str) -> Reply {
-    Reply::json(
-        status,
-        &format!(r#"{{"error":"{error}","error_description":"fake"}}"#),
-    )
-}
-
-/// The client authentication of a token request: HTTP Basic, else `client_id` in the body.
-fn client_auth(headers: &HeaderMap, form: &BTreeMap<String, String>) -> Option<String> {
-    let basic = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Basic "))
-        .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
-        .map(|b| String::from_utf8_lossy(&b).into_owned());
-    match basic {
-        Some(pair) => Some(format!("basic:{pair}")),
-        None => form.get("client_id").map(|id| format!("body:{id}")),
-    }
-}
-
-/// X's 3-legged OAuth 1.0a steps, with signatures checked: the request token (consumer keys
-/// only, `oauth_callback=oob`), then the access token (signed with the request token, with
-/// `oauth_verifier` = [`PIN`]), which is alice's pair so the verifier accepts it afterwards.
-fn oauth1_token_reply(path: &str, url: &str, headers: &HeaderMap) -> Reply {
-    let header = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    let form = |status: u16, body: &str| Reply {
-        status,
-        headers: vec![(
-            "content-type".into(),
-            "application/x-www-form-urlencoded".into(),
-        )],
-        body: ReplyBody::Full(Bytes::from(body.to_owned())),
-        delay: Duration::ZERO,
-    };
-    let refused = || form(401, "error=invalid_signature");
-    if path == "/oauth/request_token" {
-        return match verify_oauth1("POST", url, header, None, CONSUMER_SECRET, "") {
-            Ok(p)
-                if p.get("oauth_callback").map(String::as_str) == Some("oob")
-                    && !p.contains_key("oauth_token") =>
-            {
-                form(
-                    200,
-                    &format!(
-                        "oauth_token={REQUEST_TOKEN}&oauth_token_secret={}&oauth_callback_confirmed=true",
-                        enc(REQUEST_SECRET.as_bytes())
-                    ),
-                )
-            }
-            _ => refused(),
-        };
-    }
-    match verify_oauth1("POST", url, header, None, CONSUMER_SECRET, REQUEST_SECRET) {
-        Ok(p)
-            if p.get("oauth_token").map(String::as_str) == Some(REQUEST_TOKEN)
-                && p.get("oauth_verifier").map(String::as_str) == Some(PIN) =>
-        {
-            form(
-                200,
-                &format!(
-                    "oauth_token={}&oauth_token_secret={}&user_id=111&screen_name=alice",
-                    enc(ALICE_TOKEN.as_bytes()),
-                    enc(ALICE_SECRET.as_bytes())
-                ),
-            )
-        }
-        _ => refused(),
-    }
-}
-
-/// The token endpoints: OAuth 2.0 code exchange and refresh (rotating refresh tokens), the
-/// App's Bearer token, and its invalidation.
-async fn token_reply(sh: &Shared, path: &str, headers: &HeaderMap, body: &[u8]) -> Reply {
-    let f = form(body);
-    let auth = client_auth(headers, &f);
-    if path == "/oauth2/token" || path == "/oauth2/invalidate_token" {
-        let want = format!(
-            "basic:{}:{}",
-            enc(CONSUMER_KEY.as_bytes()),
-            enc(CONSUMER_SECRET.as_bytes())
-        );
-        if auth.as_deref() != Some(want.as_str()) {
-            return Reply::json(
-                403,
-                r#"{"errors":[{"code":99,"message":"Unable to verify your credentials"}]}"#,
-            );
-        }
-        let mut o = sh.oauth.lock().unwrap();
-        if path == "/oauth2/invalidate_token" {
-            let token = f.get("access_token").cloned().unwrap_or_default();
-            o.invalidated.push(token.clone());
-            return Reply::json(200, &format!(r#"{{"access_token":"{token}"}}"#));
-        }
-        o.bearer_calls += 1;
-        if f.get("grant_type").map(String::as_str) != Some("client_credentials") {
-            return Reply::json(403, r#"{"errors":[{"code":99,"message":"bad grant"}]}"#);
-        }
-        return Reply::json(
-            200,
-            &format!(r#"{{"token_type":"bearer","access_token":"{ISSUED_BEARER}"}}"#),
-        );
-    }
-    let delay = {
-        let mut o = sh.oauth.lock().unwrap();
-        o.last_client_auth = auth;
-        if f.get("grant_type").map(String::as_str) == Some("refresh_token") {
-            o.refresh_calls += 1;
-            sh.changed.notify_waiters();
-            o.delay
-        } else {
-            Duration::ZERO
-        }
-    };
-    if !delay.is_zero() {
-        tokio::time::sleep(delay).await;
-    }
-    let mut o = sh.oauth.lock().unwrap();
-    match f.get("grant_type").map(String::as_str) {
-        Some("authorization_code") => {
-            o.code_calls += 1;
-            let Some(challenge) = f.get("code").and_then(|c| o.codes.remove(c)) else {
-                return oauth_error(400, "invalid_grant");
-            };
-            let verifier = f.get("code_verifier").cloned().unwrap_or_default();
-            let s256 = base64::engine::general_purpose::URL_SAFE_NO_PAD
-                .encode(<sha2::Sha256 as sha2::Digest>::digest(verifier.as_bytes()));
-            if s256 != challenge {
-                return oauth_error(400, "invalid_grant");
-            }
-        }
-        Some("refresh_token") => {
-            if o.fail_next > 0 {
-                o.fail_next -= 1;
-                return Reply::json(503, r#"{"title":"Service Unavailable"}"#);
-            }
-            let rt = f.get("refresh_token").cloned().unwrap_or_default();
-            if !o.live_refresh.remove(&rt) {
-                return oauth_error(400, "invalid_grant");
-            }
-        }
-        _ => return oauth_error(400, "unsupported_grant_type"),
-    }
-    o.issued += 1;
-    let n = o.issued;
-    let (access, refresh) = (format!("at-{n}"), format!("rt-{n}"));
-    o.valid_access.insert(access.clone());
-    o.live_refresh.insert(refresh.clone());
-    Reply::json(
-        200,
-        &format!(
-            r#"{{"token_type":"bearer","expires_in":{},"access_token":"{access}","refresh_token":"{refresh}","scope":"tweet.read users.read offline.access"}}"#,
-            o.expires_in
-        ),
-    )
-}
-
-/// RFC 3986 unreserved stays, every other byte is %XX (upper case).
-pub fn enc(bytes: &[u8]) -> String {
-    bytes
-        .iter()
-        .map(|&b| {
-            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
-}
-
-/// Form decoding: `+` is a space, `%XX` a byte.
-pub fn dec(s: &str) -> Vec<u8> {
-    let b = s.as_bytes();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < b.len() => {
-                out.push(u8::from_str_radix(&s[i + 1..i + 3], 16).unwrap());
-                i += 2;
-            }
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    out
-}
-
-fn pairs(s: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
-    s.split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| match p.split_once('=') {
-            Some((k, v)) => (dec(k), dec(v)),
-            None => (dec(p), Vec::new()),
-        })
-        .collect()
-}
-
-pub fn parse_oauth_header(header: &str) -> BTreeMap<String, String> {
-    header
-        .trim_start_matches("OAuth ")
-        .split(", ")
-        .filter_map(|kv| {
-            let (k, v) = kv.split_once('=')?;
-            let v = v.trim_matches('"');
-            Some((
-                String::from_utf8(dec(k)).unwrap(),
-                String::from_utf8(dec(v)).unwrap(),
-            ))
-        })
-        .collect()
-}
-
-/// Checks an OAuth 1.0a header the way X would; returns its parameters when valid.
-pub fn verify_oauth1(
-    method: &str,
-    url: &str,
-    header: &str,
-    form: Option<&[u8]>,
-    consumer_secret: &str,
-    token_secret: &str,
-) -> Result<BTreeMap<String, String>, String> {
-    let params = parse_oauth_header(header);
-    let signature = params
-        .get("oauth_signature")
-        .ok_or("no oauth_signature")?
-        .clone();
-    let (base, query) = url.split_once('?').unwrap_or((url, ""));
-    let mut all: Vec<(String, String)> = params
-        .iter()
-        .filter(|(k, _)| *k != "oauth_signature" && *k != "realm")
-        .map(|(k, v)| (enc(k.as_bytes()), enc(v.as_bytes())))
-        .collect();
-    for (k, v) in pairs(query) {
-        all.push((enc(&k), enc(&v)));
-    }
-    if let Some(body) = form {
-        for (k, v) in pairs(std::str::from_utf8(body).map_err(|e| e.to_string())?) {
-            all.push((enc(&k), enc(&v)));
-        }
-    }
-    all.sort();
-    let joined: Vec<String> = all.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    let base_string = format!(
-        "{}&{}&{}",
-        method.to_uppercase(),
-        enc(base.to_lowercase().as_bytes()),
-        enc(joined.join("&").as_bytes())
-    );
-    use hmac::Mac;
-    let key = format!(
-        "{}&{}",
-        enc(consumer_secret.as_bytes()),
-        enc(token_secret.as_bytes())
-    );
-    let mut mac = hmac::Hmac::<sha1::Sha1>::new_from_slice(key.as_bytes()).unwrap();
-    mac.update(base_string.as_bytes());
-    let expected = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
-    if expected == signature {
-        Ok(params)
-    } else {
-        Err(format!("signature mismatch over {base_string}"))
-    }
-}
-
-#[test]
-fn verifier_accepts_x_published_example_and_rejects_tampering() {
-    let header = "OAuth oauth_consumer_key=\"xvz1evFS4wEEPTGEFPHBog\", oauth_nonce=\"kYjzVBB8Y0ZFabxSWbWovY3uYSQ2pTgmZeNu2VS4cg\", oauth_signature=\"Ls93hJiZbQ3akF3HF3x1Bz8%2FzU4%3D\", oauth_signature_method=\"HMAC-SHA1\", oauth_timestamp=\"1318622958\", oauth_token=\"370773112-GmHxMAgYyLbNEtIKZeRNFsMKPR9EyMZeS9weJAEb\", oauth_version=\"1.0\"";
-    let url = "https://api.x.com/1.1/statuses/update.json?include_entities=true";
-    let body = b"status=Hello%20Ladies%20%2b%20Gentlemen%2c%20a%20signed%20OAuth%20request%21";
-    let cs = "kAcSOqF21Fu85e7zjz7ZN2U4ZRhfV3WpwPAoE3Z7kBw";
-    let ts = "LswwdoUaIvS8ltyTt5jkRh4J50vUPVVHtR2YPi5kE";
-    assert!(verify_oauth1("POST", url, header, Some(body), cs, ts).is_ok());
-    assert!(verify_oauth1("POST", url, header, Some(b"status=Hello"), cs, ts).is_err());
-    assert!(verify_oauth1("GET", url, header, Some(body), cs, ts).is_err());
-    assert!(verify_oauth1("POST", url, header, Some(body), cs, "wrong").is_err());
+/// The fake's own panics reach the test: a handler that panics (here: a scripted status no
+/// HTTP response can have) makes dropping the fake panic with the handler's message.
+#[tokio::test]
+#[should_panic(expected = "InvalidStatusCode")]
+async fn a_panic_in_a_handler_fails_the_test() {
+    let fake = FakeX::start().await;
+    fake.script("/2/broken", Reply::json(1000, "{}"));
+    let mut stream = tokio::net::TcpStream::connect(fake.addr).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut stream, b"GET /2/broken HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = [0u8; 12];
+    tokio::io::AsyncReadExt::read_exact(&mut stream, &mut answer)
+        .await
+        .unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 500");
+    drop(fake);
 }
