@@ -13,7 +13,7 @@ use hyper_util::rt::TokioIo;
 
 use crate::support::fake_x::{FakeX, Reply};
 use crate::support::http::{get, request, send};
-use crate::support::proxy::{KEY, Proxy, config};
+use crate::support::proxy::{KEY, Proxy, TestConfig, config};
 use crate::support::{logs, scratch};
 
 fn repo(path: &str) -> PathBuf {
@@ -79,10 +79,11 @@ fn promtool_check_metrics(text: &str) {
 
 /// A proxy whose App may look up one user an hour, so a second lookup is a local 429.
 async fn one_user_lookup_an_hour(fake: &FakeX) -> Proxy {
-    Proxy::start(&config(
-        &fake.base_url(),
-        "#limits\n[[limits.override]]\nendpoint = \"GET /2/users/:id\"\napp = \"1/1h\"\n",
-    ))
+    Proxy::start(
+        &TestConfig::new(&fake.base_url())
+            .limit_override("GET /2/users/:id", &["1/1h"], &[])
+            .toml(),
+    )
     .await
 }
 
@@ -159,10 +160,11 @@ async fn a_live_scrape_after_traffic_has_every_metric_with_its_type_and_labels()
 async fn ten_thousand_tweet_ids_make_one_endpoint_label() {
     let fake = FakeX::start().await;
     // X's figure (and FakeX's reported 899 remaining) would stop this burst at 900.
-    let proxy = Proxy::start(&config(
-        &fake.base_url(),
-        "#limits\n[[limits.override]]\nendpoint = \"GET /2/tweets/:id\"\napp = \"20000/15m\"\n",
-    ))
+    let proxy = Proxy::start(
+        &TestConfig::new(&fake.base_url())
+            .limit_override("GET /2/tweets/:id", &["20000/15m"], &[])
+            .toml(),
+    )
     .await;
     let stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
@@ -326,7 +328,7 @@ async fn get_with_id(addr: SocketAddr, path: &str, id: &str) -> crate::support::
 #[tokio::test]
 async fn access_records_carry_the_request_id_endpoint_and_bytes() {
     let fake = FakeX::start().await;
-    let proxy = Proxy::start(&config(&fake.base_url(), "")).await;
+    let proxy = Proxy::start(&config(&fake.base_url())).await;
     let id = "req-7f3a.b:c@d_e";
     let first = get_with_id(proxy.addr, "/2/tweets/20?secret_query=1", id).await;
     assert_eq!(first.header("x-request-id"), Some(id));
@@ -375,7 +377,7 @@ async fn access_records_carry_the_request_id_endpoint_and_bytes() {
 async fn json_logs_from_the_binary_are_one_object_per_line() {
     let fake = FakeX::start().await;
     let dir = scratch("jsonlog");
-    std::fs::write(dir.join("proxy.toml"), config(&fake.base_url(), "")).unwrap();
+    std::fs::write(dir.join("proxy.toml"), config(&fake.base_url())).unwrap();
     let served = crate::support::binary::serve(&dir, &["--log-format", "json"], &[]).await;
     let (mut child, addr, mut rx) = (served.child, served.addr, served.stderr);
     let mut lines: Vec<serde_json::Value> = served

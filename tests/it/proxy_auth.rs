@@ -14,7 +14,7 @@ use crate::support::proxy::{KEY, Proxy, config};
 
 async fn setup() -> (FakeX, Proxy) {
     let fake = FakeX::start().await;
-    let proxy = Proxy::start(&config(&fake.base_url(), "")).await;
+    let proxy = Proxy::start(&config(&fake.base_url())).await;
     (fake, proxy)
 }
 

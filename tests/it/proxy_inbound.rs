@@ -8,11 +8,11 @@ use http_body_util::Full;
 
 use crate::support::fake_x::{Auth, FakeX};
 use crate::support::http::{get, raw, request, send, send_h2};
-use crate::support::proxy::{KEY, NARROW_KEY, Proxy, config};
+use crate::support::proxy::{KEY, NARROW_KEY, Proxy, TestClient, TestConfig, config};
 
 async fn setup() -> (FakeX, Proxy) {
     let fake = FakeX::start().await;
-    let proxy = Proxy::start(&config(&fake.base_url(), "")).await;
+    let proxy = Proxy::start(&config(&fake.base_url())).await;
     (fake, proxy)
 }
 
@@ -122,8 +122,14 @@ async fn missing_unknown_and_non_bearer_keys_get_401_without_upstream() {
 #[tokio::test]
 async fn anonymous_client_serves_requests_without_a_key() {
     let fake = FakeX::start().await;
-    let extra = "#clients\n[[clients]]\nname = \"sidecar\"\nanonymous = true\nidentities = [\"main\"]\ndefault_identity = \"main\"\n";
-    let proxy = Proxy::start(&config(&fake.base_url(), extra)).await;
+    let cfg = TestConfig::new(&fake.base_url()).client(TestClient {
+        name: "sidecar",
+        key: None,
+        identities: &["main"],
+        default_identity: Some("main"),
+        rate: None,
+    });
+    let proxy = Proxy::start(&cfg.toml()).await;
     let a = send(
         proxy.addr,
         request("GET", "/2/tweets/1").body(empty()).unwrap(),
@@ -185,8 +191,14 @@ async fn identity_selection_and_identical_403s() {
 #[tokio::test]
 async fn no_identity_and_no_default_is_400() {
     let fake = FakeX::start().await;
-    let extra = "#clients\n[[clients]]\nname = \"nodefault\"\nkey_sha256 = \"ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad\"\nidentities = [\"main\"]\n";
-    let proxy = Proxy::start(&config(&fake.base_url(), extra)).await;
+    let cfg = TestConfig::new(&fake.base_url()).client(TestClient {
+        name: "nodefault",
+        key: Some("abc"),
+        identities: &["main"],
+        default_identity: None,
+        rate: None,
+    });
+    let proxy = Proxy::start(&cfg.toml()).await;
     let a = send(
         proxy.addr,
         request("GET", "/2/tweets/1")
@@ -336,10 +348,11 @@ async fn request_header_hygiene() {
 #[tokio::test]
 async fn oversized_heads_get_431_on_http1_and_http2_and_the_proxy_stays_healthy() {
     let fake = FakeX::start().await;
-    let proxy = Proxy::start(&config(
-        &fake.base_url(),
-        "#server\nmax_header_bytes = 8192\n",
-    ))
+    let proxy = Proxy::start(
+        &TestConfig::new(&fake.base_url())
+            .server("max_header_bytes", 8192)
+            .toml(),
+    )
     .await;
     let big = "a".repeat(10_000);
     let out = raw(
@@ -383,10 +396,11 @@ async fn oversized_heads_get_431_on_http1_and_http2_and_the_proxy_stays_healthy(
 #[tokio::test]
 async fn bodies_over_the_limit_get_413() {
     let fake = FakeX::start().await;
-    let proxy = Proxy::start(&config(
-        &fake.base_url(),
-        "#server\nmax_body_bytes = 1000\n",
-    ))
+    let proxy = Proxy::start(
+        &TestConfig::new(&fake.base_url())
+            .server("max_body_bytes", 1000)
+            .toml(),
+    )
     .await;
     // Declared length over the limit: refused before upstream.
     let a = send(

@@ -12,14 +12,14 @@ use tokio::io::AsyncWriteExt;
 
 use crate::support::fake_x::{BEARER, FakeX, Reply};
 use crate::support::http::{get, raw, read_until_close, request, send, send_h2, send_streaming};
-use crate::support::proxy::{KEY, Proxy, config};
+use crate::support::proxy::{KEY, Proxy, TestConfig, config, table};
 use crate::support::scratch;
 use crate::support::tls::TestCa;
 
 #[tokio::test]
 async fn http2_prior_knowledge() {
     let fake = FakeX::start().await;
-    let proxy = Proxy::start(&config(&fake.base_url(), "")).await;
+    let proxy = Proxy::start(&config(&fake.base_url())).await;
     let a = send_h2(
         proxy.addr,
         request("GET", "http://xgate/2/users/me")
@@ -37,23 +37,27 @@ async fn http2_prior_knowledge() {
     ));
 }
 
-/// A proxy serving inbound TLS with a certificate from a test CA; `extra` lines go into
-/// `[server]`.
-async fn tls_proxy(name: &str, extra: &str) -> (TestCa, FakeX, Proxy) {
+/// A proxy serving inbound TLS with a certificate from a test CA; `server` adds to the
+/// config.
+async fn tls_proxy(
+    name: &str,
+    server: impl FnOnce(TestConfig) -> TestConfig,
+) -> (TestCa, FakeX, Proxy) {
     let ca = TestCa::new();
     let (cert, key) = ca.issue_pem(&["localhost", "127.0.0.1"]);
     let dir = scratch(name);
     std::fs::write(dir.join("cert.pem"), cert).unwrap();
     std::fs::write(dir.join("key.pem"), key).unwrap();
     let fake = FakeX::start().await;
-    let server = format!("#server\ntls = {{ cert = \"cert.pem\", key = \"key.pem\" }}\n{extra}");
-    let proxy = Proxy::start_in(&config(&fake.base_url(), &server), &dir).await;
+    let tls = table([("cert", "cert.pem".into()), ("key", "key.pem".into())]);
+    let cfg = server(TestConfig::new(&fake.base_url()).server("tls", tls));
+    let proxy = Proxy::start_in(&cfg.toml(), &dir).await;
     (ca, fake, proxy)
 }
 
 #[tokio::test]
 async fn inbound_tls() {
-    let (ca, _fake, proxy) = tls_proxy("inbound-tls", "").await;
+    let (ca, _fake, proxy) = tls_proxy("inbound-tls", |c| c).await;
 
     let mut roots = rustls::RootCertStore::empty();
     let ca_der = rustls::pki_types::CertificateDer::from_pem_slice(ca.pem().as_bytes()).unwrap();
@@ -97,7 +101,12 @@ async fn inbound_tls() {
 #[tokio::test]
 async fn max_connections_queues_further_connections() {
     let fake = FakeX::start().await;
-    let proxy = Proxy::start(&config(&fake.base_url(), "#server\nmax_connections = 1\n")).await;
+    let proxy = Proxy::start(
+        &TestConfig::new(&fake.base_url())
+            .server("max_connections", 1)
+            .toml(),
+    )
+    .await;
     // The first connection holds the only slot while it is open.
     let mut first = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
     first
@@ -131,7 +140,7 @@ async fn max_connections_queues_further_connections() {
 #[tokio::test]
 async fn health_and_readiness() {
     let fake = FakeX::start().await;
-    let proxy = Proxy::start(&config(&fake.base_url(), "")).await;
+    let proxy = Proxy::start(&config(&fake.base_url())).await;
     let healthz = send(
         proxy.admin,
         request("GET", "/healthz").body(Full::default()).unwrap(),
@@ -157,10 +166,11 @@ async fn health_and_readiness() {
 #[tokio::test]
 async fn graceful_shutdown_finishes_in_flight_requests_and_closes_streams_after_grace() {
     let fake = FakeX::start().await;
-    let mut proxy = Proxy::start(&config(
-        &fake.base_url(),
-        "#server\nshutdown_grace = \"3s\"\n",
-    ))
+    let mut proxy = Proxy::start(
+        &TestConfig::new(&fake.base_url())
+            .server("shutdown_grace", "3s")
+            .toml(),
+    )
     .await;
     fake.script(
         "/2/slow",
@@ -254,7 +264,7 @@ async fn sigterm_during_a_slow_request_still_completes() {
         Reply::json(200, r#"{"done":true}"#).delay(Duration::from_millis(1500)),
     );
     let dir = scratch("sigterm");
-    std::fs::write(dir.join("proxy.toml"), config(&fake.base_url(), "")).unwrap();
+    std::fs::write(dir.join("proxy.toml"), config(&fake.base_url())).unwrap();
     // Readiness: the startup line names the bound address.
     let served = crate::support::binary::serve(&dir, &[], &[("XGATE_LOG", "info")]).await;
     let (mut child, addr, mut rx, mut log) =
@@ -309,7 +319,8 @@ async fn sigterm_during_a_slow_request_still_completes() {
 /// (well before the 10 s default).
 #[tokio::test]
 async fn a_stalled_tls_handshake_is_dropped_after_tls_handshake_timeout() {
-    let (_ca, _fake, proxy) = tls_proxy("tls-stall", "tls_handshake_timeout = \"200ms\"\n").await;
+    let (_ca, _fake, proxy) =
+        tls_proxy("tls-stall", |c| c.server("tls_handshake_timeout", "200ms")).await;
     let mut tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
     let closed = read_until_close(&mut tcp, Duration::from_secs(5)).await;
     assert!(closed.is_empty());
@@ -329,10 +340,12 @@ async fn a_stalled_tls_handshake_is_dropped_after_tls_handshake_timeout() {
 #[tokio::test]
 async fn http2_settings_carry_the_configured_limits() {
     let fake = FakeX::start().await;
-    let proxy = Proxy::start(&config(
-        &fake.base_url(),
-        "#server\nhttp2_max_concurrent_streams = 7\nmax_header_bytes = 20000\n",
-    ))
+    let proxy = Proxy::start(
+        &TestConfig::new(&fake.base_url())
+            .server("http2_max_concurrent_streams", 7)
+            .server("max_header_bytes", 20000)
+            .toml(),
+    )
     .await;
     let mut tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
     // The client preface and an empty SETTINGS frame.

@@ -9,11 +9,11 @@ use http_body_util::Full;
 
 use crate::support::fake_x::{FakeX, Reply};
 use crate::support::http::{Answer, get, request, send};
-use crate::support::proxy::{NARROW_KEY, Proxy, config};
+use crate::support::proxy::{NARROW_KEY, Proxy, TestClient, TestConfig};
 
-async fn setup(extra: &str) -> (FakeX, Proxy) {
+async fn setup(cfg: impl FnOnce(TestConfig) -> TestConfig) -> (FakeX, Proxy) {
     let fake = FakeX::start().await;
-    let proxy = Proxy::start(&config(&fake.base_url(), extra)).await;
+    let proxy = Proxy::start(&cfg(TestConfig::new(&fake.base_url())).toml()).await;
     (fake, proxy)
 }
 
@@ -54,18 +54,15 @@ fn assert_local_429(a: &Answer, limit: u64) -> u64 {
     reset
 }
 
-const ONE_PER_HOUR: &str = r#"
-#limits
-[[limits.override]]
-endpoint = "GET /2/tweets/{id}"
-app = "3/1h"
-user = "2/1h"
-"#;
+/// `GET /2/tweets/:id` (written `{id}`): 3 an hour per App, 2 per user.
+fn one_per_hour(c: TestConfig) -> TestConfig {
+    c.limit_override("GET /2/tweets/{id}", &["3/1h"], &["2/1h"])
+}
 
 /// Rule 1 and rule 3: a burst forwards the limit; the rest get a complete local 429.
 #[tokio::test]
 async fn rule_1_a_burst_forwards_at_most_the_limit() {
-    let (fake, proxy) = setup(ONE_PER_HOUR).await;
+    let (fake, proxy) = setup(one_per_hour).await;
     let mut statuses = Vec::new();
     for _ in 0..5 {
         statuses.push(get(proxy.addr, "/2/tweets/20", Some("main")).await);
@@ -101,15 +98,7 @@ async fn rule_1_a_burst_forwards_at_most_the_limit() {
 /// A race of 64 concurrent requests on a bucket of 10 forwards exactly 10.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sixty_four_concurrent_requests_on_a_bucket_of_ten_forward_ten() {
-    let (fake, proxy) = setup(
-        r#"
-#limits
-[[limits.override]]
-endpoint = "GET /2/users/:id"
-app = "10/1h"
-"#,
-    )
-    .await;
+    let (fake, proxy) = setup(|c| c.limit_override("GET /2/users/:id", &["10/1h"], &[])).await;
     let addr = proxy.addr;
     let tasks: Vec<_> = (0..64)
         .map(|i| tokio::spawn(async move { get(addr, &format!("/2/users/{i}"), None).await }))
@@ -130,7 +119,7 @@ app = "10/1h"
 /// Rule 2: X's remaining and reset bound what goes out; the same reset never raises it.
 #[tokio::test]
 async fn rule_2_x_reported_remaining_and_reset_bound_what_goes_out() {
-    let (fake, proxy) = setup("").await;
+    let (fake, proxy) = setup(|c| c).await;
     let reset = now() + 3600;
     fake.script(
         "/2/users/",
@@ -152,7 +141,7 @@ async fn rule_2_x_reported_remaining_and_reset_bound_what_goes_out() {
 
 #[tokio::test]
 async fn rule_2_zero_remaining_answers_locally_until_the_reset() {
-    let (fake, proxy) = setup("").await;
+    let (fake, proxy) = setup(|c| c).await;
     let reset = now() + 2;
     fake.script(
         "/2/users/me",
@@ -181,7 +170,7 @@ async fn rule_2_zero_remaining_answers_locally_until_the_reset() {
 
 #[tokio::test]
 async fn rule_2_24_hour_headers_limit_the_user_and_every_user_of_the_app() {
-    let (fake, proxy) = setup("").await;
+    let (fake, proxy) = setup(|c| c).await;
     let later = (now() + 3600).to_string();
     fake.script(
         "/2/tweets",
@@ -212,14 +201,7 @@ async fn rule_2_24_hour_headers_limit_the_user_and_every_user_of_the_app() {
 /// and its users for the cooldown.
 #[tokio::test]
 async fn rule_3_upstream_429s_pass_through_and_usage_capped_cools_the_app_down() {
-    let (fake, proxy) = setup(
-        r#"
-#limits
-[limits]
-usage_cap_cooldown = "10m"
-"#,
-    )
-    .await;
+    let (fake, proxy) = setup(|c| c.limits("usage_cap_cooldown", "10m")).await;
     let plain = r#"{"title":"Too Many Requests","detail":"Too Many Requests","type":"about:blank","status":429}"#;
     fake.script(
         "/2/tweets/search/recent",
@@ -258,20 +240,12 @@ usage_cap_cooldown = "10m"
 /// Rule 4: `wait` holds a request until its bucket has room, within `max_wait`.
 #[tokio::test]
 async fn rule_4_wait_holds_a_request_until_the_window_rolls() {
-    let (fake, proxy) = setup(
-        r#"
-#limits
-[limits]
-on_exhausted = "wait"
-max_wait = "5s"
-[[limits.override]]
-endpoint = "GET /2/tweets/:id"
-app = "2/2s"
-[[limits.override]]
-endpoint = "GET /2/users/:id"
-app = "1/1h"
-"#,
-    )
+    let (fake, proxy) = setup(|c| {
+        c.limits("on_exhausted", "wait")
+            .limits("max_wait", "5s")
+            .limit_override("GET /2/tweets/:id", &["2/2s"], &[])
+            .limit_override("GET /2/users/:id", &["1/1h"], &[])
+    })
     .await;
     for _ in 0..3 {
         assert_eq!(get(proxy.addr, "/2/tweets/1", None).await.status, 200);
@@ -287,7 +261,7 @@ app = "1/1h"
 /// Rule 5: paths the catalogue does not know are forwarded with no bucket.
 #[tokio::test]
 async fn rule_5_unknown_endpoints_have_no_local_bucket() {
-    let (fake, proxy) = setup(ONE_PER_HOUR).await;
+    let (fake, proxy) = setup(one_per_hour).await;
     for i in 0..20 {
         let a = get(proxy.addr, &format!("/2/not/in/the/catalogue/{i}"), None).await;
         assert_eq!(a.status, 200);
@@ -298,15 +272,7 @@ async fn rule_5_unknown_endpoints_have_no_local_bucket() {
 /// Section 7: a request that is not sent upstream uses up no bucket.
 #[tokio::test]
 async fn requests_not_sent_upstream_use_up_nothing() {
-    let (fake, proxy) = setup(
-        r#"
-#limits
-[[limits.override]]
-endpoint = "GET /2/tweets/:id"
-app = "1/1h"
-"#,
-    )
-    .await;
+    let (fake, proxy) = setup(|c| c.limit_override("GET /2/tweets/:id", &["1/1h"], &[])).await;
     // App `bare` has no Bearer token: 401 after the rate limits, so its reservation is
     // given back each time.
     for _ in 0..3 {
@@ -327,13 +293,7 @@ app = "1/1h"
 
 #[tokio::test]
 async fn a_client_rate_is_its_own_share_on_top_of_xs_buckets() {
-    let (fake, proxy) = setup(
-        r#"
-#clients
-rate = "2/1h"
-"#,
-    )
-    .await;
+    let (fake, proxy) = setup(|c| c.narrow_rate("2/1h")).await;
     let narrow = || {
         request("GET", "/2/tweets/1")
             .header("x-xgate-key", NARROW_KEY)
@@ -361,7 +321,7 @@ rate = "2/1h"
 /// Section 4's pre-check: refused without contacting upstream, naming what is needed.
 #[tokio::test]
 async fn the_auth_pre_check_refuses_without_contacting_upstream() {
-    let (fake, proxy) = setup("").await;
+    let (fake, proxy) = setup(|c| c).await;
     let a = get(proxy.addr, "/2/users/me", Some("main")).await;
     assert_eq!(
         (a.status.as_u16(), a.kind()),
@@ -412,18 +372,15 @@ async fn the_auth_pre_check_refuses_without_contacting_upstream() {
 #[tokio::test]
 async fn rate_limits_are_answered_before_credentials() {
     let key = "xgk_test-third-key";
-    let sha = xgate::client_key::to_hex(&xgate::client_key::sha256(key));
-    let (fake, proxy) = setup(&format!(
-        r#"
-#clients
-[[clients]]
-name = "third"
-key_sha256 = "{sha}"
-identities = ["bare"]
-default_identity = "bare"
-rate = "1/1h"
-"#
-    ))
+    let (fake, proxy) = setup(|c| {
+        c.client(TestClient {
+            name: "third",
+            key: Some(key),
+            identities: &["bare"],
+            default_identity: Some("bare"),
+            rate: Some("1/1h"),
+        })
+    })
     .await;
     let third = || {
         request("GET", "/2/tweets/1")

@@ -68,7 +68,7 @@ fn bearers(fake: &FakeX, path: &str) -> Vec<String> {
 }
 
 async fn start(fake: &FakeX, dir: &Path) -> Proxy {
-    Proxy::start_in(&config(&fake.base_url(), ""), dir).await
+    Proxy::start_in(&config(&fake.base_url()), dir).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

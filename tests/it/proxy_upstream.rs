@@ -9,17 +9,18 @@ use http_body_util::{BodyExt, Full};
 use crate::support::fake_x::{FakeX, Reply};
 use crate::support::http::{get, request, send, send_streaming};
 use crate::support::logs;
-use crate::support::proxy::{KEY, Proxy, config};
+use crate::support::proxy::{KEY, Proxy, TestConfig, config};
 use crate::support::scratch;
 use crate::support::tls::TestCa;
 
 #[tokio::test]
 async fn streams_are_relayed_chunk_by_chunk_keepalives_included() {
     let fake = FakeX::start().await;
-    let proxy = Proxy::start(&config(
-        &fake.base_url(),
-        "#server\nidle_timeout = \"2s\"\n",
-    ))
+    let proxy = Proxy::start(
+        &TestConfig::new(&fake.base_url())
+            .server("idle_timeout", "2s")
+            .toml(),
+    )
     .await;
     let target = "/2/tweets/search/stream?tweet.fields=id";
     fake.script(
@@ -70,10 +71,12 @@ async fn streams_are_relayed_chunk_by_chunk_keepalives_included() {
 #[tokio::test]
 async fn no_total_timeout_but_idle_bodies_are_closed() {
     let fake = FakeX::start().await;
-    let proxy = Proxy::start(&config(
-        &fake.base_url(),
-        "#server\nrequest_timeout = \"500ms\"\nidle_timeout = \"300ms\"\n",
-    ))
+    let proxy = Proxy::start(
+        &TestConfig::new(&fake.base_url())
+            .server("request_timeout", "500ms")
+            .server("idle_timeout", "300ms")
+            .toml(),
+    )
     .await;
     // Lives 1.2 s (> request_timeout and > idle_timeout) but never idles 300 ms.
     fake.script(
@@ -106,10 +109,11 @@ async fn no_total_timeout_but_idle_bodies_are_closed() {
 #[tokio::test]
 async fn slow_head_gets_504_and_dead_upstream_502() {
     let fake = FakeX::start().await;
-    let proxy = Proxy::start(&config(
-        &fake.base_url(),
-        "#server\nrequest_timeout = \"300ms\"\n",
-    ))
+    let proxy = Proxy::start(
+        &TestConfig::new(&fake.base_url())
+            .server("request_timeout", "300ms")
+            .toml(),
+    )
     .await;
     fake.script(
         "/2/slow",
@@ -125,7 +129,7 @@ async fn slow_head_gets_504_and_dead_upstream_502() {
     let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let dead_url = format!("http://{}", dead.local_addr().unwrap());
     drop(dead);
-    let proxy = Proxy::start(&config(&dead_url, "")).await;
+    let proxy = Proxy::start(&config(&dead_url)).await;
     let a = get(proxy.addr, "/2/tweets/1", None).await;
     assert_eq!(
         (a.status.as_u16(), a.kind()),
@@ -137,7 +141,7 @@ async fn slow_head_gets_504_and_dead_upstream_502() {
 #[tokio::test]
 async fn upstream_errors_pass_through_untouched() {
     let fake = FakeX::start().await;
-    let proxy = Proxy::start(&config(&fake.base_url(), "")).await;
+    let proxy = Proxy::start(&config(&fake.base_url())).await;
     let body = r#"{"title":"Too Many Requests","detail":"Too Many Requests","type":"about:blank","status":429}"#;
     fake.script(
         "/2/limited",
@@ -158,7 +162,7 @@ async fn upstream_errors_pass_through_untouched() {
 #[tokio::test]
 async fn response_hygiene_and_no_decompression() {
     let fake = FakeX::start().await;
-    let proxy = Proxy::start(&config(&fake.base_url(), "")).await;
+    let proxy = Proxy::start(&config(&fake.base_url())).await;
     let gz: &[u8] = &[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3, 1, 2, 3];
     let mut reply = Reply::json(200, "")
         .header("content-encoding", "gzip")
@@ -193,7 +197,9 @@ async fn tls_upstream_with_ca_file_and_tls_failures() {
     let dir = scratch("upstream-tls");
     std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
     let with_ca = Proxy::start_in(
-        &config(&fake.base_url(), "#upstream\nca_file = \"ca.pem\"\n"),
+        &TestConfig::new(&fake.base_url())
+            .upstream("ca_file", "ca.pem")
+            .toml(),
         &dir,
     )
     .await;
@@ -204,7 +210,7 @@ async fn tls_upstream_with_ca_file_and_tls_failures() {
         crate::support::fake_x::Auth::Oauth1 { valid: true, .. }
     ));
     // Without the CA the certificate is not trusted: 502, and the request never arrived.
-    let without = Proxy::start(&config(&fake.base_url(), "")).await;
+    let without = Proxy::start(&config(&fake.base_url())).await;
     let a = get(without.addr, "/2/users/me", Some("alice")).await;
     assert_eq!(
         (a.status.as_u16(), a.kind()),
@@ -217,7 +223,7 @@ async fn tls_upstream_with_ca_file_and_tls_failures() {
 #[tokio::test]
 async fn client_disconnect_cancels_upstream_and_is_recorded_as_499() {
     let fake = FakeX::start().await;
-    let proxy = Proxy::start(&config(&fake.base_url(), "")).await;
+    let proxy = Proxy::start(&config(&fake.base_url())).await;
     fake.script(
         "/2/cancel-me",
         Reply::json(200, "{}").delay(Duration::from_secs(30)),
@@ -251,16 +257,23 @@ async fn client_disconnect_cancels_upstream_and_is_recorded_as_499() {
 #[tokio::test]
 async fn the_upstream_pool_keeps_idle_connections_within_its_settings() {
     let fake = FakeX::start().await;
-    let pooled = Proxy::start(&config(&fake.base_url(), "#server\nworkers = 1\n")).await;
+    let pooled = Proxy::start(
+        &TestConfig::new(&fake.base_url())
+            .server("workers", 1)
+            .toml(),
+    )
+    .await;
     sequential_requests(&pooled, 3).await;
     assert_eq!(fake.connections(), (1, 0), "the pool reuses one connection");
     drop(pooled);
 
     let fake = FakeX::start().await;
-    let unpooled = Proxy::start(&config(
-        &fake.base_url(),
-        "#server\nworkers = 1\n#upstream\npool_max_idle_per_host = 0\n",
-    ))
+    let unpooled = Proxy::start(
+        &TestConfig::new(&fake.base_url())
+            .server("workers", 1)
+            .upstream("pool_max_idle_per_host", 0)
+            .toml(),
+    )
     .await;
     sequential_requests(&unpooled, 3).await;
     assert_eq!(fake.connections().0, 3);
@@ -272,10 +285,12 @@ async fn the_upstream_pool_keeps_idle_connections_within_its_settings() {
     );
 
     let fake = FakeX::start().await;
-    let short = Proxy::start(&config(
-        &fake.base_url(),
-        "#server\nworkers = 1\n#upstream\npool_idle_timeout = \"200ms\"\n",
-    ))
+    let short = Proxy::start(
+        &TestConfig::new(&fake.base_url())
+            .server("workers", 1)
+            .upstream("pool_idle_timeout", "200ms")
+            .toml(),
+    )
     .await;
     sequential_requests(&short, 1).await;
     // Closed well before the 90 s default would close it.
@@ -293,7 +308,12 @@ async fn the_upstream_pool_keeps_idle_connections_within_its_settings() {
 #[tokio::test]
 async fn each_worker_has_its_own_upstream_pool() {
     let fake = FakeX::start().await;
-    let proxy = Proxy::start(&config(&fake.base_url(), "#server\nworkers = 3\n")).await;
+    let proxy = Proxy::start(
+        &TestConfig::new(&fake.base_url())
+            .server("workers", 3)
+            .toml(),
+    )
+    .await;
     sequential_requests(&proxy, 7).await;
     assert_eq!(fake.connections(), (3, 0));
 }

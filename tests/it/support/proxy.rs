@@ -31,73 +31,225 @@ fn sha(key: &str) -> String {
     xgate::client_key::to_hex(&xgate::client_key::sha256(key))
 }
 
-/// The standard test config: App `main` (Bearer, consumer keys), OAuth 1.0a user `alice`,
-/// OAuth 2.0 user `bob` (no stored token), App `bare` (no credentials), clients `backend`
-/// (all identities, default main) and `narrow` (main only). `extra` is spliced in by section.
-pub fn config(upstream: &str, extra: &str) -> String {
-    format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-{extra_server}
-[admin]
-listen = "127.0.0.1:0"
-[upstream]
-base_url = "{upstream}"
-{extra_upstream}
-[apps.main]
-bearer_token = {{ env = "X_BEARER_TOKEN" }}
-consumer_key = {{ env = "X_API_KEY" }}
-consumer_secret = {{ env = "X_API_SECRET" }}
-oauth2_client_id = {{ env = "X_CLIENT_ID" }}
-[apps.bare]
-oauth2_client_id = {{ env = "X_CLIENT_ID" }}
-[users.alice]
-app = "main"
-auth = "oauth1"
-token = {{ env = "ALICE_TOKEN" }}
-token_secret = {{ env = "ALICE_SECRET" }}
-[users.bob]
-app = "main"
-auth = "oauth2"
-scopes = ["tweet.read", "users.read", "offline.access"]
-[[clients]]
-name = "backend"
-key_sha256 = "{backend}"
-identities = ["main", "alice", "bob", "bare"]
-default_identity = "main"
-[[clients]]
-name = "narrow"
-key_sha256 = "{narrow}"
-identities = ["main"]
-{extra_clients}
-{extra_limits}
-"#,
-        extra_server = section(extra, "server"),
-        extra_upstream = section(extra, "upstream"),
-        extra_clients = section(extra, "clients"),
-        extra_limits = section(extra, "limits"),
-        backend = sha(KEY),
-        narrow = sha(NARROW_KEY),
-    )
+/// A `toml` table of `pairs`.
+pub fn table<const N: usize>(pairs: [(&str, toml::Value); N]) -> toml::Table {
+    pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
 }
 
-/// Lines of `extra` after a `#server` / `#upstream` / `#clients` / `#limits` marker line
-/// (`#clients` lines continue the last client, `narrow`; `#limits` lines end the file).
-fn section(extra: &str, name: &str) -> String {
-    let mut out = String::new();
-    let mut on = false;
-    for line in extra.lines() {
-        if let Some(m) = line.trim().strip_prefix('#') {
-            on = m == name;
-            continue;
+/// `{ env = "NAME" }`: a secret read from the environment ([`env`]).
+fn from_env(name: &str) -> toml::Value {
+    toml::Value::Table(table([("env", name.into())]))
+}
+
+fn strings(items: &[&str]) -> toml::Value {
+    toml::Value::Array(items.iter().map(|s| (*s).into()).collect())
+}
+
+/// One `[[clients]]` entry.
+#[derive(Debug, Clone)]
+pub struct TestClient {
+    /// Its name.
+    pub name: &'static str,
+    /// Its key (`None`: an anonymous client).
+    pub key: Option<&'static str>,
+    /// The identities it may use.
+    pub identities: &'static [&'static str],
+    /// Its default identity.
+    pub default_identity: Option<&'static str>,
+    /// Its own share (`rate`).
+    pub rate: Option<&'static str>,
+}
+
+impl TestClient {
+    fn to_table(&self) -> toml::Table {
+        let mut t = table([("name", self.name.into())]);
+        match self.key {
+            Some(key) => t.insert("key_sha256".into(), sha(key).into()),
+            None => t.insert("anonymous".into(), true.into()),
+        };
+        t.insert("identities".into(), strings(self.identities));
+        if let Some(d) = self.default_identity {
+            t.insert("default_identity".into(), d.into());
         }
-        if on {
-            out.push_str(line);
-            out.push('\n');
+        if let Some(r) = self.rate {
+            t.insert("rate".into(), r.into());
+        }
+        t
+    }
+}
+
+/// The standard test config as typed values: App `main` (Bearer, consumer keys), OAuth 1.0a
+/// user `alice`, OAuth 2.0 user `bob` (no stored token), App `bare` (no credentials), clients
+/// `backend` (all identities, default main) and `narrow` (main only). The builder methods
+/// add to it; [`TestConfig::toml`] renders it with the `toml` crate.
+#[derive(Debug, Clone)]
+pub struct TestConfig {
+    upstream_url: String,
+    server: toml::Table,
+    upstream: toml::Table,
+    clients: Vec<TestClient>,
+    limits: toml::Table,
+    overrides: Vec<toml::Table>,
+}
+
+impl TestConfig {
+    /// The standard config, forwarding to `upstream`.
+    pub fn new(upstream: &str) -> Self {
+        Self {
+            upstream_url: upstream.to_owned(),
+            server: toml::Table::new(),
+            upstream: toml::Table::new(),
+            clients: vec![
+                TestClient {
+                    name: "backend",
+                    key: Some(KEY),
+                    identities: &["main", "alice", "bob", "bare"],
+                    default_identity: Some("main"),
+                    rate: None,
+                },
+                TestClient {
+                    name: "narrow",
+                    key: Some(NARROW_KEY),
+                    identities: &["main"],
+                    default_identity: None,
+                    rate: None,
+                },
+            ],
+            limits: toml::Table::new(),
+            overrides: Vec::new(),
         }
     }
-    out
+
+    /// Sets `[server] key`.
+    pub fn server(mut self, key: &str, value: impl Into<toml::Value>) -> Self {
+        self.server.insert(key.to_owned(), value.into());
+        self
+    }
+
+    /// Sets `[upstream] key`.
+    pub fn upstream(mut self, key: &str, value: impl Into<toml::Value>) -> Self {
+        self.upstream.insert(key.to_owned(), value.into());
+        self
+    }
+
+    /// Sets `[limits] key`.
+    pub fn limits(mut self, key: &str, value: impl Into<toml::Value>) -> Self {
+        self.limits.insert(key.to_owned(), value.into());
+        self
+    }
+
+    /// Adds a `[[limits.override]]` (`app` or `user` empty: not set).
+    pub fn limit_override(mut self, endpoint: &str, app: &[&str], user: &[&str]) -> Self {
+        let mut t = table([("endpoint", endpoint.into())]);
+        if !app.is_empty() {
+            t.insert("app".into(), strings(app));
+        }
+        if !user.is_empty() {
+            t.insert("user".into(), strings(user));
+        }
+        self.overrides.push(t);
+        self
+    }
+
+    /// Adds a client.
+    pub fn client(mut self, client: TestClient) -> Self {
+        self.clients.push(client);
+        self
+    }
+
+    /// Gives the `narrow` client its own share.
+    pub fn narrow_rate(mut self, rate: &'static str) -> Self {
+        if let Some(c) = self.clients.iter_mut().find(|c| c.name == "narrow") {
+            c.rate = Some(rate);
+        }
+        self
+    }
+
+    /// The config as `proxy.toml` text.
+    pub fn toml(&self) -> String {
+        let mut server = table([("listen", "127.0.0.1:0".into())]);
+        server.extend(self.server.clone());
+        let mut upstream = table([("base_url", self.upstream_url.as_str().into())]);
+        upstream.extend(self.upstream.clone());
+        let apps = table([
+            (
+                "main",
+                toml::Value::Table(table([
+                    ("bearer_token", from_env("X_BEARER_TOKEN")),
+                    ("consumer_key", from_env("X_API_KEY")),
+                    ("consumer_secret", from_env("X_API_SECRET")),
+                    ("oauth2_client_id", from_env("X_CLIENT_ID")),
+                ])),
+            ),
+            (
+                "bare",
+                toml::Value::Table(table([("oauth2_client_id", from_env("X_CLIENT_ID"))])),
+            ),
+        ]);
+        let users = table([
+            (
+                "alice",
+                toml::Value::Table(table([
+                    ("app", "main".into()),
+                    ("auth", "oauth1".into()),
+                    ("token", from_env("ALICE_TOKEN")),
+                    ("token_secret", from_env("ALICE_SECRET")),
+                ])),
+            ),
+            (
+                "bob",
+                toml::Value::Table(table([
+                    ("app", "main".into()),
+                    ("auth", "oauth2".into()),
+                    (
+                        "scopes",
+                        strings(&["tweet.read", "users.read", "offline.access"]),
+                    ),
+                ])),
+            ),
+        ]);
+        let mut doc = table([
+            ("server", toml::Value::Table(server)),
+            (
+                "admin",
+                toml::Value::Table(table([("listen", "127.0.0.1:0".into())])),
+            ),
+            ("upstream", toml::Value::Table(upstream)),
+            ("apps", toml::Value::Table(apps)),
+            ("users", toml::Value::Table(users)),
+            (
+                "clients",
+                toml::Value::Array(
+                    self.clients
+                        .iter()
+                        .map(|c| toml::Value::Table(c.to_table()))
+                        .collect(),
+                ),
+            ),
+        ]);
+        let mut limits = self.limits.clone();
+        if !self.overrides.is_empty() {
+            limits.insert(
+                "override".into(),
+                toml::Value::Array(
+                    self.overrides
+                        .iter()
+                        .cloned()
+                        .map(toml::Value::Table)
+                        .collect(),
+                ),
+            );
+        }
+        if !limits.is_empty() {
+            doc.insert("limits".into(), toml::Value::Table(limits));
+        }
+        toml::to_string(&doc).unwrap()
+    }
+}
+
+/// The standard test config, as `proxy.toml` text.
+pub fn config(upstream: &str) -> String {
+    TestConfig::new(upstream).toml()
 }
 
 /// A running proxy.
