@@ -239,8 +239,11 @@ pub type TokenClient = oauth2::Client<
 
 /// The `oauth2` client for `app` at `token_url`: HTTP Basic for a confidential client,
 /// `client_id` in the body for a public one.
-pub fn oauth2_client(app: &Oauth2App, token_url: &str) -> Result<TokenClient, String> {
-    let token = TokenUrl::new(token_url.to_owned()).map_err(|e| e.to_string())?;
+pub fn oauth2_client(
+    app: &Oauth2App,
+    token_url: &str,
+) -> Result<TokenClient, oauth2::url::ParseError> {
+    let token = TokenUrl::new(token_url.to_owned())?;
     let client =
         BasicClient::new(ClientId::new(app.client_id.expose().to_owned())).set_token_uri(token);
     Ok(match &app.client_secret {
@@ -516,7 +519,7 @@ impl Oauth2Users {
         };
         let client = match oauth2_client(&slot.app, &self.token_url) {
             Ok(c) => c,
-            Err(e) => return Outcome::Failed(e),
+            Err(e) => return Outcome::Failed(format!("the token endpoint URL: {e}")),
         };
         let http = TokenHttp(&self.upstream);
         let mut backoff = Duration::from_millis(250);

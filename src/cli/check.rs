@@ -52,7 +52,7 @@ pub(super) fn run(
             .map_err(|e| io_error(&e))?;
         }
     }
-    let catalogue = Catalogue::new(&[]).map_err(|e| CliError::Runtime(e.to_string()))?;
+    let catalogue = Catalogue::new(&[])?;
     for (i, o) in config.limits.overrides.iter().enumerate() {
         if catalogue.find(&o.endpoint).is_none() {
             writeln!(

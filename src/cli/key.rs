@@ -11,7 +11,7 @@ pub(super) fn new(name: &str, out: &mut dyn Write) -> Result<(), CliError> {
             "--name {name:?}: use 1 to 64 of A-Z a-z 0-9 _ . - starting with a letter or digit"
         )));
     }
-    let key = client_key::generate().map_err(|e| CliError::Runtime(e.to_string()))?;
+    let key = client_key::generate()?;
     let hash = client_key::to_hex(&client_key::sha256(key.expose()));
     // The one place xgate prints a credential: the key it has just made, once.
     write!(

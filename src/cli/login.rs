@@ -30,7 +30,152 @@ use crate::clock::{Clock, NonceSource as _, RandomNonce, SystemClock};
 use crate::config::{Config, Identity, UserAuth};
 use crate::secret::SecretString;
 use crate::store::{SqliteStore, StoredToken, TokenKind, TokenStore};
-use crate::upstream::Upstream;
+use crate::upstream::{Upstream, UpstreamSetupError};
+
+/// How a login or a token exchange with X failed (exit 1). Each says what happened and, where
+/// there is one, what to do; none carries a token.
+#[derive(Debug, thiserror::Error)]
+pub enum LoginError {
+    /// The token endpoint's URL does not parse.
+    #[error("the token endpoint URL {url:?} is not valid: {source}")]
+    TokenUrl {
+        /// The URL.
+        url: String,
+        /// Why.
+        #[source]
+        source: http::uri::InvalidUri,
+    },
+    /// The upstream client could not be built.
+    #[error(transparent)]
+    Upstream(UpstreamSetupError),
+    /// The `oauth2` client could not be set up.
+    #[error("the OAuth 2.0 client: {0}")]
+    Oauth2Client(#[source] oauth2::url::ParseError),
+    /// Standard input could not be read.
+    #[error("cannot read {what}: {source}")]
+    Input {
+        /// What was being read.
+        what: &'static str,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// X (or the user) refused the authorisation.
+    #[error("{}", refused(.error, .why))]
+    Refused {
+        /// The redirect's `error`.
+        error: String,
+        /// Its `error_description`.
+        why: String,
+    },
+    /// The redirect's `state` is not this login's.
+    #[error(
+        "the redirect's state does not match this login (a stale or forged redirect): nothing was stored; run `xgate login` again"
+    )]
+    StateMismatch,
+    /// The redirect carries no code.
+    #[error("the redirect carries no code: nothing was stored")]
+    NoCode,
+    /// X refused the authorization code.
+    #[error(
+        "X refused the authorization code (invalid_grant: it expires 30 s after the redirect, and works once); run `xgate login --identity {identity}` again"
+    )]
+    CodeRefused {
+        /// The identity logging in.
+        identity: String,
+    },
+    /// X refused the code exchange for another reason.
+    #[error("X refused the code exchange: {0}")]
+    ExchangeRefused(String),
+    /// The code exchange failed before X answered.
+    #[error("the code exchange failed: {0}")]
+    Exchange(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The redirect listener could not be bound.
+    #[error(
+        "cannot listen on {address} for the redirect ({source}); use --no-listen and paste the redirected URL"
+    )]
+    Callback {
+        /// The address.
+        address: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The redirect listener stopped.
+    #[error("the callback listener stopped")]
+    CallbackStopped,
+    /// No redirect came in time.
+    #[error("no redirect arrived within {} minutes: nothing was stored", .0.as_secs() / 60)]
+    NoRedirect(Duration),
+    /// The request-token step gave no token.
+    #[error(
+        "X answered {status} to the request-token step, without a token (check apps.{app}.consumer_key and consumer_secret)"
+    )]
+    NoRequestToken {
+        /// X's status.
+        status: StatusCode,
+        /// The App.
+        app: String,
+    },
+    /// No PIN was entered.
+    #[error("no PIN was entered: nothing was stored")]
+    NoPin,
+    /// The access-token step gave no token.
+    #[error(
+        "X answered {status} to the access-token step (a wrong or expired PIN?): nothing was stored"
+    )]
+    NoAccessToken {
+        /// X's status.
+        status: StatusCode,
+    },
+    /// A token step could not be signed.
+    #[error("the token request cannot be signed: {0}")]
+    Unsignable(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// A signed header is not a valid header value.
+    #[error("the token request's Authorization header: {0}")]
+    Header(#[source] http::header::InvalidHeaderValue),
+    /// `bearer --invalidate` with nothing stored.
+    #[error("no Bearer token is stored for {0}: nothing to invalidate")]
+    NothingToInvalidate(String),
+    /// X refused the invalidation.
+    #[error("X answered {status} to the invalidation: the stored token is kept")]
+    InvalidationRefused {
+        /// X's status.
+        status: StatusCode,
+    },
+    /// X refused the Bearer token request.
+    #[error(
+        "X answered {status} to the Bearer token request (check apps.{app}.consumer_key and consumer_secret)"
+    )]
+    BearerRefused {
+        /// X's status.
+        status: StatusCode,
+        /// The App.
+        app: String,
+    },
+    /// X's answer holds no Bearer token.
+    #[error("X's answer holds no bearer token (token_type {token_type:?})")]
+    NoBearer {
+        /// The `token_type` X sent.
+        token_type: String,
+    },
+    /// A token request failed before X answered.
+    #[error("the token request failed: {0}")]
+    Request(#[source] crate::error::ProxyError),
+    /// X's token answer could not be read.
+    #[error("the token answer could not be read: {0}")]
+    Answer(#[source] crate::body::BoxError),
+}
+
+/// The message for a refused authorisation.
+fn refused(error: &str, why: &str) -> String {
+    if error == "access_denied" {
+        let sep = if why.is_empty() { "" } else { ": " };
+        format!("the authorisation was denied ({error}{sep}{why}): nothing was stored")
+    } else {
+        format!("X answered the authorisation with {error} {why}: nothing was stored")
+    }
+}
 
 /// How long the callback listener waits for the browser.
 const CALLBACK_WAIT: Duration = Duration::from_secs(600);
@@ -42,7 +187,7 @@ use super::runtime;
 fn token_endpoint(base: &str, path: &str) -> Result<http::Uri, CliError> {
     let url = format!("{base}{path}");
     url.parse()
-        .map_err(|e| CliError::Runtime(format!("the token endpoint URL {url:?} is not valid: {e}")))
+        .map_err(|source| LoginError::TokenUrl { url, source }.into())
 }
 
 fn open_store(config: &Config) -> Result<SqliteStore, CliError> {
@@ -53,8 +198,10 @@ fn open_store(config: &Config) -> Result<SqliteStore, CliError> {
 }
 
 fn upstream(config: &Config) -> Result<Upstream, CliError> {
-    Upstream::new(&config.upstream, config.server.request_timeout)
-        .map_err(|e| CliError::Runtime(e.to_string()))
+    Ok(
+        Upstream::new(&config.upstream, config.server.request_timeout)
+            .map_err(LoginError::Upstream)?,
+    )
 }
 
 /// The App a user acts through (validated configs always have it).
@@ -148,7 +295,7 @@ pub(super) fn oauth2(
     let redirect_uri = app.oauth2_redirect_uri.to_string();
     let client =
         oauth2_client(&creds, &token_url)
-            .map_err(CliError::Runtime)?
+            .map_err(LoginError::Oauth2Client)?
             .set_auth_uri(
                 AuthUrl::new(app.oauth2_authorize_url.to_string()).map_err(|e| {
                     CliError::Usage(format!("apps.{}.oauth2_authorize_url: {e}", app.name))
@@ -180,26 +327,21 @@ pub(super) fn oauth2(
                 let mut line = String::new();
                 input
                     .read_line(&mut line)
-                    .map_err(|e| CliError::Runtime(format!("cannot read the redirected URL: {e}")))?;
+                    .map_err(|source| LoginError::Input {
+                        what: "the redirected URL",
+                        source,
+                    })?;
                 parse_redirect(&line)
             }
         };
         if let Some(error) = redirect.error {
             let why = redirect.error_description.unwrap_or_default();
-            return Err(CliError::Runtime(if error == "access_denied" {
-                format!("the authorisation was denied ({error}{}{why}): nothing was stored", if why.is_empty() { "" } else { ": " })
-            } else {
-                format!("X answered the authorisation with {error} {why}: nothing was stored")
-            }));
+            return Err(LoginError::Refused { error, why }.into());
         }
         if redirect.state.as_deref() != Some(state.secret().as_str()) {
-            return Err(CliError::Runtime(
-                "the redirect's state does not match this login (a stale or forged redirect): nothing was stored; run `xgate login` again".to_owned(),
-            ));
+            return Err(LoginError::StateMismatch.into());
         }
-        let code = redirect.code.ok_or_else(|| {
-            CliError::Runtime("the redirect carries no code: nothing was stored".to_owned())
-        })?;
+        let code = redirect.code.ok_or(LoginError::NoCode)?;
         let resp = client
             .exchange_code(AuthorizationCode::new(code))
             .set_pkce_verifier(verifier)
@@ -209,14 +351,14 @@ pub(super) fn oauth2(
                 RequestTokenError::ServerResponse(r)
                     if *r.error() == BasicErrorResponseType::InvalidGrant =>
                 {
-                    CliError::Runtime(format!(
-                        "X refused the authorization code (invalid_grant: it expires 30 s after the redirect, and works once); run `xgate login --identity {identity}` again"
-                    ))
+                    LoginError::CodeRefused {
+                        identity: identity.to_owned(),
+                    }
                 }
                 RequestTokenError::ServerResponse(r) => {
-                    CliError::Runtime(format!("X refused the code exchange: {}", r.error()))
+                    LoginError::ExchangeRefused(r.error().to_string())
                 }
-                other => CliError::Runtime(format!("the code exchange failed: {other}")),
+                other => LoginError::Exchange(Box::new(other)),
             })?;
         let now = SystemClock.unix_seconds();
         let stored = stored_from_response(&resp, now, scopes, None);
@@ -244,11 +386,15 @@ async fn bind_callback(redirect: &http::Uri) -> Result<tokio::net::TcpListener, 
         } else {
             80
         });
-    tokio::net::TcpListener::bind((host, port)).await.map_err(|e| {
-        CliError::Runtime(format!(
-            "cannot listen on {host}:{port} for the redirect ({e}); use --no-listen and paste the redirected URL"
-        ))
-    })
+    tokio::net::TcpListener::bind((host, port))
+        .await
+        .map_err(|source| {
+            LoginError::Callback {
+                address: format!("{host}:{port}"),
+                source,
+            }
+            .into()
+        })
 }
 
 /// Serves the redirect once: the first request to `path` with a code or an error.
@@ -299,13 +445,10 @@ async fn await_callback(
         }
     };
     tokio::select! {
-        () = serve => Err(CliError::Runtime("the callback listener stopped".to_owned())),
+        () = serve => Err(LoginError::CallbackStopped.into()),
         got = tokio::time::timeout(CALLBACK_WAIT, rx.recv()) => match got {
             Ok(Some(r)) => Ok(r),
-            _ => Err(CliError::Runtime(format!(
-                "no redirect arrived within {} minutes: nothing was stored",
-                CALLBACK_WAIT.as_secs() / 60
-            ))),
+            _ => Err(LoginError::NoRedirect(CALLBACK_WAIT).into()),
         },
     }
 }
@@ -351,12 +494,14 @@ pub(super) fn oauth1(
             &[("oauth_callback", "oob")],
         )?;
         let (status, reply) = exchange_form(&upstream, request).await?;
-        let (Some(token), Some(secret)) = (reply.get("oauth_token"), reply.get("oauth_token_secret"))
+        let (Some(token), Some(secret)) =
+            (reply.get("oauth_token"), reply.get("oauth_token_secret"))
         else {
-            return Err(CliError::Runtime(format!(
-                "X answered {status} to the request-token step, without a token (check apps.{}.consumer_key and consumer_secret)",
-                app.name
-            )));
+            return Err(LoginError::NoRequestToken {
+                status,
+                app: app.name.clone(),
+            }
+            .into());
         };
         // 2. The user authorises in a browser and reads the PIN off the page.
         writeln!(
@@ -367,27 +512,37 @@ pub(super) fn oauth1(
         )
         .map_err(|e| io_error(&e))?;
         out.flush().map_err(|e| io_error(&e))?;
-        write!(err, "open the URL above, authorise, and enter the PIN: ").map_err(|e| io_error(&e))?;
+        write!(err, "open the URL above, authorise, and enter the PIN: ")
+            .map_err(|e| io_error(&e))?;
         err.flush().map_err(|e| io_error(&e))?;
         let mut pin = String::new();
         input
             .read_line(&mut pin)
-            .map_err(|e| CliError::Runtime(format!("cannot read the PIN: {e}")))?;
+            .map_err(|source| LoginError::Input {
+                what: "the PIN",
+                source,
+            })?;
         let pin = pin.trim();
         if pin.is_empty() {
-            return Err(CliError::Runtime("no PIN was entered: nothing was stored".to_owned()));
+            return Err(LoginError::NoPin.into());
         }
         // 3. The access token, signed with the request token.
-        let (token, secret) = (SecretString::from(token.as_str()), SecretString::from(secret.as_str()));
+        let (token, secret) = (
+            SecretString::from(token.as_str()),
+            SecretString::from(secret.as_str()),
+        );
         let key = Oauth1Key::new(&consumer.key, &consumer.secret, Some((&token, &secret)));
-        let request = signed_post(&upstream, "/oauth/access_token", &key, &[("oauth_verifier", pin)])?;
+        let request = signed_post(
+            &upstream,
+            "/oauth/access_token",
+            &key,
+            &[("oauth_verifier", pin)],
+        )?;
         let (status, reply) = exchange_form(&upstream, request).await?;
         let (Some(token), Some(token_secret)) =
             (reply.get("oauth_token"), reply.get("oauth_token_secret"))
         else {
-            return Err(CliError::Runtime(format!(
-                "X answered {status} to the access-token step (a wrong or expired PIN?): nothing was stored"
-            )));
+            return Err(LoginError::NoAccessToken { status }.into());
         };
         store
             .save(
@@ -414,21 +569,16 @@ fn signed_post(
     key: &Oauth1Key,
     extra: &[(&str, &str)],
 ) -> Result<Request<UpstreamBody>, CliError> {
-    let uri: http::Uri = format!("{}{path}", upstream.base())
-        .parse()
-        .map_err(|e| CliError::Runtime(format!("{path}: {e}")))?;
-    let nonce = RandomNonce
-        .nonce()
-        .map_err(|e| CliError::Runtime(e.to_string()))?;
+    let uri = token_endpoint(&upstream.base(), path)?;
+    let nonce = RandomNonce.nonce().map_err(CliError::Random)?;
     let params = RequestParams {
         timestamp: SystemClock.unix_seconds(),
         nonce: &nonce,
         extra,
     };
     let header = authorization_header(key, "POST", &uri, None, params)
-        .map_err(|e| CliError::Runtime(e.to_string()))?;
-    let mut value =
-        http::HeaderValue::try_from(header).map_err(|e| CliError::Runtime(e.to_string()))?;
+        .map_err(|e| LoginError::Unsignable(Box::new(e)))?;
+    let mut value = http::HeaderValue::try_from(header).map_err(LoginError::Header)?;
     value.set_sensitive(true);
     let mut req = Request::new(UpstreamBody::Full(None));
     *req.method_mut() = http::Method::POST;
@@ -518,16 +668,12 @@ pub(super) fn bearer(
                 .await
                 .map_err(CliError::Store)?;
             let Some(StoredToken::Bearer { token }) = stored.as_ref() else {
-                return Err(CliError::Runtime(format!(
-                    "no Bearer token is stored for {app_name}: nothing to invalidate"
-                )));
+                return Err(LoginError::NothingToInvalidate(app_name.to_owned()).into());
             };
             let body = format!("access_token={}", percent_encode(token));
             let (status, _json) = exchange(&upstream, post("/oauth2/invalidate_token", body)?).await?;
             if !status.is_success() {
-                return Err(CliError::Runtime(format!(
-                    "X answered {status} to the invalidation: the stored token is kept"
-                )));
+                return Err(LoginError::InvalidationRefused { status }.into());
             }
             store
                 .delete(app_name, TokenKind::Bearer)
@@ -542,16 +688,12 @@ pub(super) fn bearer(
         )
         .await?;
         if !status.is_success() {
-            return Err(CliError::Runtime(format!(
-                "X answered {status} to the Bearer token request (check apps.{app_name}.consumer_key and consumer_secret)"
-            )));
+            return Err(LoginError::BearerRefused { status, app: app_name.to_owned() }.into());
         }
         let field = |k: &str| json.get(k).and_then(serde_json::Value::as_str);
         let token_type = field("token_type").unwrap_or_default();
         let Some(token) = field("access_token").filter(|_| token_type.eq_ignore_ascii_case("bearer")) else {
-            return Err(CliError::Runtime(format!(
-                "X's answer holds no bearer token (token_type {token_type:?})"
-            )));
+            return Err(LoginError::NoBearer { token_type: token_type.to_owned() }.into());
         };
         store
             .save(app_name, &StoredToken::Bearer { token: token.to_owned() })
@@ -580,15 +722,12 @@ async fn exchange_bytes(
     upstream: &Upstream,
     req: Request<UpstreamBody>,
 ) -> Result<(StatusCode, Bytes), CliError> {
-    let resp = upstream
-        .send(req)
-        .await
-        .map_err(|e| CliError::Runtime(format!("the token request failed: {e}")))?;
+    let resp = upstream.send(req).await.map_err(LoginError::Request)?;
     let status = resp.status();
     let body = http_body_util::Limited::new(resp.into_body(), 64 * 1024)
         .collect()
         .await
-        .map_err(|e| CliError::Runtime(format!("the token answer could not be read: {e}")))?
+        .map_err(LoginError::Answer)?
         .to_bytes();
     Ok((status, body))
 }

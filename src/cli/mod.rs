@@ -189,10 +189,23 @@ pub enum CliError {
     /// The async runtime could not start: exit 1.
     #[error("cannot start the async runtime: {0}")]
     AsyncRuntime(#[source] std::io::Error),
-    /// A login or token exchange with X failed: exit 1. The message says what X answered or
-    /// what the operator should do.
-    #[error("{0}")]
-    Runtime(String),
+    /// A login or token exchange with X failed: exit 1.
+    #[error(transparent)]
+    Login(#[from] login::LoginError),
+    /// The identity has no credential to show (`sign`): exit 1.
+    #[error("identity {identity} has no credentials: {hint}")]
+    NoCredentials {
+        /// The identity.
+        identity: String,
+        /// What the operator should do.
+        hint: String,
+    },
+    /// The OS random source failed (a nonce, a key): exit 1.
+    #[error(transparent)]
+    Random(#[from] crate::clock::RandomError),
+    /// The built-in endpoint catalogue could not be built: exit 1.
+    #[error(transparent)]
+    Catalogue(#[from] crate::endpoints::CatalogueError),
 }
 
 impl CliError {
@@ -202,7 +215,12 @@ impl CliError {
             Self::Config(_) | Self::Usage(_) => true,
             Self::Start(e) => e.is_config(),
             Self::Store(e) => e.is_config(),
-            Self::Output(_) | Self::AsyncRuntime(_) | Self::Runtime(_) => false,
+            Self::Output(_)
+            | Self::AsyncRuntime(_)
+            | Self::Login(_)
+            | Self::NoCredentials { .. }
+            | Self::Random(_)
+            | Self::Catalogue(_) => false,
         };
         if config { 2 } else { 1 }
     }

@@ -68,9 +68,7 @@ fn header(
             let body = form_body(&args.form)?;
             let nonce = match &args.nonce {
                 Some(n) => n.clone(),
-                None => nonces
-                    .nonce()
-                    .map_err(|e| CliError::Runtime(e.to_string()))?,
+                None => nonces.nonce()?,
             };
             let timestamp = args.timestamp.unwrap_or_else(|| clock.unix_seconds());
             let req = RequestParams {
@@ -87,10 +85,10 @@ fn header(
             )
             .map_err(|e| CliError::Usage(format!("URL {url:?}: {e}")))
         }
-        Resolved::Missing { hint } => Err(CliError::Runtime(format!(
-            "identity {} has no credentials: {hint}",
-            args.identity
-        ))),
+        Resolved::Missing { hint } => Err(CliError::NoCredentials {
+            identity: args.identity.clone(),
+            hint: hint.clone(),
+        }),
     }
 }
 
