@@ -18,7 +18,7 @@ use crate::endpoints::{Catalogue, CatalogueError};
 use crate::identity::{self, Identities, IdentitiesError, IdentityKind, Resolved};
 use crate::limits::Limiter;
 use crate::metrics::{Metrics, MetricsError};
-use crate::store::{SqliteStore, StoreError, TokenStore};
+use crate::store::{self, StoreError};
 use crate::upstream::{Upstream, UpstreamSetupError};
 
 /// Everything a request needs, built once at startup and shared by all connections.
@@ -87,16 +87,7 @@ impl State {
     /// user without a token pair).
     pub async fn with_clock(config: &Config, clock: Arc<dyn Clock>) -> Result<Self, SetupError> {
         let store = if identity::needs_store(config) {
-            let key = config.store.encryption_key.clone();
-            let path = config.store.path.clone();
-            let opened =
-                tokio::task::spawn_blocking(move || SqliteStore::open(&path, key.as_ref()))
-                    .await
-                    .map_err(|e| StoreError::Io {
-                        path: config.store.path.clone(),
-                        message: format!("opening the store did not finish: {e}"),
-                    })??;
-            Some(Arc::new(opened) as Arc<dyn TokenStore>)
+            Some(store::open(&config.store).await?)
         } else {
             None
         };

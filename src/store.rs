@@ -509,6 +509,30 @@ impl SqliteStore {
     }
 }
 
+/// Opens the token store `[store]` configures, creating it if missing: the one place that
+/// picks the backend, so every command and the proxy use the same one.
+pub async fn open(config: &crate::config::Store) -> Result<Arc<dyn TokenStore>, StoreError> {
+    let (path, key) = (config.path.clone(), config.encryption_key.clone());
+    let opened = tokio::task::spawn_blocking(move || SqliteStore::open(&path, key.as_ref()))
+        .await
+        .map_err(|e| StoreError::Io {
+            path: config.path.clone(),
+            message: format!("opening the store did not finish: {e}"),
+        })??;
+    Ok(Arc::new(opened))
+}
+
+/// Opens the configured store without creating or changing it (`check`, `sign`); `None` when
+/// there is none yet.
+pub fn open_existing(
+    config: &crate::config::Store,
+) -> Result<Option<Arc<dyn TokenStore>>, StoreError> {
+    Ok(
+        SqliteStore::open_read_only(&config.path, config.encryption_key.as_ref())?
+            .map(|s| Arc::new(s) as Arc<dyn TokenStore>),
+    )
+}
+
 /// Runs a blocking store call on the runtime's blocking pool (SQLite calls block on disk).
 fn blocking<T: Send + 'static>(
     store: &SqliteStore,

@@ -6,7 +6,7 @@ use super::{CliError, io_error};
 use crate::config::{ClientAuth, Config, UserAuth, format_duration};
 use crate::endpoints::Catalogue;
 use crate::identity::{self, Resolved};
-use crate::store::{SqliteStore, TokenStore};
+use crate::store;
 
 pub(super) fn run(
     config: &Config,
@@ -17,31 +17,25 @@ pub(super) fn run(
         writeln!(err, "warning: {w}").map_err(|e| io_error(&e))?;
     }
     // `check` never creates or changes the store; it reads one that is there.
-    let store =
-        SqliteStore::open_read_only(&config.store.path, config.store.encryption_key.as_ref())
-            .map_err(|e| {
-                if e.is_config() {
-                    CliError::Config(crate::config::ConfigError {
-                        problems: vec![crate::config::Problem::new(
-                            "store.encryption_key",
-                            e.to_string(),
-                        )],
-                    })
-                } else {
-                    CliError::Store(e)
-                }
-            })?;
+    let store = store::open_existing(&config.store).map_err(|e| {
+        if e.is_config() {
+            CliError::Config(crate::config::ConfigError {
+                problems: vec![crate::config::Problem::new(
+                    "store.encryption_key",
+                    e.to_string(),
+                )],
+            })
+        } else {
+            CliError::Store(e)
+        }
+    })?;
     let runtime = super::runtime()?;
     for user in config.users.values() {
         if !matches!(user.auth, UserAuth::Oauth2 { .. }) {
             continue;
         }
         // The same answer the proxy would find at startup.
-        let resolved = runtime.block_on(identity::resolve(
-            config,
-            &user.name,
-            store.as_ref().map(|s| s as &dyn TokenStore),
-        ))?;
+        let resolved = runtime.block_on(identity::resolve(config, &user.name, store.as_deref()))?;
         if !matches!(resolved, Some(Resolved::Oauth2 { .. })) {
             writeln!(
                 err,

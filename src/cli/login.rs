@@ -29,7 +29,7 @@ use crate::body::UpstreamBody;
 use crate::clock::{Clock, NonceSource as _, RandomNonce, SystemClock};
 use crate::config::{Config, Identity, UserAuth};
 use crate::secret::SecretString;
-use crate::store::{SqliteStore, StoredToken, TokenKind, TokenStore};
+use crate::store::{self, StoredToken, TokenKind};
 use crate::upstream::{Upstream, UpstreamSetupError};
 
 /// How a login or a token exchange with X failed (exit 1). Each says what happened and, where
@@ -190,13 +190,6 @@ fn token_endpoint(base: &str, path: &str) -> Result<http::Uri, CliError> {
         .map_err(|source| LoginError::TokenUrl { url, source }.into())
 }
 
-fn open_store(config: &Config) -> Result<SqliteStore, CliError> {
-    Ok(SqliteStore::open(
-        &config.store.path,
-        config.store.encryption_key.as_ref(),
-    )?)
-}
-
 fn upstream(config: &Config) -> Result<Upstream, CliError> {
     Ok(
         Upstream::new(&config.upstream, config.server.request_timeout)
@@ -289,7 +282,6 @@ pub(super) fn oauth2(
         client_id: client_cfg.client_id.clone(),
         client_secret: client_cfg.client_secret.clone(),
     };
-    let store = open_store(config)?;
     let upstream = upstream(config)?;
     let token_url = format!("{}/2/oauth2/token", upstream.base());
     let redirect_uri = app.oauth2_redirect_uri.to_string();
@@ -313,6 +305,7 @@ pub(super) fn oauth2(
 
     let rt = runtime()?;
     rt.block_on(async {
+        let store = store::open(&config.store).await?;
         // Listen before printing, so a fast browser cannot miss the listener.
         let listener = if no_listen {
             None
@@ -481,10 +474,10 @@ pub(super) fn oauth1(
             app.name
         ))
     })?;
-    let store = open_store(config)?;
     let upstream = upstream(config)?;
     let rt = runtime()?;
     rt.block_on(async {
+        let store = store::open(&config.store).await?;
         // 1. A request token for the out-of-band (PIN) flow.
         let key = Oauth1Key::new(&consumer.key, &consumer.secret, None);
         let request = signed_post(
@@ -646,7 +639,6 @@ pub(super) fn bearer(
             ))
         })?;
     authorization.set_sensitive(true);
-    let store = open_store(config)?;
     let upstream = upstream(config)?;
     let rt = runtime()?;
     let post = |path: &str, body: String| -> Result<Request<UpstreamBody>, CliError> {
@@ -662,6 +654,7 @@ pub(super) fn bearer(
         Ok(req)
     };
     rt.block_on(async {
+        let store = store::open(&config.store).await?;
         if invalidate {
             let stored = store
                 .load(app_name, TokenKind::Bearer)

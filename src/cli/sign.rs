@@ -8,7 +8,7 @@ use crate::clock::{Clock, NonceSource, RandomNonce, SystemClock};
 use crate::config::Config;
 use crate::identity::{self, Resolved};
 use crate::secret::REDACTED;
-use crate::store::{SqliteStore, StoredToken, TokenStore};
+use crate::store::{self, StoredToken};
 
 pub(super) fn run(config: &Config, args: &SignArgs, out: &mut dyn Write) -> Result<(), CliError> {
     let header = header(config, args, &SystemClock, &RandomNonce)?;
@@ -95,15 +95,10 @@ fn header(
 /// What the proxy would attach for `name` now: proxy.toml's credential, else the store's
 /// (read only, never created: `sign` changes nothing).
 fn resolve_now(config: &Config, name: &str) -> Result<Resolved, CliError> {
-    let store =
-        SqliteStore::open_read_only(&config.store.path, config.store.encryption_key.as_ref())?;
+    let store = store::open_existing(&config.store)?;
     let runtime = super::runtime()?;
     runtime
-        .block_on(identity::resolve(
-            config,
-            name,
-            store.as_ref().map(|s| s as &dyn TokenStore),
-        ))?
+        .block_on(identity::resolve(config, name, store.as_deref()))?
         .ok_or_else(|| {
             CliError::Usage(format!(
                 "--identity {name}: no such identity in [apps] or [users]"
