@@ -63,16 +63,10 @@ fn limiter() -> (Limiter, IdentityId, IdentityId) {
             user: vec![big("15m"), big("24h")],
         },
     ];
-    let identity = |name: &str, kind, app: Option<&str>| IdentitySpec {
-        name: name.to_owned(),
-        kind,
-        app: app.map(str::to_owned),
-        scopes: Vec::new(),
-    };
     let identities = Arc::new(
         Identities::new([
-            identity("main", IdentityKind::App, None),
-            identity("alice", IdentityKind::Oauth1User, Some("main")),
+            IdentitySpec::app("main"),
+            IdentitySpec::user("alice", IdentityKind::Oauth1User, "main", &[]),
         ])
         .unwrap(),
     );

@@ -86,6 +86,28 @@ pub struct IdentitySpec {
     pub scopes: Vec<String>,
 }
 
+impl IdentitySpec {
+    /// An App.
+    pub fn app(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            kind: IdentityKind::App,
+            app: None,
+            scopes: Vec::new(),
+        }
+    }
+
+    /// A user of `app`, of `kind`, with configured `scopes` (OAuth 2.0 users only).
+    pub fn user(name: &str, kind: IdentityKind, app: &str, scopes: &[&str]) -> Self {
+        Self {
+            name: name.to_owned(),
+            kind,
+            app: Some(app.to_owned()),
+            scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+        }
+    }
+}
+
 /// The table could not be built.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum IdentitiesError {
@@ -376,11 +398,9 @@ mod tests {
     use super::*;
 
     fn spec(name: &str, kind: IdentityKind, app: Option<&str>) -> IdentitySpec {
-        IdentitySpec {
-            name: name.to_owned(),
-            kind,
-            app: app.map(str::to_owned),
-            scopes: Vec::new(),
+        match app {
+            Some(app) => IdentitySpec::user(name, kind, app, &[]),
+            None => IdentitySpec::app(name),
         }
     }
 

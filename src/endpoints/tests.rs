@@ -30,19 +30,13 @@ fn name(c: &Catalogue, method: &Method, path: &str) -> String {
 
 /// App `main`, OAuth 1.0a user `alice`, OAuth 2.0 user `bob` (tweet.read users.read).
 fn identities() -> Identities {
-    let spec = |name: &str, kind, app: Option<&str>, scopes: &[&str]| IdentitySpec {
-        name: name.to_owned(),
-        kind,
-        app: app.map(str::to_owned),
-        scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
-    };
     Identities::new([
-        spec("main", IdentityKind::App, None, &[]),
-        spec("alice", IdentityKind::Oauth1User, Some("main"), &[]),
-        spec(
+        IdentitySpec::app("main"),
+        IdentitySpec::user("alice", IdentityKind::Oauth1User, "main", &[]),
+        IdentitySpec::user(
             "bob",
             IdentityKind::Oauth2User,
-            Some("main"),
+            "main",
             &["tweet.read", "users.read"],
         ),
     ])

@@ -14,27 +14,18 @@ fn rate(s: &str) -> Rate {
     Rate::parse(s).unwrap()
 }
 
-fn spec(name: &str, kind: IdentityKind, app: Option<&str>, scopes: &[&str]) -> IdentitySpec {
-    IdentitySpec {
-        name: name.to_owned(),
-        kind,
-        app: app.map(str::to_owned),
-        scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
-    }
-}
-
 /// Apps `main` and `other`, OAuth 1.0a users `alice` and `carol` of main, OAuth 2.0 user
 /// `bob` of main.
 pub(crate) fn identities() -> Identities {
     Identities::new([
-        spec("main", IdentityKind::App, None, &[]),
-        spec("other", IdentityKind::App, None, &[]),
-        spec("alice", IdentityKind::Oauth1User, Some("main"), &[]),
-        spec("carol", IdentityKind::Oauth1User, Some("main"), &[]),
-        spec(
+        IdentitySpec::app("main"),
+        IdentitySpec::app("other"),
+        IdentitySpec::user("alice", IdentityKind::Oauth1User, "main", &[]),
+        IdentitySpec::user("carol", IdentityKind::Oauth1User, "main", &[]),
+        IdentitySpec::user(
             "bob",
             IdentityKind::Oauth2User,
-            Some("main"),
+            "main",
             &["tweet.read", "users.read"],
         ),
     ])

@@ -198,6 +198,21 @@ fn config_flag_before_or_after_the_command_and_from_env() {
     // alice's token secret file was found although the command ran elsewhere.
 }
 
+/// `xgate sign` for X's "Creating a signature" example, as `alice` with X's keys.
+const X_EXAMPLE_SIGN: &[&str] = &[
+    "sign",
+    "--identity",
+    "alice",
+    "--nonce",
+    "kYjzVBB8Y0ZFabxSWbWovY3uYSQ2pTgmZeNu2VS4cg",
+    "--timestamp",
+    "1318622958",
+    "--form",
+    "status=Hello Ladies + Gentlemen, a signed OAuth request!",
+    "POST",
+    "https://api.x.com/1.1/statuses/update.json?include_entities=true",
+];
+
 #[test]
 fn sign_reproduces_x_example_header() {
     let dir = scratch("cli-sign");
@@ -209,23 +224,7 @@ fn sign_reproduces_x_example_header() {
         ),
     )
     .unwrap();
-    let run = xgate(
-        &dir,
-        &[
-            "sign",
-            "--identity",
-            "alice",
-            "--nonce",
-            "kYjzVBB8Y0ZFabxSWbWovY3uYSQ2pTgmZeNu2VS4cg",
-            "--timestamp",
-            "1318622958",
-            "--form",
-            "status=Hello Ladies + Gentlemen, a signed OAuth request!",
-            "POST",
-            "https://api.x.com/1.1/statuses/update.json?include_entities=true",
-        ],
-        &[],
-    );
+    let run = xgate(&dir, X_EXAMPLE_SIGN, &[]);
     assert_eq!(run.code, 0, "{run:?}");
     assert_eq!(
         run.stdout.trim(),
@@ -380,23 +379,7 @@ fn sign_uses_the_credentials_in_the_store_as_the_proxy_does() {
         );
         assert_eq!(run.stdout.trim(), format!("Bearer {want}"), "{run:?}");
     }
-    let run = xgate(
-        &dir,
-        &[
-            "sign",
-            "--identity",
-            "alice",
-            "--nonce",
-            "kYjzVBB8Y0ZFabxSWbWovY3uYSQ2pTgmZeNu2VS4cg",
-            "--timestamp",
-            "1318622958",
-            "--form",
-            "status=Hello Ladies + Gentlemen, a signed OAuth request!",
-            "POST",
-            "https://api.x.com/1.1/statuses/update.json?include_entities=true",
-        ],
-        &[],
-    );
+    let run = xgate(&dir, X_EXAMPLE_SIGN, &[]);
     assert_eq!(run.code, 0, "{run:?}");
     assert!(
         run.stdout
