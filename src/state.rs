@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::auth::oauth2::{Oauth2App, Oauth2User, Oauth2Users};
-use crate::auth::{Credentials, CredentialsError};
+use crate::auth::{BadCredential, Credentials};
 use crate::client_auth::Clients;
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
@@ -49,7 +49,7 @@ pub enum SetupError {
     Identities(#[from] IdentitiesError),
     /// A credential is not usable.
     #[error(transparent)]
-    Credentials(#[from] CredentialsError),
+    Credential(#[from] BadCredential),
     /// The endpoint catalogue could not be built.
     #[error(transparent)]
     Catalogue(#[from] CatalogueError),
@@ -65,9 +65,9 @@ impl SetupError {
     /// Whether the configuration is at fault (a wrong `store.encryption_key`): exit status 2.
     pub fn is_config(&self) -> bool {
         match self {
-            Self::Store(e) | Self::Credentials(CredentialsError::Store(e)) => e.is_config(),
+            Self::Store(e) => e.is_config(),
             Self::Identities(_)
-            | Self::Credentials(CredentialsError::Credential(_))
+            | Self::Credential(_)
             | Self::Catalogue(_)
             | Self::Metrics(_)
             | Self::Upstream(_) => false,
@@ -92,8 +92,13 @@ impl State {
             None
         };
         let identities = Arc::new(Identities::from_config(config)?);
-        let credentials =
-            Credentials::resolve(config, &identities, store.as_deref(), Arc::clone(&clock)).await?;
+        // What credential each identity has now, read once: the credentials and the OAuth 2.0
+        // users' pairs are both made from it.
+        let mut resolved = Vec::with_capacity(identities.len());
+        for (_, i) in identities.iter() {
+            resolved.push(identity::resolve(config, &i.name, store.as_deref()).await?);
+        }
+        let credentials = Credentials::new(&identities, &resolved, Arc::clone(&clock))?;
         let clients = Clients::from_config(config, &identities, &clock);
         let catalogue = Arc::new(Catalogue::new(&config.limits.overrides)?);
         let metrics = Arc::new(Metrics::new(&catalogue, &identities)?);
@@ -108,7 +113,7 @@ impl State {
             config.server.request_timeout,
         )?);
         let mut users = Vec::new();
-        for (id, i) in identities.iter() {
+        for ((id, i), resolved) in identities.iter().zip(&mut resolved) {
             if i.kind != IdentityKind::Oauth2User {
                 continue;
             }
@@ -116,7 +121,7 @@ impl State {
             let Some(client) = config.apps.get(&*app.name).and_then(|a| a.oauth2.as_ref()) else {
                 continue;
             };
-            let stored = match identity::resolve(config, &i.name, store.as_deref()).await? {
+            let stored = match resolved.take() {
                 Some(Resolved::Oauth2 { stored }) => Some(stored),
                 _ => None,
             };

@@ -17,10 +17,8 @@ use http::{HeaderMap, HeaderValue, header};
 
 use crate::body::{BoxError, UpstreamBody};
 use crate::clock::{Clock, RandomNonce};
-use crate::config::Config;
 use crate::error::{BadRequest, Internal, ProxyError};
-use crate::identity::{Identities, Identity, IdentityId, Resolved, resolve};
-use crate::store::{StoreError, TokenStore};
+use crate::identity::{Identities, Identity, IdentityId, Resolved};
 use oauth1::{Oauth1Key, Oauth1Signer};
 
 /// How a request as one identity is authorised.
@@ -44,17 +42,6 @@ pub enum Credential {
 #[error("{0}: not usable in an HTTP header (control characters or non-ASCII text)")]
 pub struct BadCredential(pub String);
 
-/// The credentials table could not be built.
-#[derive(Debug, thiserror::Error)]
-pub enum CredentialsError {
-    /// A credential is not usable.
-    #[error(transparent)]
-    Credential(#[from] BadCredential),
-    /// The token store failed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
-
 /// `Bearer <token>` as a sensitive header value.
 pub fn bearer_header(token: &str) -> Result<HeaderValue, http::header::InvalidHeaderValue> {
     let mut value = HeaderValue::try_from(format!("Bearer {token}"))?;
@@ -63,7 +50,7 @@ pub fn bearer_header(token: &str) -> Result<HeaderValue, http::header::InvalidHe
 }
 
 impl Credential {
-    /// What a request as the identity attaches, from what [`resolve`] found.
+    /// What a request as the identity attaches, from what [`crate::identity::resolve`] found.
     pub fn from_resolved(resolved: &Resolved, name: &str) -> Result<Self, BadCredential> {
         Ok(match resolved {
             Resolved::Bearer { token, .. } => Self::Bearer(
@@ -95,23 +82,22 @@ pub struct Credentials {
 }
 
 impl Credentials {
-    /// Resolves the credential of every identity of `identities` (proxy.toml's, else
-    /// `store`'s); OAuth 1.0a timestamps read `clock`.
-    pub async fn resolve(
-        config: &Config,
+    /// The credentials of every identity of `identities`, from what [`resolve`] found for
+    /// each (`resolved`, in the table's order; `None`: not in proxy.toml); OAuth 1.0a
+    /// timestamps read `clock`.
+    pub fn new(
         identities: &Identities,
-        store: Option<&dyn TokenStore>,
+        resolved: &[Option<Resolved>],
         clock: Arc<dyn Clock>,
-    ) -> Result<Self, CredentialsError> {
+    ) -> Result<Self, BadCredential> {
         let mut list = Vec::with_capacity(identities.len());
-        for (_, identity) in identities.iter() {
-            let credential = match resolve(config, &identity.name, store).await? {
-                Some(resolved) => Credential::from_resolved(&resolved, &identity.name)?,
+        for ((_, identity), resolved) in identities.iter().zip(resolved) {
+            list.push(match resolved {
+                Some(resolved) => Credential::from_resolved(resolved, &identity.name)?,
                 None => Credential::Missing {
                     hint: format!("{} is not in proxy.toml", identity.name),
                 },
-            };
-            list.push(credential);
+            });
         }
         Ok(Self {
             list,
