@@ -322,7 +322,7 @@ const DISCARD_MAX_BYTES: u64 = 16 << 20;
 const DISCARD_TIME: Duration = Duration::from_secs(10);
 
 /// Reads and throws away the body of a request refused before its body was read, at most
-/// [`DISCARD_MAX_BYTES`] for at most [`DISCARD_TIME`], in a task of its own while the answer
+/// `DISCARD_MAX_BYTES` for at most `DISCARD_TIME`, in a task of its own while the answer
 /// goes out. A client still sending its body then gets the answer (404, 413, 429, ...) and
 /// can keep the connection; had the connection been closed with its bytes unread, the kernel
 /// would have reset it and the client would see a broken pipe instead of the answer. A body

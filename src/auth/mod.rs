@@ -82,7 +82,7 @@ pub struct Credentials {
 }
 
 impl Credentials {
-    /// The credentials of every identity of `identities`, from what [`resolve`] found for
+    /// The credentials of every identity of `identities`, from what [`crate::identity::resolve`] found for
     /// each (`resolved`, in the table's order; `None`: not in proxy.toml); OAuth 1.0a
     /// timestamps read `clock`.
     pub fn new(

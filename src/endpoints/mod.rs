@@ -1,6 +1,6 @@
 //! The endpoint catalogue: every X API v2 operation, what auth it takes and X's limits.
 //!
-//! Owns the row type of the generated table ([`table`], made by
+//! Owns the row type of the generated table (`table.rs`, made by
 //! `scripts/gen_catalogue.py` from X's OpenAPI document and the fact sheet), the
 //! [`Catalogue`] built from it at startup with `[[limits.override]]` applied, and matching a
 //! request's method and path to an endpoint: one radix router (`matchit`) per method, so a

@@ -1,6 +1,6 @@
 //! The in-memory [`Backend`]: every bucket in this process (the embedded default).
 //!
-//! Buckets are fixed windows ([`super::bucket`]) keyed by (identity, endpoint): app-only
+//! Buckets are fixed windows (`bucket.rs`) keyed by (identity, endpoint): app-only
 //! requests draw from the App's figure, user-context requests from the user's figure plus the
 //! App's 24-hour window (which counts all its users together). The keys are dense small
 //! integers known at startup, so the buckets live in one flat table of lazily initialised

@@ -120,7 +120,7 @@ pub trait Backend: Send + Sync + fmt::Debug {
     fn usage_capped(&self, app: IdentityId, until_ms: u64);
 }
 
-/// One request's reservations in a backend. Dropped before [`Held::sent`], they are given
+/// One request's reservations in a backend. Dropped while [`Held::set_sent`] says unsent, they are given
 /// back; after it, dropping completes them.
 pub trait Held: Send + fmt::Debug {
     /// Whether the request went upstream: while `true`, dropping completes the reservations
