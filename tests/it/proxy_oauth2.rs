@@ -13,7 +13,7 @@ use xgate::store::{SqliteStore, StoredToken, TokenKind};
 
 use crate::support::fake_x::{FakeX, ISSUED_BEARER, PIN, REQUEST_TOKEN};
 use crate::support::http::{Answer, get, request, send};
-use crate::support::proxy::{Proxy, config};
+use crate::support::proxy::{Proxy, config, table};
 use crate::support::{scratch, xgate};
 
 const SCOPES: [&str; 3] = ["tweet.read", "users.read", "offline.access"];
@@ -259,50 +259,84 @@ async fn the_scope_pre_check_uses_the_scopes_x_granted() {
 
 // === the binary: login, bearer, crashes, encryption ===
 
-/// A config for the binary: App `main` with OAuth 2.0 client (`secret` makes it
-/// confidential) and redirect URI on `port`, user `bob`, App `solo` (consumer keys only).
-fn binary_config(upstream: &str, port: u16, extra_store: &str, secret: bool) -> String {
-    format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-[admin]
-listen = "127.0.0.1:0"
-[upstream]
-base_url = "{upstream}"
-[store]
-path = "xgate.db"
-{extra_store}
-[apps.main]
-bearer_token = {{ env = "X_BEARER_TOKEN" }}
-consumer_key = {{ env = "X_API_KEY" }}
-consumer_secret = {{ env = "X_API_SECRET" }}
-oauth2_client_id = "fake-client-id"
-{secret_line}
-oauth2_redirect_uri = "http://127.0.0.1:{port}/callback"
-oauth2_authorize_url = "https://x.example/i/oauth2/authorize"
-[apps.solo]
-consumer_key = {{ env = "X_API_KEY" }}
-consumer_secret = {{ env = "X_API_SECRET" }}
-[users.bob]
-app = "main"
-auth = "oauth2"
-scopes = ["tweet.read", "users.read", "offline.access"]
-[users.carol]
-app = "main"
-auth = "oauth1"
-[[clients]]
-name = "backend"
-anonymous = true
-identities = ["main", "bob", "solo", "carol"]
-default_identity = "main"
-"#,
-        secret_line = if secret {
-            r#"oauth2_client_secret = "fake-client-secret""#
-        } else {
-            ""
-        }
-    )
+/// A config for the binary, as typed values: App `main` with OAuth 2.0 client (`secret` makes
+/// it confidential) and redirect URI on `port`, user `bob`, App `solo` (consumer keys only),
+/// OAuth 1.0a user `carol` (no pair), the store `xgate.db` (encrypted with `encryption_key`).
+fn binary_config(upstream: &str, port: u16, encryption_key: Option<&str>, secret: bool) -> String {
+    use toml::Value;
+    let env = |name: &str| Value::Table(table([("env", name.into())]));
+    let strings = |items: &[&str]| Value::Array(items.iter().map(|s| (*s).into()).collect());
+    let mut store = table([("path", "xgate.db".into())]);
+    if let Some(key) = encryption_key {
+        store.insert("encryption_key".into(), key.into());
+    }
+    let mut main = table([
+        ("bearer_token", env("X_BEARER_TOKEN")),
+        ("consumer_key", env("X_API_KEY")),
+        ("consumer_secret", env("X_API_SECRET")),
+        ("oauth2_client_id", "fake-client-id".into()),
+        (
+            "oauth2_redirect_uri",
+            format!("http://127.0.0.1:{port}/callback").into(),
+        ),
+        (
+            "oauth2_authorize_url",
+            "https://x.example/i/oauth2/authorize".into(),
+        ),
+    ]);
+    if secret {
+        main.insert("oauth2_client_secret".into(), "fake-client-secret".into());
+    }
+    let solo = table([
+        ("consumer_key", env("X_API_KEY")),
+        ("consumer_secret", env("X_API_SECRET")),
+    ]);
+    let bob = table([
+        ("app", "main".into()),
+        ("auth", "oauth2".into()),
+        (
+            "scopes",
+            strings(&["tweet.read", "users.read", "offline.access"]),
+        ),
+    ]);
+    let carol = table([("app", "main".into()), ("auth", "oauth1".into())]);
+    let client = table([
+        ("name", "backend".into()),
+        ("anonymous", true.into()),
+        ("identities", strings(&["main", "bob", "solo", "carol"])),
+        ("default_identity", "main".into()),
+    ]);
+    let doc = table([
+        (
+            "server",
+            Value::Table(table([("listen", "127.0.0.1:0".into())])),
+        ),
+        (
+            "admin",
+            Value::Table(table([("listen", "127.0.0.1:0".into())])),
+        ),
+        (
+            "upstream",
+            Value::Table(table([("base_url", upstream.into())])),
+        ),
+        ("store", Value::Table(store)),
+        (
+            "apps",
+            Value::Table(table([
+                ("main", Value::Table(main)),
+                ("solo", Value::Table(solo)),
+            ])),
+        ),
+        (
+            "users",
+            Value::Table(table([
+                ("bob", Value::Table(bob)),
+                ("carol", Value::Table(carol)),
+            ])),
+        ),
+        ("clients", Value::Array(vec![Value::Table(client)])),
+    ]);
+    toml::to_string(&doc).unwrap()
 }
 
 fn free_port() -> u16 {
@@ -334,7 +368,7 @@ async fn login_with_a_browser_stores_a_pair_the_proxy_then_uses() {
     let port = free_port();
     std::fs::write(
         dir.join("proxy.toml"),
-        binary_config(&fake.base_url(), port, "", true),
+        binary_config(&fake.base_url(), port, None, true),
     )
     .unwrap();
     let mut child = spawn(&dir, &["login", "--identity", "bob"], Stdio::null());
@@ -430,7 +464,7 @@ async fn login_refuses_a_denied_authorisation_a_state_mismatch_and_an_expired_co
     let dir = scratch("login-bad");
     std::fs::write(
         dir.join("proxy.toml"),
-        binary_config(&fake.base_url(), free_port(), "", false),
+        binary_config(&fake.base_url(), free_port(), None, false),
     )
     .unwrap();
     let d = dir.clone();
@@ -494,7 +528,7 @@ async fn a_crash_right_after_a_refresh_keeps_the_rotated_token() {
     let dir = scratch("oauth-kill");
     std::fs::write(
         dir.join("proxy.toml"),
-        binary_config(&fake.base_url(), free_port(), "", false),
+        binary_config(&fake.base_url(), free_port(), None, false),
     )
     .unwrap();
     store_bob(&dir, "at-old", Some("rt-old"), now() - 10, &SCOPES);
@@ -534,10 +568,9 @@ async fn with_encryption_no_token_is_in_plain_text_and_a_wrong_key_is_refused() 
     let fake = FakeX::start().await;
     fake.oauth_issue("at-old", "rt-old");
     let dir = scratch("oauth-crypt");
-    let key_line = format!(r#"encryption_key = "{KEY_B64}""#);
     std::fs::write(
         dir.join("proxy.toml"),
-        binary_config(&fake.base_url(), free_port(), &key_line, false),
+        binary_config(&fake.base_url(), free_port(), Some(KEY_B64), false),
     )
     .unwrap();
     {
@@ -573,12 +606,7 @@ async fn with_encryption_no_token_is_in_plain_text_and_a_wrong_key_is_refused() 
         );
     }
     // The wrong key: refused at startup with exit status 2, the store untouched.
-    let toml = binary_config(
-        &fake.base_url(),
-        free_port(),
-        &format!(r#"encryption_key = "{WRONG_B64}""#),
-        false,
-    );
+    let toml = binary_config(&fake.base_url(), free_port(), Some(WRONG_B64), false);
     std::fs::write(dir.join("proxy.toml"), toml).unwrap();
     let run = xgate(
         &dir,
@@ -595,7 +623,7 @@ async fn bearer_obtains_stores_and_invalidates_the_apps_token() {
     let dir = scratch("bearer");
     std::fs::write(
         dir.join("proxy.toml"),
-        binary_config(&fake.base_url(), free_port(), "", false),
+        binary_config(&fake.base_url(), free_port(), None, false),
     )
     .unwrap();
     let run = run(&dir, &["bearer", "--app", "solo"]).await;
@@ -658,7 +686,7 @@ async fn get_anon_path(addr: SocketAddr, path: &str, identity: &str) -> Answer {
 async fn oauth1_pin_login_stores_a_pair_the_proxy_signs_with() {
     let fake = FakeX::start().await;
     let dir = scratch("login-oauth1");
-    let toml = binary_config(&fake.base_url(), free_port(), "", false);
+    let toml = binary_config(&fake.base_url(), free_port(), None, false);
     std::fs::write(dir.join("proxy.toml"), &toml).unwrap();
     // Before: carol has no pair.
     let proxy = Proxy::start_in(&toml, &dir).await;
@@ -718,7 +746,7 @@ async fn check_reads_the_store_for_stored_tokens_and_refuses_a_wrong_key() {
     let dir = scratch("check-store");
     std::fs::write(
         dir.join("proxy.toml"),
-        binary_config("http://127.0.0.1:9", free_port(), "", false),
+        binary_config("http://127.0.0.1:9", free_port(), None, false),
     )
     .unwrap();
     let before = run(&dir, &["check"]).await;
@@ -742,12 +770,7 @@ async fn check_reads_the_store_for_stored_tokens_and_refuses_a_wrong_key() {
     let dir = scratch("check-crypt");
     std::fs::write(
         dir.join("proxy.toml"),
-        binary_config(
-            "http://127.0.0.1:9",
-            free_port(),
-            &format!(r#"encryption_key = "{WRONG_B64}""#),
-            false,
-        ),
+        binary_config("http://127.0.0.1:9", free_port(), Some(WRONG_B64), false),
     )
     .unwrap();
     let key = xgate::secret::StoreKey::new(std::array::from_fn(|i| u8::try_from(i).unwrap()));
