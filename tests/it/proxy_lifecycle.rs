@@ -236,13 +236,12 @@ async fn graceful_shutdown_finishes_in_flight_requests_and_closes_streams_after_
         tokio::net::TcpStream::connect(addr).await.is_err(),
         "still accepting after shutdown began"
     );
-    // The stream is closed when the grace period ends, and run() returns.
-    let started = tokio::time::Instant::now();
+    // The stream is closed when the grace period ends, and run() returns (the scripted
+    // stream would outlive the 10 s bound by far).
     tokio::time::timeout(Duration::from_secs(10), proxy.join())
         .await
         .unwrap()
         .unwrap();
-    assert!(started.elapsed() < Duration::from_secs(9));
     let body = tokio::time::timeout(
         Duration::from_secs(5),
         http_body_util::BodyExt::collect(stream.into_body()),
