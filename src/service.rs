@@ -3,11 +3,11 @@
 //!
 //! Owns [`ProxyService`] (generic over the request body, so phases can be driven without a
 //! socket): every [`crate::error::ProxyError`] becomes its contract response here, through
-//! [`crate::error::ProxyError::to_response`], so the service's error type is `Infallible`. Owns the
-//! per-request access record (request id, metrics at the response head, the log line when
-//! the body ends; a client that goes away before the head is recorded as 499), reading and
-//! throwing away the body of a request refused before its body was read, and the
-//! per-connection activity count the server uses for `keepalive_timeout`.
+//! [`crate::error::ProxyError::to_response`], so the service's error type is `Infallible`.
+//! Owns the per-request access record (request id, metrics at the response head, the log
+//! line when the body ends; a client that goes away before the head is recorded as 499, a
+//! request whose handling panicked as 500) and the per-connection activity count the server
+//! uses for `keepalive_timeout`.
 
 use std::convert::Infallible;
 use std::fmt;
