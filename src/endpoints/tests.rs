@@ -330,3 +330,37 @@ fn precheck_refuses_missing_oauth2_scopes_and_names_them() {
     // Scopes of OAuth 1.0a users and Apps are not checked.
     precheck(dms, id("alice"), &[]).unwrap();
 }
+
+/// The committed table is exactly what `scripts/gen_catalogue.py` makes from the reference
+/// files (so nobody edited it by hand, and the generator still runs). Needs `python3` and
+/// `../shared`; like the spec test, it may not skip where `XGATE_REQUIRE_SPEC` is set.
+#[test]
+fn the_generator_reproduces_the_committed_table() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let out = std::env::temp_dir().join(format!("xgate-table-{}.rs", std::process::id()));
+    let ran = std::process::Command::new("python3")
+        .arg(root.join("scripts/gen_catalogue.py"))
+        .arg("--reference")
+        .arg(reference_dir())
+        .arg("--out")
+        .arg(&out)
+        .output();
+    match ran {
+        Ok(o) if o.status.success() => {}
+        other => {
+            assert!(
+                std::env::var_os("XGATE_REQUIRE_SPEC").is_none(),
+                "XGATE_REQUIRE_SPEC is set but the generator did not run: {other:?}"
+            );
+            eprintln!("SKIPPED the_generator_reproduces_the_committed_table: {other:?}");
+            return;
+        }
+    }
+    let generated = std::fs::read_to_string(&out).unwrap();
+    let _removed = std::fs::remove_file(&out);
+    let committed = std::fs::read_to_string(root.join("src/endpoints/table.rs")).unwrap();
+    assert!(
+        generated == committed,
+        "src/endpoints/table.rs differs from the generator's output: run `python3 scripts/gen_catalogue.py`"
+    );
+}
