@@ -393,6 +393,28 @@ pub async fn resolve(
     }))
 }
 
+/// The identities the unit tests of several modules use: Apps `main` and `other`, OAuth 1.0a
+/// users `alice` and `carol` of main, OAuth 2.0 user `bob` of main (tweet.read users.read).
+#[cfg(test)]
+pub(crate) fn test_identities() -> Identities {
+    let table = Identities::new([
+        IdentitySpec::app("main"),
+        IdentitySpec::app("other"),
+        IdentitySpec::user("alice", IdentityKind::Oauth1User, "main", &[]),
+        IdentitySpec::user("carol", IdentityKind::Oauth1User, "main", &[]),
+        IdentitySpec::user(
+            "bob",
+            IdentityKind::Oauth2User,
+            "main",
+            &["tweet.read", "users.read"],
+        ),
+    ]);
+    match table {
+        Ok(table) => table,
+        Err(e) => panic!("the test identities: {e}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,7 +5,6 @@ use http::Method;
 use sha2::Digest as _;
 
 use super::*;
-use crate::identity::{Identities, IdentityKind, IdentitySpec};
 
 fn rate(s: &str) -> Rate {
     Rate::parse(s).unwrap()
@@ -28,20 +27,7 @@ fn name(c: &Catalogue, method: &Method, path: &str) -> String {
     c.get(ep(c, method, path)).unwrap().name.clone()
 }
 
-/// App `main`, OAuth 1.0a user `alice`, OAuth 2.0 user `bob` (tweet.read users.read).
-fn identities() -> Identities {
-    Identities::new([
-        IdentitySpec::app("main"),
-        IdentitySpec::user("alice", IdentityKind::Oauth1User, "main", &[]),
-        IdentitySpec::user(
-            "bob",
-            IdentityKind::Oauth2User,
-            "main",
-            &["tweet.read", "users.read"],
-        ),
-    ])
-    .unwrap()
-}
+use crate::identity::test_identities as identities;
 
 // === the catalogue ===
 

@@ -6,7 +6,6 @@ use super::memory::{MemoryBackend, MemoryHeld};
 use super::*;
 use crate::clock::ManualClock;
 use crate::config::{EndpointPattern, Override};
-use crate::identity::{IdentityKind, IdentitySpec};
 
 const T0: u64 = 1_700_000_000;
 
@@ -14,23 +13,7 @@ fn rate(s: &str) -> Rate {
     Rate::parse(s).unwrap()
 }
 
-/// Apps `main` and `other`, OAuth 1.0a users `alice` and `carol` of main, OAuth 2.0 user
-/// `bob` of main.
-pub(crate) fn identities() -> Identities {
-    Identities::new([
-        IdentitySpec::app("main"),
-        IdentitySpec::app("other"),
-        IdentitySpec::user("alice", IdentityKind::Oauth1User, "main", &[]),
-        IdentitySpec::user("carol", IdentityKind::Oauth1User, "main", &[]),
-        IdentitySpec::user(
-            "bob",
-            IdentityKind::Oauth2User,
-            "main",
-            &["tweet.read", "users.read"],
-        ),
-    ])
-    .unwrap()
-}
+use crate::identity::test_identities as identities;
 
 struct Ids {
     main: IdentityId,
