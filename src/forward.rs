@@ -93,7 +93,7 @@ pub async fn exchange(
     state.metrics().upstream(label, took);
     facts.upstream = Some((resp.status().as_u16(), took));
     let (mut parts, body) = resp.into_parts();
-    if let (Some(remaining), Some(_)) = (admission.learn(&parts.headers), endpoint) {
+    if let (Some(remaining), Some(_)) = (admission.learn(&parts.headers).await, endpoint) {
         state
             .metrics()
             .remaining(&identity.name, label.name, remaining);

@@ -39,6 +39,7 @@ pub mod proxy;
 pub mod secret;
 pub mod server;
 pub mod service;
+pub mod shared;
 pub mod stack;
 pub mod state;
 pub mod store;

@@ -19,11 +19,19 @@ use prometheus::{
 use crate::endpoints::{Catalogue, EndpointId};
 use crate::error::UpstreamFailure;
 use crate::identity::{Identities, IdentityKind};
+use crate::shared::{Engine, Observer};
 
 /// Buckets for a proxy whose own overhead is well under a millisecond and whose upstream
 /// answers in tens to hundreds of milliseconds (seconds).
 const DURATION_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// Buckets for one operation on a shared engine: loopback round trips take tens of
+/// microseconds, a timeout hundreds of milliseconds (seconds).
+const SHARED_BUCKETS: &[f64] = &[
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 10.0,
 ];
 
 /// `source` of `xgate_rate_limited_total`.
@@ -68,6 +76,9 @@ pub struct Metrics {
     token_refreshes: IntCounterVec,
     upstream_errors: IntCounterVec,
     inflight: IntGauge,
+    shared_up: IntGaugeVec,
+    shared_errors: IntCounterVec,
+    shared_duration: HistogramVec,
 }
 
 /// A metric could not be registered (a programming error: names are fixed).
@@ -138,6 +149,26 @@ impl Metrics {
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
+        let shared_up = IntGaugeVec::new(
+            Opts::new(
+                "xgate_shared_up",
+                "Whether a configured shared-state engine answered its last operation (1) or not (0).",
+            ),
+            &["backend"],
+        )?;
+        let shared_errors = counter(
+            "xgate_shared_errors_total",
+            "Operations on a shared-state engine that failed or timed out, by backend and op.",
+            &["backend", "op"],
+        )?;
+        let shared_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "xgate_shared_duration_seconds",
+                "Time of one operation on a shared-state engine (one round trip), by backend and op.",
+            )
+            .buckets(SHARED_BUCKETS.to_vec()),
+            &["backend", "op"],
+        )?;
         for (_, identity) in identities.iter() {
             if identity.kind == IdentityKind::Oauth2User {
                 for outcome in REFRESH_OUTCOMES {
@@ -157,6 +188,9 @@ impl Metrics {
         registry.register(Box::new(upstream_errors.clone()))?;
         registry.register(Box::new(inflight.clone()))?;
         registry.register(Box::new(build_info))?;
+        registry.register(Box::new(shared_up.clone()))?;
+        registry.register(Box::new(shared_errors.clone()))?;
+        registry.register(Box::new(shared_duration.clone()))?;
         let by_endpoint = (0..catalogue.endpoints().len() + 2)
             .map(|_| (OnceLock::new(), OnceLock::new()))
             .collect();
@@ -171,6 +205,9 @@ impl Metrics {
             token_refreshes,
             upstream_errors,
             inflight,
+            shared_up,
+            shared_errors,
+            shared_duration,
         })
     }
 
@@ -294,6 +331,24 @@ impl<'a> EndpointLabel<'a> {
                 index: other,
             },
         }
+    }
+}
+
+impl Observer for Metrics {
+    fn op(&self, engine: Engine, op: &'static str, took: Duration, ok: bool) {
+        let labels = [engine.as_str(), op];
+        self.shared_duration
+            .with_label_values(&labels)
+            .observe(took.as_secs_f64());
+        if !ok {
+            self.shared_errors.with_label_values(&labels).inc();
+        }
+    }
+
+    fn up(&self, engine: Engine, up: bool) {
+        self.shared_up
+            .with_label_values(&[engine.as_str()])
+            .set(i64::from(up));
     }
 }
 

@@ -18,6 +18,7 @@ use crate::endpoints::{Catalogue, CatalogueError};
 use crate::identity::{self, Identities, IdentitiesError, IdentityKind, Resolved};
 use crate::limits::Limiter;
 use crate::metrics::{Metrics, MetricsError};
+use crate::shared::Observer;
 use crate::store::{self, StoreError};
 use crate::upstream::{Upstream, UpstreamSetupError};
 
@@ -59,6 +60,9 @@ pub enum SetupError {
     /// The upstream client could not be built.
     #[error(transparent)]
     Upstream(#[from] UpstreamSetupError),
+    /// The shared buckets' Redis client could not be made (`[shared]`).
+    #[error("shared.redis_url: {0}")]
+    Shared(String),
 }
 
 impl SetupError {
@@ -70,7 +74,8 @@ impl SetupError {
             | Self::Credential(_)
             | Self::Catalogue(_)
             | Self::Metrics(_)
-            | Self::Upstream(_) => false,
+            | Self::Upstream(_)
+            | Self::Shared(_) => false,
         }
     }
 }
@@ -86,12 +91,15 @@ impl State {
     /// an identity needs it (an OAuth 2.0 user, an App without `bearer_token`, an OAuth 1.0a
     /// user without a token pair).
     pub async fn with_clock(config: &Config, clock: Arc<dyn Clock>) -> Result<Self, SetupError> {
+        let identities = Arc::new(Identities::from_config(config)?);
+        let catalogue = Arc::new(Catalogue::new(&config.limits.overrides)?);
+        let metrics = Arc::new(Metrics::new(&catalogue, &identities)?);
+        let observer: Arc<dyn Observer> = Arc::clone(&metrics) as Arc<dyn Observer>;
         let store = if identity::needs_store(config) {
-            Some(store::open(&config.store).await?)
+            Some(store::open(&config.store, &observer).await?)
         } else {
             None
         };
-        let identities = Arc::new(Identities::from_config(config)?);
         // What credential each identity has now, read once: the credentials and the OAuth 2.0
         // users' pairs are both made from it.
         let mut resolved = Vec::with_capacity(identities.len());
@@ -100,14 +108,16 @@ impl State {
         }
         let credentials = Credentials::new(&identities, &resolved, Arc::clone(&clock))?;
         let clients = Clients::from_config(config, &identities, &clock);
-        let catalogue = Arc::new(Catalogue::new(&config.limits.overrides)?);
-        let metrics = Arc::new(Metrics::new(&catalogue, &identities)?);
-        let limiter = Limiter::in_memory(
+        let limiter = Limiter::from_config(
             Arc::clone(&catalogue),
             Arc::clone(&identities),
             &config.limits,
+            config.shared.as_ref(),
+            observer,
             Arc::clone(&clock),
-        );
+        )
+        .await
+        .map_err(SetupError::Shared)?;
         let upstream = Arc::new(Upstream::new(
             &config.upstream,
             config.server.request_timeout,
@@ -135,6 +145,7 @@ impl State {
                 stored,
             });
         }
+        let changes = store.as_ref().and_then(|s| s.changes());
         let oauth2 = Arc::new(Oauth2Users::new(
             users,
             store,
@@ -143,6 +154,10 @@ impl State {
             Arc::clone(&clock),
             Arc::clone(&metrics),
         ));
+        if let Some(changes) = changes {
+            // Replicas sharing the store: a pair another one rotated replaces ours promptly.
+            tokio::spawn(Oauth2Users::follow(Arc::downgrade(&oauth2), changes));
+        }
         Ok(Self {
             identities,
             credentials,

@@ -309,6 +309,56 @@ impl Oauth2Users {
         }
     }
 
+    /// Follows a shared store's change feed until it ends: a pair another replica stored
+    /// (a refresh, a new login) replaces the one in use, so this replica stops sending the old
+    /// access token without refreshing itself. An empty name means every identity. Holds the
+    /// users weakly: the feed ends with the store, which they own.
+    pub async fn follow(this: std::sync::Weak<Self>, mut changes: crate::store::Changes) {
+        while let Some(name) = changes.recv().await {
+            let Some(users) = this.upgrade() else {
+                return;
+            };
+            for (&id, slot) in &users.slots {
+                if name.is_empty() || *slot.name == *name {
+                    users.adopt_stored(id, slot).await;
+                }
+            }
+        }
+    }
+
+    /// Re-reads `slot`'s pair and uses it if it is not the one in use.
+    async fn adopt_stored(&self, id: IdentityId, slot: &Slot) {
+        let Some(store) = &self.store else {
+            return;
+        };
+        let stored = match store
+            .load(&slot.name, crate::store::TokenKind::Oauth2)
+            .await
+        {
+            Ok(Some(stored)) => stored,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(identity = %slot.name, error = %e, "could not read the pair another replica stored");
+                return;
+            }
+        };
+        let StoredToken::Oauth2 { access_token, .. } = &stored else {
+            return;
+        };
+        let current = self.current(id);
+        if current
+            .as_ref()
+            .is_some_and(|c| c.access_token.expose() == access_token)
+        {
+            return;
+        }
+        tracing::info!(identity = %slot.name, "using the token pair another replica stored");
+        let generation = current.map_or(0, |c| c.generation);
+        drop(Self::publish(slot, &stored, generation));
+        // A pair X refused before is no reason to refuse the new one.
+        *slot.rejected.lock().unwrap_or_else(PoisonError::into_inner) = None;
+    }
+
     /// The pair in use for `id`, if one was ever stored.
     pub fn current(&self, id: IdentityId) -> Option<Arc<Current>> {
         let slot = self.slots.get(&id)?;

@@ -3,7 +3,7 @@
 use std::io::Write;
 
 use super::{CliError, io_error};
-use crate::config::{ClientAuth, Config, UserAuth, format_duration};
+use crate::config::{ClientAuth, Config, StoreLocation, UserAuth, format_duration};
 use crate::endpoints::Catalogue;
 use crate::identity::{self, Resolved};
 use crate::store;
@@ -16,20 +16,34 @@ pub(super) fn run(
     for w in &config.warnings {
         writeln!(err, "warning: {w}").map_err(|e| io_error(&e))?;
     }
-    // `check` never creates or changes the store; it reads one that is there.
-    let store = store::open_existing(&config.store).map_err(|e| {
-        if e.is_config() {
-            CliError::Config(crate::config::ConfigError {
+    let runtime = super::runtime()?;
+    // `check` never creates or changes the store; it reads one that is there. A shared
+    // engine that does not answer is reported, and makes the exit status 2.
+    let mut unreachable = Vec::new();
+    let observer = crate::shared::not_observed();
+    let store = match runtime.block_on(store::open_existing(&config.store, &observer)) {
+        Ok(store) => store,
+        Err(e) if e.is_config() => {
+            return Err(CliError::Config(crate::config::ConfigError {
                 problems: vec![crate::config::Problem::new(
                     "store.encryption_key",
                     e.to_string(),
                 )],
-            })
-        } else {
-            CliError::Store(e)
+            }));
         }
-    })?;
-    let runtime = super::runtime()?;
+        Err(e) if matches!(config.store.location, StoreLocation::Postgres(_)) => {
+            unreachable.push(format!("store: {e}"));
+            None
+        }
+        Err(e) => return Err(CliError::Store(e)),
+    };
+    let redis = config
+        .shared
+        .as_ref()
+        .map(|shared| (shared, runtime.block_on(crate::limits::redis::ping(shared))));
+    if let Some((shared, Err(e))) = &redis {
+        unreachable.push(format!("shared.redis_url: {}: {e}", shared.redis.shown));
+    }
     for user in config.users.values() {
         if !matches!(user.auth, UserAuth::Oauth2 { .. }) {
             continue;
@@ -41,7 +55,7 @@ pub(super) fn run(
                 err,
                 "warning: users.{0}: no stored OAuth 2.0 token yet (store {1}); run `xgate login --identity {0}`",
                 user.name,
-                config.store.path.display()
+                shown_store(&config.store.location)
             )
             .map_err(|e| io_error(&e))?;
         }
@@ -58,7 +72,48 @@ pub(super) fn run(
             .map_err(|e| io_error(&e))?;
         }
     }
-    summary(config, &catalogue, out).map_err(|e| io_error(&e))
+    summary(config, &catalogue, out).map_err(|e| io_error(&e))?;
+    let engines = [
+        config
+            .shared
+            .as_ref()
+            .map(|s| ("redis (shared buckets)", s.redis.shown.as_str())),
+        match &config.store.location {
+            StoreLocation::Postgres(url) => Some(("postgres (token store)", url.shown.as_str())),
+            StoreLocation::File(_) => None,
+        },
+    ];
+    if engines.iter().any(Option::is_some) {
+        writeln!(out, "shared state:").map_err(|e| io_error(&e))?;
+    }
+    if let Some((name, at)) = &engines[0] {
+        let state = match &redis {
+            Some((_, Ok(took))) => format!("reachable ({} ms)", took.as_millis()),
+            _ => "UNREACHABLE".to_owned(),
+        };
+        writeln!(out, "  {name:<24} {at}  {state}").map_err(|e| io_error(&e))?;
+    }
+    if let Some((name, at)) = &engines[1] {
+        let state = if unreachable.iter().any(|u| u.starts_with("store:")) {
+            "UNREACHABLE"
+        } else {
+            "reachable"
+        };
+        writeln!(out, "  {name:<24} {at}  {state}").map_err(|e| io_error(&e))?;
+    }
+    if unreachable.is_empty() {
+        Ok(())
+    } else {
+        Err(CliError::Unreachable(unreachable.join("; ")))
+    }
+}
+
+/// The store as `check` names it: its file, or its database without user or password.
+fn shown_store(location: &StoreLocation) -> String {
+    match location {
+        StoreLocation::File(path) => path.display().to_string(),
+        StoreLocation::Postgres(url) => url.shown.clone(),
+    }
 }
 
 fn summary(c: &Config, catalogue: &Catalogue, out: &mut dyn Write) -> std::io::Result<()> {
@@ -93,7 +148,7 @@ fn summary(c: &Config, catalogue: &Catalogue, out: &mut dyn Write) -> std::io::R
     writeln!(
         out,
         "store: {}  encryption: {}",
-        c.store.path.display(),
+        shown_store(&c.store.location),
         if c.store.encryption_key.is_some() {
             "on"
         } else {

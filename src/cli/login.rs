@@ -305,7 +305,7 @@ pub(super) fn oauth2(
 
     let rt = runtime()?;
     rt.block_on(async {
-        let store = store::open(&config.store).await?;
+        let store = store::open(&config.store, &crate::shared::not_observed()).await?;
         // Listen before printing, so a fast browser cannot miss the listener.
         let listener = if no_listen {
             None
@@ -477,7 +477,7 @@ pub(super) fn oauth1(
     let upstream = upstream(config)?;
     let rt = runtime()?;
     rt.block_on(async {
-        let store = store::open(&config.store).await?;
+        let store = store::open(&config.store, &crate::shared::not_observed()).await?;
         // 1. A request token for the out-of-band (PIN) flow.
         let key = Oauth1Key::new(&consumer.key, &consumer.secret, None);
         let request = signed_post(
@@ -654,7 +654,7 @@ pub(super) fn bearer(
         Ok(req)
     };
     rt.block_on(async {
-        let store = store::open(&config.store).await?;
+        let store = store::open(&config.store, &crate::shared::not_observed()).await?;
         if invalidate {
             let stored = store
                 .load(app_name, TokenKind::Bearer)

@@ -206,13 +206,16 @@ pub enum CliError {
     /// The built-in endpoint catalogue could not be built: exit 1.
     #[error(transparent)]
     Catalogue(#[from] crate::endpoints::CatalogueError),
+    /// A configured shared engine does not answer (`check`): exit 2.
+    #[error("unreachable: {0}")]
+    Unreachable(String),
 }
 
 impl CliError {
     /// The exit status for this failure (CONTRACT section 1).
     pub fn exit_code(&self) -> u8 {
         let config = match self {
-            Self::Config(_) | Self::Usage(_) => true,
+            Self::Config(_) | Self::Usage(_) | Self::Unreachable(_) => true,
             Self::Start(e) => e.is_config(),
             Self::Store(e) => e.is_config(),
             Self::Output(_)

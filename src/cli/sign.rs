@@ -95,8 +95,11 @@ fn header(
 /// What the proxy would attach for `name` now: proxy.toml's credential, else the store's
 /// (read only, never created: `sign` changes nothing).
 fn resolve_now(config: &Config, name: &str) -> Result<Resolved, CliError> {
-    let store = store::open_existing(&config.store)?;
     let runtime = super::runtime()?;
+    let store = runtime.block_on(store::open_existing(
+        &config.store,
+        &crate::shared::not_observed(),
+    ))?;
     runtime
         .block_on(identity::resolve(config, name, store.as_deref()))?
         .ok_or_else(|| {

@@ -105,6 +105,8 @@ pub struct Config {
     pub upstream: Upstream,
     /// `[store]`: the token store.
     pub store: Store,
+    /// `[shared]`: the Redis several replicas share their buckets through, when set.
+    pub shared: Option<Shared>,
     /// `[apps.*]`, by name.
     pub apps: BTreeMap<String, App>,
     /// `[users.*]`, by name.
@@ -185,10 +187,51 @@ pub struct Upstream {
 /// `[store]`.
 #[derive(Debug, Clone)]
 pub struct Store {
-    /// SQLite file, created on first use (never by `xgate check`).
-    pub path: PathBuf,
+    /// Where the tokens live.
+    pub location: StoreLocation,
     /// Encrypts tokens at rest when set.
     pub encryption_key: Option<StoreKey>,
+}
+
+/// Where `[store]` keeps tokens: `path` or `url`.
+#[derive(Debug, Clone)]
+pub enum StoreLocation {
+    /// `store.path`: the embedded SQLite file, created on first use (never by `xgate check`).
+    File(PathBuf),
+    /// `store.url`: a PostgreSQL database shared by replicas.
+    Postgres(EngineUrl),
+}
+
+/// The URL of a shared engine (`shared.redis_url`, `store.url`): a secret, since it may hold a
+/// password, with the part that is safe to print beside it.
+#[derive(Debug, Clone)]
+pub struct EngineUrl {
+    /// The whole URL, as given.
+    pub url: SecretString,
+    /// `scheme://host:port/path`, without user, password or query: for logs and `xgate check`.
+    pub shown: String,
+}
+
+/// `[shared]`.
+#[derive(Debug, Clone)]
+pub struct Shared {
+    /// `redis://[user:password@]host:port[/db]`, or `rediss://` for TLS.
+    pub redis: EngineUrl,
+    /// Every key xgate writes starts with this.
+    pub key_prefix: String,
+    /// What a request gets while Redis does not answer.
+    pub on_failure: OnFailure,
+    /// One Redis operation; past it, it has failed.
+    pub timeout: Duration,
+}
+
+/// `shared.on_failure`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnFailure {
+    /// Each replica falls back to its own in-memory buckets.
+    Local,
+    /// Requests that need a bucket get 503 `shared-state-unavailable`.
+    Refuse,
 }
 
 /// `[apps.NAME]`: an X App; as an identity it means app-only Bearer auth.

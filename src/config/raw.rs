@@ -20,6 +20,7 @@ pub(super) struct RawConfig {
     pub(super) admin: RawAdmin,
     pub(super) upstream: RawUpstream,
     pub(super) store: RawStore,
+    pub(super) shared: Option<RawShared>,
     pub(super) apps: BTreeMap<String, RawApp>,
     pub(super) users: BTreeMap<String, RawUser>,
     pub(super) clients: Vec<RawClient>,
@@ -72,7 +73,17 @@ pub(super) struct RawUpstream {
 #[serde(default)]
 pub(super) struct RawStore {
     pub(super) path: Option<String>,
+    pub(super) url: Option<RawSecret>,
     pub(super) encryption_key: Option<RawSecret>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(super) struct RawShared {
+    pub(super) redis_url: Option<RawSecret>,
+    pub(super) key_prefix: Option<String>,
+    pub(super) on_failure: Option<String>,
+    pub(super) timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

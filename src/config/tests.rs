@@ -138,7 +138,9 @@ fn full_config_becomes_typed_values() {
     assert_eq!(c.upstream.base_url.to_string(), "http://127.0.0.1:18081/");
     assert_eq!(c.upstream.connect_timeout, Duration::from_millis(500));
     assert_eq!(c.upstream.pool_max_idle_per_host, 0);
-    assert_eq!(c.store.path, Path::new("/etc/xgate/data/xgate.db"));
+    assert!(
+        matches!(&c.store.location, StoreLocation::File(p) if p == Path::new("/etc/xgate/data/xgate.db"))
+    );
     assert_eq!(c.store.encryption_key.as_ref().unwrap().expose()[31], 31);
     let main = &c.apps["main"];
     assert_eq!(main.consumer.as_ref().unwrap().secret.expose(), "cs-value");
@@ -195,7 +197,9 @@ fn defaults_match_the_contract() {
     assert_eq!(c.upstream.pool_idle_timeout, Duration::from_secs(90));
     assert_eq!(c.upstream.pool_max_idle_per_host, 256);
     assert_eq!(c.upstream.allowed_prefixes, ["/2/"]);
-    assert_eq!(c.store.path, Path::new("/etc/xgate/xgate.db"));
+    assert!(
+        matches!(&c.store.location, StoreLocation::File(p) if p == Path::new("/etc/xgate/xgate.db"))
+    );
     assert_eq!(c.limits.on_exhausted, OnExhausted::Reject);
     assert_eq!(c.limits.max_wait, Duration::ZERO);
     assert_eq!(c.limits.usage_cap_cooldown, Duration::from_secs(300));
@@ -456,7 +460,9 @@ fn relative_paths_resolve_against_the_config_directory() {
         c.upstream.ca_file.as_deref(),
         Some(dir.join("ca.pem").as_path())
     );
-    assert_eq!(c.store.path, Path::new("/var/lib/xgate/x.db"));
+    assert!(
+        matches!(&c.store.location, StoreLocation::File(p) if p == Path::new("/var/lib/xgate/x.db"))
+    );
     let p = problems("[server]\ntls = { cert = \"nope.pem\" }\n");
     assert!(
         has(&p, "server.tls.cert: cannot read /etc/xgate/nope.pem"),

@@ -14,9 +14,9 @@ use base64::Engine as _;
 use super::raw::{self, RawApp, RawClient, RawOverride, RawSecret, RawUser};
 use super::units::{Rate, parse_duration};
 use super::{
-    Admin, App, Client, ClientAuth, Config, ConfigError, ConsumerKeys, EndpointPattern, Env,
-    Limits, MAX_RATES_PER_FIGURE, Oauth2Client, OnExhausted, Override, Problem, Server, Store,
-    TlsFiles, Upstream, User, UserAuth,
+    Admin, App, Client, ClientAuth, Config, ConfigError, ConsumerKeys, EndpointPattern, EngineUrl,
+    Env, Limits, MAX_RATES_PER_FIGURE, Oauth2Client, OnExhausted, OnFailure, Override, Problem,
+    Server, Shared, Store, StoreLocation, TlsFiles, Upstream, User, UserAuth,
 };
 use crate::secret::{SecretString, StoreKey};
 
@@ -78,6 +78,7 @@ pub(super) fn validate(text: &str, base_dir: &Path, env: &dyn Env) -> Result<Con
     let admin = v.admin(raw.admin, &server);
     let upstream = v.upstream(raw.upstream);
     let store = v.store(raw.store);
+    let shared = raw.shared.map(|s| v.shared(s));
     let apps: BTreeMap<String, App> = raw
         .apps
         .into_iter()
@@ -108,6 +109,7 @@ pub(super) fn validate(text: &str, base_dir: &Path, env: &dyn Env) -> Result<Con
         admin,
         upstream,
         store,
+        shared,
         apps,
         users,
         clients,
@@ -454,12 +456,117 @@ impl Validator<'_> {
         }
     }
 
-    fn store(&mut self, raw: raw::RawStore) -> Store {
-        let path = self.file(
-            "store.path",
-            raw.path.as_deref().unwrap_or("xgate.db"),
+    /// A shared engine's URL (a secret): one of `schemes`, parsed by the engine's own client.
+    /// Written literally it draws the usual warning only when it holds a password.
+    fn engine_url(
+        &mut self,
+        path: &str,
+        value: RawSecret,
+        schemes: &[&str],
+        parse: impl Fn(&str) -> Result<(), String>,
+    ) -> Option<EngineUrl> {
+        let literal_without_password = match &value {
+            RawSecret::Literal(s) => !has_password(s),
+            RawSecret::Env(_) | RawSecret::File(_) => false,
+        };
+        let url = if literal_without_password {
+            match value {
+                RawSecret::Literal(s) if !s.is_empty() => SecretString::new(s),
+                _ => {
+                    self.problem(path, "secret is empty");
+                    return None;
+                }
+            }
+        } else {
+            self.secret(path, Some(value))?
+        };
+        let Some(shown) = shown_url(url.expose(), schemes) else {
+            self.problem(
+                path,
+                format!(
+                    "is not a URL of the form {}://host[:port][/...]",
+                    schemes.join("://, ")
+                ),
+            );
+            return None;
+        };
+        if let Err(e) = parse(url.expose()) {
+            // The engine's own parser; its message names no part of the URL.
+            self.problem(path, format!("{shown}: {e}"));
+            return None;
+        }
+        Some(EngineUrl { url, shown })
+    }
+
+    fn shared(&mut self, raw: raw::RawShared) -> Shared {
+        let redis = match raw.redis_url {
+            Some(value) => self.engine_url("shared.redis_url", value, &["redis", "rediss"], |u| {
+                redis::Client::open(u)
+                    .map(drop)
+                    .map_err(|e| format!("not a Redis URL ({:?})", e.kind()))
+            }),
+            None => {
+                self.problem("shared.redis_url", "is required in [shared]");
+                None
+            }
+        };
+        let key_prefix = raw.key_prefix.unwrap_or_else(|| "xgate:".to_owned());
+        if key_prefix.contains(['{', '}']) {
+            self.problem(
+                "shared.key_prefix",
+                "must not contain { or }: xgate puts a hash tag per App after it",
+            );
+        }
+        let on_failure = match raw.on_failure.as_deref() {
+            None | Some("local") => OnFailure::Local,
+            Some("refuse") => OnFailure::Refuse,
+            Some(other) => {
+                self.problem(
+                    "shared.on_failure",
+                    format!(r#"unknown value "{other}": expected "local" or "refuse""#),
+                );
+                OnFailure::Local
+            }
+        };
+        let timeout = self.duration(
+            "shared.timeout",
+            raw.timeout,
+            Duration::from_millis(250),
             false,
         );
+        Shared {
+            redis: redis.unwrap_or_else(|| EngineUrl {
+                url: SecretString::from(""),
+                shown: String::new(),
+            }),
+            key_prefix,
+            on_failure,
+            timeout,
+        }
+    }
+
+    fn store(&mut self, raw: raw::RawStore) -> Store {
+        let location = match (raw.path, raw.url) {
+            (Some(_), Some(_)) => {
+                self.problem(
+                    "store.url",
+                    "store.path and store.url are exclusive: give one",
+                );
+                StoreLocation::File(PathBuf::new())
+            }
+            (_, Some(url)) => self
+                .engine_url("store.url", url, &["postgres", "postgresql"], |u| {
+                    u.parse::<tokio_postgres::Config>()
+                        .map(drop)
+                        .map_err(|e| format!("not a PostgreSQL URL ({e})"))
+                })
+                .map_or(StoreLocation::File(PathBuf::new()), StoreLocation::Postgres),
+            (path, None) => StoreLocation::File(self.file(
+                "store.path",
+                path.as_deref().unwrap_or("xgate.db"),
+                false,
+            )),
+        };
         let encryption_key = self.secret("store.encryption_key", raw.encryption_key).and_then(|s| {
             let text = s.expose().trim();
             let Ok(bytes) = base64::engine::general_purpose::STANDARD
@@ -485,7 +592,7 @@ impl Validator<'_> {
             }
         });
         Store {
-            path,
+            location,
             encryption_key,
         }
     }
@@ -967,6 +1074,32 @@ impl EndpointPattern {
             shape,
         })
     }
+}
+
+/// Whether a URL's user-info part holds a password (`user:password@`).
+fn has_password(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    authority
+        .rsplit_once('@')
+        .is_some_and(|(userinfo, _)| userinfo.contains(':'))
+}
+
+/// `scheme://host[:port][/path]` of `url` without its user-info and query, when its scheme is
+/// one of `schemes` and it has a host.
+fn shown_url(url: &str, schemes: &[&str]) -> Option<String> {
+    let (scheme, rest) = url.split_once("://")?;
+    if !schemes.iter().any(|s| s.eq_ignore_ascii_case(scheme)) {
+        return None;
+    }
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    if host.is_empty() {
+        return None;
+    }
+    let path = tail.split(['?', '#']).next().unwrap_or("");
+    Some(format!("{scheme}://{host}{path}"))
 }
 
 /// Identity and client names end up in logs and metric labels, so they stay plain: 1 to 64 of

@@ -16,7 +16,8 @@ use std::time::Duration;
 
 use super::bucket::{Bucket, Ticket};
 use super::{
-    Backend, DAY_WINDOW, Draw, Held, PRIMARY_WINDOW, Refused, Report, Reports, ReserveFuture,
+    Backend, DAY_WINDOW, Draw, Held, LearnFuture, PRIMARY_WINDOW, Refused, Report, Reports,
+    ReserveFuture,
 };
 use crate::endpoints::{Catalogue, EndpointId, Figure};
 use crate::identity::{Identities, IdentityId};
@@ -220,14 +221,16 @@ impl MemoryBackend {
 }
 
 impl Backend for MemoryBackend {
-    fn reserve<'a>(&'a self, draw: Draw<'_>, now_ms: u64) -> ReserveFuture<'a> {
+    fn reserve<'a>(&'a self, draw: Draw<'a>, now_ms: u64) -> ReserveFuture<'a> {
         let decided = self
             .reserve_now(draw, now_ms)
             .map(|held| Box::new(held) as Box<dyn Held + 'a>);
         Box::pin(future::ready(decided))
     }
 
-    fn usage_capped(&self, app: IdentityId, until_ms: u64) {
+    fn usage_capped(&self, app: IdentityId, now_ms: u64, cooldown: Duration) {
+        let until_ms =
+            now_ms.saturating_add(u64::try_from(cooldown.as_millis()).unwrap_or(u64::MAX));
         if let Some(c) = self.capped_until_ms.get(app.index()) {
             c.fetch_max(until_ms, Ordering::Relaxed);
         }
@@ -260,7 +263,15 @@ impl Held for MemoryHeld<'_> {
     /// `x-rate-limit-*` go to the identity's primary window, `x-user-limit-24hour-*` to a
     /// user's 24-hour window and `x-app-limit-24hour-*` to the App's; a header for a window the
     /// figure lacks creates that bucket.
-    fn learn(&self, reports: &Reports, now_ms: u64) {
+    fn learn<'s>(&'s mut self, reports: &Reports, now_ms: u64) -> LearnFuture<'s> {
+        self.learn_now(reports, now_ms);
+        Box::pin(future::ready(()))
+    }
+}
+
+impl MemoryHeld<'_> {
+    /// The synchronous work behind [`Held::learn`].
+    pub(super) fn learn_now(&self, reports: &Reports, now_ms: u64) {
         let apply = |buckets: Option<&EndpointBuckets>, day: bool, r: Report| {
             if let Some(b) = buckets.and_then(|b| b.learned(day, &r)) {
                 b.learn(now_ms, r, self.holds(b));

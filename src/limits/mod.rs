@@ -19,6 +19,7 @@
 
 mod bucket;
 pub mod memory;
+pub mod redis;
 
 use std::fmt;
 use std::future::Future;
@@ -108,16 +109,19 @@ impl Reports {
 pub type ReserveFuture<'a> =
     Pin<Box<dyn Future<Output = Result<Box<dyn Held + 'a>, Refused>> + Send + 'a>>;
 
+/// A backend's learning from an answer, done when it completes.
+pub type LearnFuture<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+
 /// Where bucket state lives, and the all-or-none decision over it.
 pub trait Backend: Send + Sync + fmt::Debug {
     /// Reserves the request in every bucket of `draw` (and the client's share), or in none.
-    /// `now_ms` is the limiter's clock; a shared backend uses its own.
-    /// The future holds no borrow of `draw`: what a backend needs of it, it takes at once.
-    fn reserve<'a>(&'a self, draw: Draw<'_>, now_ms: u64) -> ReserveFuture<'a>;
+    /// `now_ms` is the limiter's clock; a shared backend uses its own, and answers in the
+    /// limiter's.
+    fn reserve<'a>(&'a self, draw: Draw<'a>, now_ms: u64) -> ReserveFuture<'a>;
 
-    /// X answered `usage-capped` for `app`: its requests and its users' are refused until
-    /// `until_ms`.
-    fn usage_capped(&self, app: IdentityId, until_ms: u64);
+    /// X answered `usage-capped` for `app` at `now_ms`: its requests and its users' are
+    /// refused for `cooldown`.
+    fn usage_capped(&self, app: IdentityId, now_ms: u64, cooldown: Duration);
 }
 
 /// One request's reservations in a backend. Dropped while [`Held::set_sent`] says unsent, they are given
@@ -127,8 +131,9 @@ pub trait Held: Send + fmt::Debug {
     /// (they count as used); while `false`, dropping gives them back.
     fn set_sent(&mut self, sent: bool);
 
-    /// Applies X's reports of the answer to this request (rule 2) at `now_ms`.
-    fn learn(&self, reports: &Reports, now_ms: u64);
+    /// Applies X's reports of the answer to this request (rule 2) at `now_ms`. The answer
+    /// has come back, so a backend may complete the reservations with it.
+    fn learn<'s>(&'s mut self, reports: &Reports, now_ms: u64) -> LearnFuture<'s>;
 }
 
 /// The rate-limit policy of the whole proxy, over its backend.
@@ -151,6 +156,34 @@ fn millis(d: Duration) -> u64 {
 }
 
 impl Limiter {
+    /// The limiter with the Redis backend of `shared`, or the in-memory one without it.
+    pub async fn from_config(
+        catalogue: Arc<Catalogue>,
+        identities: Arc<Identities>,
+        limits: &Limits,
+        shared: Option<&crate::config::Shared>,
+        observer: Arc<dyn crate::shared::Observer>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, String> {
+        let Some(shared) = shared else {
+            return Ok(Self::in_memory(catalogue, identities, limits, clock));
+        };
+        let backend = redis::RedisBackend::new(
+            shared,
+            Arc::clone(&catalogue),
+            Arc::clone(&identities),
+            observer,
+        )?;
+        backend.ping().await;
+        Ok(Self::new(
+            catalogue,
+            identities,
+            Box::new(backend),
+            limits,
+            clock,
+        ))
+    }
+
     /// The limiter with the in-memory backend: buckets in this process.
     pub fn in_memory(
         catalogue: Arc<Catalogue>,
@@ -196,7 +229,7 @@ impl Limiter {
     /// Reserves what `draw` draws from. Refused, it answers the contract's 429 (or 503 when
     /// the backend cannot decide) — unless `on_exhausted = "wait"` and every bucket has room
     /// again within `max_wait` of the first try, in which case it waits and tries again.
-    pub async fn admit(&self, draw: Draw<'_>) -> Result<Admission<'_>, ProxyError> {
+    pub async fn admit<'a>(&'a self, draw: Draw<'a>) -> Result<Admission<'a>, ProxyError> {
         let mut deadline = None;
         loop {
             let refused = match self.backend.reserve(draw, self.now_ms()).await {
@@ -232,10 +265,8 @@ impl Limiter {
     /// users' are answered locally for `usage_cap_cooldown`.
     pub fn usage_capped(&self, identity: IdentityId) {
         let app = self.identities.get(identity).app;
-        let until = self
-            .now_ms()
-            .saturating_add(millis(self.usage_cap_cooldown));
-        self.backend.usage_capped(app, until);
+        self.backend
+            .usage_capped(app, self.now_ms(), self.usage_cap_cooldown);
     }
 
     /// The 429 (or 503) for a refusal (rule 3).
@@ -301,10 +332,11 @@ impl Admission<'_> {
 
     /// Applies X's rate-limit headers of the answer to this request (rule 2). Returns the
     /// primary window's `remaining` as X reported it, if it did.
-    pub fn learn(&self, headers: &HeaderMap) -> Option<u32> {
+    pub async fn learn(&mut self, headers: &HeaderMap) -> Option<u32> {
         let reports = Reports::from_headers(headers);
         if reports != Reports::default() {
-            self.held.learn(&reports, self.limiter.now_ms());
+            let now_ms = self.limiter.now_ms();
+            self.held.learn(&reports, now_ms).await;
         }
         reports.primary.map(|r| r.remaining)
     }

@@ -65,7 +65,7 @@ struct A<'a>(MemoryHeld<'a>, &'a L);
 impl A<'_> {
     fn learn(&self, headers: &HeaderMap) -> Option<u32> {
         let reports = Reports::from_headers(headers);
-        self.0.learn(&reports, self.1.now_ms());
+        self.0.learn_now(&reports, self.1.now_ms());
         reports.primary.map(|r| r.remaining)
     }
 
@@ -105,7 +105,8 @@ impl L {
 
     fn usage_capped(&self, id: IdentityId) {
         let app = self.identities.get(id).app;
-        self.backend.usage_capped(app, self.now_ms() + 300_000);
+        self.backend
+            .usage_capped(app, self.now_ms(), Duration::from_secs(300));
     }
 }
 

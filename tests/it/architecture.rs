@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[&[&str]] = &[
     &["secret", "clock", "headers", "body"],
     &["config"],
+    &["shared"],
     &["client_key", "store", "error"],
     &["identity", "inbound", "upstream"],
     &["endpoints"],

@@ -26,4 +26,8 @@ mod proxy_oauth2;
 #[cfg(test)]
 mod proxy_upstream;
 #[cfg(test)]
+mod shared_postgres;
+#[cfg(test)]
+mod shared_redis;
+#[cfg(test)]
 mod support;

@@ -16,9 +16,9 @@ use crate::support::http::{Answer, get, request, send};
 use crate::support::proxy::{Proxy, config, table};
 use crate::support::{scratch, xgate};
 
-const SCOPES: [&str; 3] = ["tweet.read", "users.read", "offline.access"];
+pub(crate) const SCOPES: [&str; 3] = ["tweet.read", "users.read", "offline.access"];
 
-fn now() -> u64 {
+pub(crate) fn now() -> u64 {
     xgate::clock::Clock::unix_seconds(&xgate::clock::SystemClock)
 }
 
@@ -60,7 +60,7 @@ async fn wait_for_stored(dir: &Path, access: &str) {
 }
 
 /// The `Authorization` values upstream saw on `path`, in order.
-fn bearers(fake: &FakeX, path: &str) -> Vec<String> {
+pub(crate) fn bearers(fake: &FakeX, path: &str) -> Vec<String> {
     fake.requests_to(path)
         .iter()
         .map(|r| r.header("authorization").unwrap_or_default().to_owned())
@@ -263,13 +263,23 @@ async fn the_scope_pre_check_uses_the_scopes_x_granted() {
 /// it confidential) and redirect URI on `port`, user `bob`, App `solo` (consumer keys only),
 /// OAuth 1.0a user `carol` (no pair), the store `xgate.db` (encrypted with `encryption_key`).
 fn binary_config(upstream: &str, port: u16, encryption_key: Option<&str>, secret: bool) -> String {
-    use toml::Value;
-    let env = |name: &str| Value::Table(table([("env", name.into())]));
-    let strings = |items: &[&str]| Value::Array(items.iter().map(|s| (*s).into()).collect());
     let mut store = table([("path", "xgate.db".into())]);
     if let Some(key) = encryption_key {
         store.insert("encryption_key".into(), key.into());
     }
+    binary_config_with_store(upstream, port, store, secret)
+}
+
+/// [`binary_config`] with `[store]` as given (a PostgreSQL `url`, say).
+pub(crate) fn binary_config_with_store(
+    upstream: &str,
+    port: u16,
+    store: toml::Table,
+    secret: bool,
+) -> String {
+    use toml::Value;
+    let env = |name: &str| Value::Table(table([("env", name.into())]));
+    let strings = |items: &[&str]| Value::Array(items.iter().map(|s| (*s).into()).collect());
     let mut main = table([
         ("bearer_token", env("X_BEARER_TOKEN")),
         ("consumer_key", env("X_API_KEY")),
@@ -339,7 +349,7 @@ fn binary_config(upstream: &str, port: u16, encryption_key: Option<&str>, secret
     toml::to_string(&doc).unwrap()
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -351,7 +361,7 @@ fn spawn(dir: &Path, args: &[&str], stdin: Stdio) -> Child {
     crate::support::binary::spawn(dir, args, stdin, &[])
 }
 
-fn query_param(url: &str, key: &str) -> Option<String> {
+pub(crate) fn query_param(url: &str, key: &str) -> Option<String> {
     let query = url.split_once('?')?.1;
     query.split('&').find_map(|p| {
         let (k, v) = p.split_once('=')?;
@@ -509,7 +519,7 @@ async fn login_refuses_a_denied_authorisation_a_state_mismatch_and_an_expired_co
 }
 
 /// Starts `xgate serve` in `dir` and returns it with its proxy address.
-async fn serve(
+pub(crate) async fn serve(
     dir: &Path,
 ) -> (
     Child,
@@ -549,7 +559,7 @@ async fn a_crash_right_after_a_refresh_keeps_the_rotated_token() {
     let _status = child.wait();
 }
 
-async fn get_anon(addr: SocketAddr, identity: &str) -> Answer {
+pub(crate) async fn get_anon(addr: SocketAddr, identity: &str) -> Answer {
     send(
         addr,
         request("GET", "/2/users/me")
@@ -560,8 +570,8 @@ async fn get_anon(addr: SocketAddr, identity: &str) -> Answer {
     .await
 }
 
-const KEY_B64: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
-const WRONG_B64: &str = "HxwdHhscGxoZGBcWFRQTEhEQDw4NDAsKCQgHBgUEAwI=";
+pub(crate) const KEY_B64: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+pub(crate) const WRONG_B64: &str = "HxwdHhscGxoZGBcWFRQTEhEQDw4NDAsKCQgHBgUEAwI=";
 
 #[tokio::test]
 async fn with_encryption_no_token_is_in_plain_text_and_a_wrong_key_is_refused() {
@@ -657,7 +667,7 @@ async fn bearer_obtains_stores_and_invalidates_the_apps_token() {
 }
 
 /// Runs the binary off the runtime's thread: FakeX answers on that thread meanwhile.
-async fn run(dir: &Path, args: &[&str]) -> crate::support::Run {
+pub(crate) async fn run(dir: &Path, args: &[&str]) -> crate::support::Run {
     let dir = dir.to_path_buf();
     let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
     tokio::task::spawn_blocking(move || {
@@ -669,7 +679,7 @@ async fn run(dir: &Path, args: &[&str]) -> crate::support::Run {
     .unwrap()
 }
 
-async fn get_anon_path(addr: SocketAddr, path: &str, identity: &str) -> Answer {
+pub(crate) async fn get_anon_path(addr: SocketAddr, path: &str, identity: &str) -> Answer {
     send(
         addr,
         request("GET", path)

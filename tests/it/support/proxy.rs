@@ -90,6 +90,8 @@ pub struct TestConfig {
     clients: Vec<TestClient>,
     limits: toml::Table,
     overrides: Vec<toml::Table>,
+    /// Other top-level sections (`[shared]`, `[store]`).
+    sections: toml::Table,
 }
 
 impl TestConfig {
@@ -117,7 +119,26 @@ impl TestConfig {
             ],
             limits: toml::Table::new(),
             overrides: Vec::new(),
+            sections: toml::Table::new(),
         }
+    }
+
+    /// Sets `[name] key` of a section the other builders do not cover (`shared`, `store`).
+    pub fn section(mut self, name: &str, key: &str, value: impl Into<toml::Value>) -> Self {
+        let section = self
+            .sections
+            .entry(name.to_owned())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        if let toml::Value::Table(t) = section {
+            t.insert(key.to_owned(), value.into());
+        }
+        self
+    }
+
+    /// `[shared]` on the Redis at `url`, keys under `prefix`.
+    pub fn shared(self, url: &str, prefix: &str) -> Self {
+        self.section("shared", "redis_url", url)
+            .section("shared", "key_prefix", prefix)
     }
 
     /// Sets `[server] key`.
@@ -243,6 +264,7 @@ impl TestConfig {
         if !limits.is_empty() {
             doc.insert("limits".into(), toml::Value::Table(limits));
         }
+        doc.extend(self.sections.clone());
         toml::to_string(&doc).unwrap()
     }
 }

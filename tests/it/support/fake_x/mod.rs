@@ -348,6 +348,12 @@ impl FakeX {
         let mut o = self.shared.oauth.lock().unwrap();
         o.valid_access.insert(access.to_owned());
         o.live_refresh.insert(refresh.to_owned());
+        o.issued_refresh.insert(refresh.to_owned());
+    }
+
+    /// Refresh calls that presented an already used refresh token (0 when rotation is safe).
+    pub fn oauth_refresh_reuse(&self) -> usize {
+        self.shared.oauth.lock().unwrap().refresh_reuse
     }
 
     /// Accepts authorization `code` once, for a verifier whose S256 is `challenge`.

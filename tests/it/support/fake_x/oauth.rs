@@ -21,6 +21,10 @@ pub(super) struct OauthState {
     pub(super) codes: HashMap<String, String>,
     /// Refresh tokens that work now; each works once (rotation).
     pub(super) live_refresh: HashSet<String>,
+    /// Every refresh token ever issued, to tell a reused one from a made-up one.
+    pub(super) issued_refresh: HashSet<String>,
+    /// Refresh calls that presented a refresh token already used: what rotation-safety forbids.
+    pub(super) refresh_reuse: usize,
     /// User access tokens X accepts.
     pub(super) valid_access: HashSet<String>,
     pub(super) refresh_calls: usize,
@@ -42,6 +46,8 @@ impl Default for OauthState {
         Self {
             codes: HashMap::new(),
             live_refresh: HashSet::new(),
+            issued_refresh: HashSet::new(),
+            refresh_reuse: 0,
             valid_access: HashSet::new(),
             refresh_calls: 0,
             code_calls: 0,
@@ -216,6 +222,9 @@ pub(super) async fn token_reply(
             }
             let rt = f.get("refresh_token").cloned().unwrap_or_default();
             if !o.live_refresh.remove(&rt) {
+                if o.issued_refresh.contains(&rt) {
+                    o.refresh_reuse += 1;
+                }
                 return oauth_error(400, "invalid_grant");
             }
         }
@@ -226,6 +235,7 @@ pub(super) async fn token_reply(
     let (access, refresh) = (format!("at-{n}"), format!("rt-{n}"));
     o.valid_access.insert(access.clone());
     o.live_refresh.insert(refresh.clone());
+    o.issued_refresh.insert(refresh.clone());
     Reply::json(
         200,
         &format!(

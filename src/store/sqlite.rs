@@ -1,32 +1,21 @@
-//! The token store: where tokens obtained from X live (CONTRACT sections 2 and 6).
+//! The embedded token store: one SQLite file at `store.path` (CONTRACT sections 2 and 6).
 //!
-//! Owns the [`TokenStore`] trait (small on purpose, so a shared backend for several replicas
-//! can be added later) and its embedded implementation, [`SqliteStore`]: one SQLite file at
-//! `store.path`, created with mode 0600, in WAL mode with `synchronous = FULL`, so every
-//! token write is one transaction flushed to disk before it returns. The schema is versioned
-//! (`PRAGMA user_version`) and migrated forward on open. With `store.encryption_key`, token
-//! records are sealed with XChaCha20-Poly1305 (a fresh random nonce each, the identity and
-//! kind as associated data), and a key-check record makes a wrong key a clear error at open,
-//! never garbage. Calls block: async callers run them on the blocking pool.
+//! Created with mode 0600, in WAL mode with `synchronous = FULL`, so every token write is one
+//! transaction flushed to disk before it returns. The schema is versioned
+//! (`PRAGMA user_version`) and migrated forward on open. Records are sealed by [`Sealer`].
+//! Calls block: async callers run them on the blocking pool.
 
 use std::fmt;
-use std::future::Future;
-use std::path::{Path, PathBuf};
-use std::pin::Pin;
+use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
-use chacha20poly1305::{XChaCha20Poly1305, XNonce};
-use serde::{Deserialize, Serialize};
-
-use crate::clock::fill_random;
+use super::{
+    KeyCheck, Refresh, Sealer, StoreError, StoreFuture, StoredToken, TokenKind, TokenStore,
+};
 use crate::secret::StoreKey;
 
 /// The newest schema version this build writes.
 const SCHEMA_VERSION: i64 = 1;
-
-/// What the key-check record seals.
-const KEY_CHECK: &[u8] = b"xgate token store key check v1";
 
 /// How often, 10 ms apart, opening a store retries a step SQLite answers "busy" or "locked":
 /// another process setting up the same new store (switching it to WAL, creating the schema)
@@ -52,184 +41,19 @@ fn retry_locked<T>(mut step: impl FnMut() -> rusqlite::Result<T>) -> rusqlite::R
     }
 }
 
-/// A stored credential.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum StoredToken {
-    /// An OAuth 2.0 user token pair (`xgate login`).
-    Oauth2 {
-        /// The access token.
-        access_token: String,
-        /// The refresh token, when `offline.access` was granted.
-        refresh_token: Option<String>,
-        /// When the access token expires (Unix seconds), if X said.
-        expires_at: Option<u64>,
-        /// The scopes X granted.
-        scopes: Vec<String>,
-    },
-    /// An App's app-only Bearer token (`xgate bearer`).
-    Bearer {
-        /// The token.
-        token: String,
-    },
-    /// An OAuth 1.0a user's access token and secret (`xgate login --oauth1`).
-    Oauth1 {
-        /// `oauth_token`.
-        token: String,
-        /// Its secret.
-        token_secret: String,
-    },
-}
-
-impl StoredToken {
-    /// The record kind (a column of the table).
-    pub fn kind(&self) -> TokenKind {
-        match self {
-            Self::Oauth2 { .. } => TokenKind::Oauth2,
-            Self::Bearer { .. } => TokenKind::Bearer,
-            Self::Oauth1 { .. } => TokenKind::Oauth1,
-        }
-    }
-}
-
-impl fmt::Debug for StoredToken {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Never the token values.
-        match self {
-            Self::Oauth2 {
-                expires_at, scopes, ..
-            } => f
-                .debug_struct("Oauth2")
-                .field("expires_at", expires_at)
-                .field("scopes", scopes)
-                .finish_non_exhaustive(),
-            Self::Bearer { .. } => f.write_str("Bearer([redacted])"),
-            Self::Oauth1 { .. } => f.write_str("Oauth1([redacted])"),
-        }
-    }
-}
-
-impl Drop for StoredToken {
-    fn drop(&mut self) {
-        use zeroize::Zeroize as _;
-        match self {
-            Self::Oauth2 {
-                access_token,
-                refresh_token,
-                ..
-            } => {
-                access_token.zeroize();
-                refresh_token.zeroize();
-            }
-            Self::Bearer { token } => token.zeroize(),
-            Self::Oauth1 {
-                token,
-                token_secret,
-            } => {
-                token.zeroize();
-                token_secret.zeroize();
-            }
-        }
-    }
-}
-
-/// Which kind of record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TokenKind {
-    /// [`StoredToken::Oauth2`].
-    Oauth2,
-    /// [`StoredToken::Bearer`].
-    Bearer,
-    /// [`StoredToken::Oauth1`].
-    Oauth1,
-}
-
-impl TokenKind {
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Oauth2 => "oauth2",
-            Self::Bearer => "bearer",
-            Self::Oauth1 => "oauth1",
-        }
-    }
-}
-
-/// The store failed; the message names the file and never a token.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// The file could not be opened or written.
-    #[error("token store {path}: {message}")]
-    Io {
-        /// The store file.
-        path: PathBuf,
-        /// What failed.
-        message: String,
-    },
-    /// `store.encryption_key` does not open this store (or one is needed, or was not used).
-    #[error("token store {path}: {message}")]
-    Key {
-        /// The store file.
-        path: PathBuf,
-        /// What is wrong.
-        message: String,
-    },
-}
-
-impl StoreError {
-    /// Whether the configuration is at fault (exit status 2) rather than the system.
-    pub fn is_config(&self) -> bool {
-        matches!(self, Self::Key { .. })
-    }
-}
-
-/// What a [`TokenStore`] operation gives back, later.
-pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
-
-/// Where tokens are kept: the one interface every command and the proxy use, whatever the
-/// backend (the embedded SQLite file; a database shared by replicas). Operations are async
-/// and fallible, so a networked backend fits behind it with its own timeouts. Implementations
-/// are durable: when `save` (or a refresh's `commit`) returns, the record survives a crash.
-pub trait TokenStore: Send + Sync + fmt::Debug {
-    /// The record of `kind` for `identity`.
-    fn load<'a>(
-        &'a self,
-        identity: &'a str,
-        kind: TokenKind,
-    ) -> StoreFuture<'a, Option<StoredToken>>;
-    /// Replaces the record of the token's kind for `identity`, durably.
-    fn save<'a>(&'a self, identity: &'a str, token: &'a StoredToken) -> StoreFuture<'a, ()>;
-    /// Forgets the record of `kind` for `identity`.
-    fn delete<'a>(&'a self, identity: &'a str, kind: TokenKind) -> StoreFuture<'a, ()>;
-    /// Begins the refresh of `identity`'s OAuth 2.0 pair: the record as it is now, read once
-    /// the refresh is this caller's, and the way to commit its successor. A store shared by
-    /// several processes makes it exclusive among them (a lock in the database) until
-    /// committed or dropped; the embedded store, which one proxy process serves from, needs
-    /// no more than the proxy's own one-refresh-per-identity rule.
-    fn begin_refresh<'a>(&'a self, identity: &'a str) -> StoreFuture<'a, Box<dyn Refresh>>;
-}
-
-/// A refresh begun with [`TokenStore::begin_refresh`]. Dropped without [`Refresh::commit`],
-/// it changes nothing and lets the next refresh begin.
-pub trait Refresh: Send + fmt::Debug {
-    /// The record when the refresh began (another process may have rotated it).
-    fn stored(&self) -> Option<&StoredToken>;
-    /// Stores the new pair durably, ending the refresh.
-    fn commit(self: Box<Self>, token: StoredToken) -> StoreFuture<'static, ()>;
-}
-
 /// The embedded SQLite store. Cloning it shares the connection.
 #[derive(Clone)]
 pub struct SqliteStore {
     path: Arc<Path>,
     conn: Arc<Mutex<rusqlite::Connection>>,
-    cipher: Option<XChaCha20Poly1305>,
+    sealer: Sealer,
 }
 
 impl fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SqliteStore")
             .field("path", &self.path)
-            .field("encrypted", &self.cipher.is_some())
+            .field("encrypted", &self.sealer.encrypts())
             .finish_non_exhaustive()
     }
 }
@@ -255,7 +79,7 @@ impl SqliteStore {
     /// and the key is checked against the store's key-check record.
     pub fn open(path: &Path, key: Option<&StoreKey>) -> Result<Self, StoreError> {
         let io = |e: &dyn fmt::Display| StoreError::Io {
-            path: path.to_path_buf(),
+            at: path.display().to_string(),
             message: e.to_string(),
         };
         create_private(path).map_err(|e| io(&e))?;
@@ -275,7 +99,7 @@ impl SqliteStore {
         let store = Self {
             path: Arc::from(path),
             conn: Arc::new(Mutex::new(conn)),
-            cipher: key.map(|k| XChaCha20Poly1305::new(k.expose().into())),
+            sealer: Sealer::new(key),
         };
         store.check_key(true)?;
         Ok(store)
@@ -291,13 +115,13 @@ impl SqliteStore {
             rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .map_err(|e| StoreError::Io {
-            path: path.to_path_buf(),
+            at: path.display().to_string(),
             message: e.to_string(),
         })?;
         let store = Self {
             path: Arc::from(path),
             conn: Arc::new(Mutex::new(conn)),
-            cipher: key.map(|k| XChaCha20Poly1305::new(k.expose().into())),
+            sealer: Sealer::new(key),
         };
         store.check_key(false)?;
         Ok(Some(store))
@@ -305,14 +129,14 @@ impl SqliteStore {
 
     fn key_error(&self, message: &str) -> StoreError {
         StoreError::Key {
-            path: self.path.to_path_buf(),
+            at: self.path.display().to_string(),
             message: message.to_owned(),
         }
     }
 
     fn io_error(&self, e: &dyn fmt::Display) -> StoreError {
         StoreError::Io {
-            path: self.path.to_path_buf(),
+            at: self.path.display().to_string(),
             message: e.to_string(),
         }
     }
@@ -334,25 +158,16 @@ impl SqliteStore {
         let has_tokens: bool = conn
             .query_row("SELECT EXISTS (SELECT 1 FROM tokens)", [], |r| r.get(0))
             .map_err(|e| self.io_error(&e))?;
-        match (&self.cipher, check) {
-            (Some(_), Some(sealed)) => {
-                let opened = self.open_sealed(&sealed, b"key_check");
-                if opened.as_deref() == Some(KEY_CHECK) {
-                    Ok(())
-                } else {
-                    Err(self.key_error(
-                        "store.encryption_key does not open this store (wrong key)",
-                    ))
-                }
-            }
-            (Some(_), None) if has_tokens => Err(self.key_error(
-                "the store holds unencrypted tokens; remove store.encryption_key, or move the file away and log in again to start an encrypted store",
-            )),
-            (Some(_), None) if !write => Ok(()),
-            (Some(_), None) => {
+        let judged = self
+            .sealer
+            .judge(check.as_deref(), has_tokens, write)
+            .map_err(|e| self.io_error(&e))?;
+        match judged {
+            KeyCheck::Fits => Ok(()),
+            KeyCheck::Wrong(why) => Err(self.key_error(why)),
+            KeyCheck::Write(sealed) => {
                 // Another process opening the new store at the same moment may have written
                 // its check first: keep the first, then verify ours opens it.
-                let sealed = self.seal(KEY_CHECK, b"key_check")?;
                 retry_locked(|| {
                     conn.execute(
                         "INSERT INTO meta (key, value) VALUES ('key_check', ?1)
@@ -366,50 +181,16 @@ impl SqliteStore {
                         r.get(0)
                     })
                     .map_err(|e| self.io_error(&e))?;
-                if self.open_sealed(&stored, b"key_check").as_deref() == Some(KEY_CHECK) {
-                    Ok(())
-                } else {
-                    Err(self.key_error(
-                        "store.encryption_key does not open this store (wrong key)",
-                    ))
+                match self.sealer.judge(Some(&stored), has_tokens, false) {
+                    Ok(KeyCheck::Fits) => Ok(()),
+                    _ => {
+                        Err(self
+                            .key_error("store.encryption_key does not open this store (wrong key)"))
+                    }
                 }
             }
-            (None, Some(_)) => Err(self.key_error(
-                "the store is encrypted: set store.encryption_key to its key",
-            )),
-            (None, None) => Ok(()),
         }
     }
-
-    /// `nonce || ciphertext`, or the plain bytes without a key.
-    fn seal(&self, plain: &[u8], aad: &[u8]) -> Result<Vec<u8>, StoreError> {
-        let Some(cipher) = &self.cipher else {
-            return Ok(plain.to_vec());
-        };
-        let mut nonce = [0u8; 24];
-        fill_random(&mut nonce).map_err(|e| self.io_error(&e))?;
-        let sealed = cipher
-            .encrypt(XNonce::from_slice(&nonce), Payload { msg: plain, aad })
-            .map_err(|_opaque| self.io_error(&"encryption failed"))?;
-        let mut out = Vec::with_capacity(24 + sealed.len());
-        out.extend_from_slice(&nonce);
-        out.extend_from_slice(&sealed);
-        Ok(out)
-    }
-
-    fn open_sealed(&self, stored: &[u8], aad: &[u8]) -> Option<Vec<u8>> {
-        let Some(cipher) = &self.cipher else {
-            return Some(stored.to_vec());
-        };
-        let (nonce, sealed) = stored.split_at_checked(24)?;
-        cipher
-            .decrypt(XNonce::from_slice(nonce), Payload { msg: sealed, aad })
-            .ok()
-    }
-}
-
-fn aad(identity: &str, kind: TokenKind) -> Vec<u8> {
-    format!("{identity}\0{}", kind.as_str()).into_bytes()
 }
 
 /// Brings the schema to [`SCHEMA_VERSION`], one transaction per step.
@@ -468,21 +249,25 @@ impl SqliteStore {
         let Some(data) = data else {
             return Ok(None);
         };
-        let plain =
-            zeroize::Zeroizing::new(self.open_sealed(&data, &aad(identity, kind)).ok_or_else(
-                || self.key_error("a token record does not decrypt with store.encryption_key"),
-            )?);
-        serde_json::from_slice(&plain).map(Some).map_err(|e| {
-            self.io_error(&format!("a token record for {identity} is unreadable: {e}"))
-        })
+        self.sealer
+            .open_token(identity, kind, &data)
+            .map(Some)
+            .map_err(|(key, why)| {
+                if key {
+                    self.key_error(&why)
+                } else {
+                    self.io_error(&why)
+                }
+            })
     }
 
     /// [`TokenStore::save`], on the calling thread.
     pub fn save_blocking(&self, identity: &str, token: &StoredToken) -> Result<(), StoreError> {
         let kind = token.kind();
-        let plain =
-            zeroize::Zeroizing::new(serde_json::to_vec(token).map_err(|e| self.io_error(&e))?);
-        let data = self.seal(&plain, &aad(identity, kind))?;
+        let data = self
+            .sealer
+            .seal_token(identity, token)
+            .map_err(|e| self.io_error(&e))?;
         let now = crate::clock::Clock::unix_seconds(&crate::clock::SystemClock);
         let mut conn = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
         let tx = conn
@@ -509,30 +294,6 @@ impl SqliteStore {
     }
 }
 
-/// Opens the token store `[store]` configures, creating it if missing: the one place that
-/// picks the backend, so every command and the proxy use the same one.
-pub async fn open(config: &crate::config::Store) -> Result<Arc<dyn TokenStore>, StoreError> {
-    let (path, key) = (config.path.clone(), config.encryption_key.clone());
-    let opened = tokio::task::spawn_blocking(move || SqliteStore::open(&path, key.as_ref()))
-        .await
-        .map_err(|e| StoreError::Io {
-            path: config.path.clone(),
-            message: format!("opening the store did not finish: {e}"),
-        })??;
-    Ok(Arc::new(opened))
-}
-
-/// Opens the configured store without creating or changing it (`check`, `sign`); `None` when
-/// there is none yet.
-pub fn open_existing(
-    config: &crate::config::Store,
-) -> Result<Option<Arc<dyn TokenStore>>, StoreError> {
-    Ok(
-        SqliteStore::open_read_only(&config.path, config.encryption_key.as_ref())?
-            .map(|s| Arc::new(s) as Arc<dyn TokenStore>),
-    )
-}
-
 /// Runs a blocking store call on the runtime's blocking pool (SQLite calls block on disk).
 fn blocking<T: Send + 'static>(
     store: &SqliteStore,
@@ -540,11 +301,11 @@ fn blocking<T: Send + 'static>(
 ) -> StoreFuture<'static, T> {
     let store = store.clone();
     Box::pin(async move {
-        let path = store.path.to_path_buf();
+        let at = store.path.display().to_string();
         tokio::task::spawn_blocking(move || call(&store))
             .await
             .map_err(|e| StoreError::Io {
-                path,
+                at,
                 message: format!("the store call did not finish: {e}"),
             })?
     })
@@ -615,6 +376,8 @@ impl Refresh for SqliteRefresh {
 
 #[cfg(test)]
 mod tests {
+    use std::path::PathBuf;
+
     use super::*;
 
     fn dir(name: &str) -> PathBuf {

@@ -1,0 +1,431 @@
+//! CONTRACT section 10 rules 1, 2 and 5 against a real Redis: three replicas (in-process, one
+//! configuration) admit together what one process would, share what X reported and the
+//! usage-cap cooldown, and survive Redis going away (`on_failure = "local"` and `"refuse"`).
+//! Each test has a key prefix of its own, so tests running side by side share nothing.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+
+use crate::support::engines::{self, OwnRedis};
+use crate::support::fake_x::{FakeX, Reply};
+use crate::support::http::{Answer, get, request, send};
+use crate::support::proxy::{NARROW_KEY, Proxy, TestConfig};
+
+/// Three replicas of `cfg` on `fake`, sharing the Redis at `url` under `prefix`.
+async fn replicas(
+    fake: &FakeX,
+    url: &str,
+    prefix: &str,
+    cfg: impl Fn(TestConfig) -> TestConfig,
+) -> Vec<Proxy> {
+    let toml = cfg(TestConfig::new(&fake.base_url()).shared(url, prefix)).toml();
+    let mut proxies = Vec::new();
+    for _ in 0..3 {
+        proxies.push(Proxy::start(&toml).await);
+    }
+    proxies
+}
+
+/// `n` requests made by `make`, all at once, spread over `proxies` in turn; their statuses.
+async fn burst<F, Fut>(proxies: &[Proxy], n: usize, make: F) -> Vec<u16>
+where
+    F: Fn(SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = Answer> + Send + 'static,
+{
+    let tasks: Vec<_> = (0..n)
+        .map(|i| tokio::spawn(make(proxies[i % proxies.len()].addr)))
+        .collect();
+    let mut statuses = Vec::new();
+    for t in tasks {
+        statuses.push(t.await.unwrap().status.as_u16());
+    }
+    statuses
+}
+
+fn count(statuses: &[u16], status: u16) -> usize {
+    statuses.iter().filter(|&&s| s == status).count()
+}
+
+/// `GET /metrics` of a replica.
+async fn metrics(proxy: &Proxy) -> String {
+    get(proxy.admin, "/metrics", None).await.text()
+}
+
+/// The value of the first metric line starting with `prefix` (0 when absent).
+fn metric(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .map_or(0.0, |v| v.parse().unwrap())
+}
+
+/// Rule 1, an App window: 30 requests at once over three replicas, bucket of 10: exactly 10
+/// reach X, and the rest get the local 429.
+#[tokio::test]
+async fn an_app_window_admits_exactly_its_limit_across_three_replicas() {
+    let Some(url) = engines::redis_url().await else {
+        return;
+    };
+    let fake = FakeX::start().await;
+    let prefix = engines::unique("xgate-test:");
+    let proxies = replicas(&fake, &url, &prefix, |c| {
+        c.limit_override("GET /2/tweets/:id", &["10/1h"], &[])
+    })
+    .await;
+    let statuses = burst(&proxies, 30, |addr| async move {
+        get(addr, "/2/tweets/20", Some("main")).await
+    })
+    .await;
+    assert_eq!(count(&statuses, 200), 10, "{statuses:?}");
+    assert_eq!(count(&statuses, 429), 20, "{statuses:?}");
+    assert_eq!(fake.requests_to("/2/tweets/20").len(), 10);
+}
+
+/// Rule 1, a user window: alice's own bucket of 5, over three replicas.
+#[tokio::test]
+async fn a_user_window_admits_exactly_its_limit_across_three_replicas() {
+    let Some(url) = engines::redis_url().await else {
+        return;
+    };
+    let fake = FakeX::start().await;
+    let prefix = engines::unique("xgate-test:");
+    let proxies = replicas(&fake, &url, &prefix, |c| {
+        c.limit_override("GET /2/tweets/:id", &["100/1h"], &["5/1h"])
+    })
+    .await;
+    let statuses = burst(&proxies, 24, |addr| async move {
+        get(addr, "/2/tweets/21", Some("alice")).await
+    })
+    .await;
+    assert_eq!(count(&statuses, 200), 5, "{statuses:?}");
+    assert_eq!(fake.requests_to("/2/tweets/21").len(), 5);
+    // The App's own window is untouched by alice's requests (no 24-hour window here).
+    let statuses = burst(&proxies, 3, |addr| async move {
+        get(addr, "/2/tweets/21", Some("main")).await
+    })
+    .await;
+    assert_eq!(count(&statuses, 200), 3, "{statuses:?}");
+}
+
+/// Rule 1, the App's 24-hour window, which counts all its users together: alice and the App
+/// itself draw from one bucket of 6 wherever their requests land.
+#[tokio::test]
+async fn the_apps_day_window_is_shared_by_its_users_across_replicas() {
+    let Some(url) = engines::redis_url().await else {
+        return;
+    };
+    let fake = FakeX::start().await;
+    let prefix = engines::unique("xgate-test:");
+    let proxies = replicas(&fake, &url, &prefix, |c| {
+        c.limit_override("GET /2/tweets/:id", &["6/24h"], &["100/15m"])
+    })
+    .await;
+    let statuses = burst(&proxies, 20, |addr| async move {
+        let who = if addr.port() % 2 == 0 {
+            "alice"
+        } else {
+            "main"
+        };
+        get(addr, "/2/tweets/22", Some(who)).await
+    })
+    .await;
+    assert_eq!(count(&statuses, 200), 6, "{statuses:?}");
+    assert_eq!(fake.requests_to("/2/tweets/22").len(), 6);
+    let alice = get(proxies[0].addr, "/2/tweets/22", Some("alice")).await;
+    assert_eq!(alice.status, 429);
+    assert_eq!(alice.header("x-rate-limit-limit"), Some("6"));
+}
+
+/// Rule 1, a client's own share (`rate`, GCRA): the narrow client's 4 per minute hold across
+/// replicas, and requests the share refuses use up nothing of the App's window.
+#[tokio::test]
+async fn a_client_share_holds_across_three_replicas() {
+    let Some(url) = engines::redis_url().await else {
+        return;
+    };
+    let fake = FakeX::start().await;
+    let prefix = engines::unique("xgate-test:");
+    let proxies = replicas(&fake, &url, &prefix, |c| {
+        c.narrow_rate("4/1m")
+            .limit_override("GET /2/tweets/:id", &["10/1h"], &[])
+    })
+    .await;
+    let narrow = |addr: SocketAddr| async move {
+        let req = request("GET", "/2/tweets/23")
+            .header("x-xgate-key", NARROW_KEY)
+            .header("x-xgate-identity", "main")
+            .body(Full::<Bytes>::default())
+            .unwrap();
+        send(addr, req).await
+    };
+    let statuses = burst(&proxies, 15, narrow).await;
+    assert_eq!(count(&statuses, 200), 4, "{statuses:?}");
+    // The App's window of 10 lost only the 4 that went upstream.
+    let statuses = burst(&proxies, 10, |addr| async move {
+        get(addr, "/2/tweets/23", Some("main")).await
+    })
+    .await;
+    assert_eq!(count(&statuses, 200), 6, "{statuses:?}");
+    assert_eq!(fake.requests_to("/2/tweets/23").len(), 10);
+}
+
+/// Rule 1: what X reported to one replica (remaining 0 until its reset) holds for the others,
+/// which answer 429 locally with X's reset.
+#[tokio::test]
+async fn what_x_reported_to_one_replica_holds_for_the_others() {
+    let Some(url) = engines::redis_url().await else {
+        return;
+    };
+    let fake = FakeX::start().await;
+    let prefix = engines::unique("xgate-test:");
+    let proxies = replicas(&fake, &url, &prefix, |c| c).await;
+    let reset = xgate::clock::Clock::unix_seconds(&xgate::clock::SystemClock) + 600;
+    fake.script(
+        "/2/users/by/username/",
+        Reply::json(200, r#"{"data":{"id":"1"}}"#)
+            .header("x-rate-limit-limit", "900")
+            .header("x-rate-limit-remaining", "0")
+            .header("x-rate-limit-reset", &reset.to_string()),
+    );
+    let first = get(proxies[0].addr, "/2/users/by/username/x", Some("main")).await;
+    assert_eq!(first.status, 200);
+    for p in &proxies[1..] {
+        let a = get(p.addr, "/2/users/by/username/x", Some("main")).await;
+        assert_eq!(a.status, 429, "{}", a.text());
+        assert_eq!(a.header("x-xgate-limited"), Some("local"));
+        assert_eq!(
+            a.header("x-rate-limit-reset"),
+            Some(reset.to_string().as_str())
+        );
+    }
+    assert_eq!(fake.requests_to("/2/users/by/username/x").len(), 1);
+}
+
+/// Rule 1: the usage-cap cooldown one replica started holds for all, for the App and its
+/// users.
+#[tokio::test]
+async fn the_usage_cap_cooldown_started_by_one_replica_holds_for_all() {
+    let Some(url) = engines::redis_url().await else {
+        return;
+    };
+    let fake = FakeX::start().await;
+    let prefix = engines::unique("xgate-test:");
+    let proxies = replicas(&fake, &url, &prefix, |c| c).await;
+    let capped = r#"{"title":"UsageCapExceeded","detail":"Usage cap exceeded: Monthly product cap","type":"https://api.twitter.com/2/problems/usage-capped"}"#;
+    fake.script("/2/tweets/24", Reply::json(429, capped));
+    let first = get(proxies[0].addr, "/2/tweets/24", Some("main")).await;
+    assert_eq!(first.status, 429);
+    assert_eq!(
+        first.header("x-xgate-limited"),
+        None,
+        "X's own 429 passes through"
+    );
+    // The cooldown reaches Redis on its own task: wait for it (bounded), by its key.
+    let key = format!("{prefix}{{main}}:cap");
+    let mut stored = false;
+    for _ in 0..200 {
+        if engines::redis_pttl(&url, &key).await > 0 {
+            stored = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(stored, "the cooldown never reached Redis");
+    for (p, who) in proxies[1..].iter().zip(["main", "alice"]) {
+        let a = get(p.addr, "/2/tweets/25", Some(who)).await;
+        assert_eq!(a.status, 429, "{}", a.text());
+        assert_eq!(a.kind(), Some("usage-capped"));
+        assert_eq!(a.header("x-xgate-limited"), Some("local"));
+    }
+    assert!(fake.requests_to("/2/tweets/25").is_empty());
+}
+
+/// The key layout of the README: every key under the prefix, with the App's hash tag, and
+/// every key expires.
+#[tokio::test]
+async fn keys_follow_the_layout_and_all_expire() {
+    let Some(url) = engines::redis_url().await else {
+        return;
+    };
+    let fake = FakeX::start().await;
+    let prefix = engines::unique("xgate-test:");
+    let proxies = replicas(&fake, &url, &prefix, |c| {
+        c.narrow_rate("100/1m")
+            .limit_override("GET /2/tweets/:id", &["10/1h"], &["5/15m"])
+    })
+    .await;
+    assert_eq!(
+        get(proxies[0].addr, "/2/tweets/26", Some("alice"))
+            .await
+            .status,
+        200
+    );
+    let req = request("GET", "/2/tweets/26")
+        .header("x-xgate-key", NARROW_KEY)
+        .header("x-xgate-identity", "main")
+        .body(Full::<Bytes>::default())
+        .unwrap();
+    assert_eq!(send(proxies[1].addr, req).await.status, 200);
+    let keys = engines::redis_keys(&url, &prefix).await;
+    assert_eq!(
+        keys,
+        [
+            format!("{prefix}{{main}}:alice:GET /2/tweets/:id:900000"),
+            format!("{prefix}{{main}}:main:GET /2/tweets/:id:3600000"),
+            format!("{prefix}{{main}}:share:narrow"),
+        ]
+    );
+    for key in &keys {
+        let ttl = engines::redis_pttl(&url, key).await;
+        assert!(ttl > 0, "{key} has no expiry ({ttl})");
+    }
+}
+
+/// Section 10's aim: one round trip per admitted request, and none for a request refused by a
+/// bucket this replica already knows is empty (the flood case).
+#[tokio::test]
+async fn one_round_trip_to_admit_none_to_refuse_a_known_empty_bucket() {
+    let Some(url) = engines::redis_url().await else {
+        return;
+    };
+    let fake = FakeX::start().await;
+    let prefix = engines::unique("xgate-test:");
+    let proxies = replicas(&fake, &url, &prefix, |c| {
+        c.limit_override("GET /2/tweets/:id", &["3/1h"], &[])
+    })
+    .await;
+    let p = &proxies[0];
+    let reserves = r#"xgate_shared_duration_seconds_count{backend="redis",op="reserve"}"#;
+    let before = metric(&metrics(p).await, reserves);
+    for _ in 0..3 {
+        assert_eq!(get(p.addr, "/2/tweets/27", Some("main")).await.status, 200);
+    }
+    let admitted = metric(&metrics(p).await, reserves);
+    assert_eq!(admitted - before, 3.0);
+    // The first refusal asks Redis; the next twenty are answered from what it said.
+    for _ in 0..21 {
+        assert_eq!(get(p.addr, "/2/tweets/27", Some("main")).await.status, 429);
+    }
+    assert_eq!(metric(&metrics(p).await, reserves) - admitted, 1.0);
+}
+
+/// Rule 2, `on_failure = "local"`: Redis killed mid-run, the replicas keep serving from their
+/// own buckets (one warning per outage, `xgate_shared_up` 0) and use Redis again once it is
+/// back.
+#[tokio::test]
+async fn local_keeps_serving_while_redis_is_down_and_recovers() {
+    let Some(mut redis) = OwnRedis::start().await else {
+        return;
+    };
+    let fake = FakeX::start().await;
+    let prefix = engines::unique("xgate-test:");
+    let proxies = replicas(&fake, &redis.url(), &prefix, |c| {
+        c.section("shared", "timeout", "200ms").limit_override(
+            "GET /2/tweets/:id",
+            &["1000/1h"],
+            &[],
+        )
+    })
+    .await;
+    let p = &proxies[0];
+    assert_eq!(get(p.addr, "/2/tweets/28", Some("main")).await.status, 200);
+    assert_eq!(
+        metric(&metrics(p).await, r#"xgate_shared_up{backend="redis"}"#),
+        1.0
+    );
+    redis.kill();
+    for _ in 0..5 {
+        let a = tokio::time::timeout(
+            Duration::from_secs(5),
+            get(p.addr, "/2/tweets/28", Some("main")),
+        )
+        .await
+        .expect("a request hung while Redis was down");
+        assert_eq!(a.status, 200, "{}", a.text());
+    }
+    let text = metrics(p).await;
+    assert_eq!(metric(&text, r#"xgate_shared_up{backend="redis"}"#), 0.0);
+    assert!(
+        metric(
+            &text,
+            r#"xgate_shared_errors_total{backend="redis",op="reserve"}"#
+        ) >= 1.0
+    );
+    assert_eq!(get(p.admin, "/readyz", None).await.status, 200);
+    redis.restart().await;
+    // The probe brings Redis back by itself (backoff ≤ 5 s): wait for it, bounded.
+    let mut back = false;
+    for _ in 0..150 {
+        if metric(&metrics(p).await, r#"xgate_shared_up{backend="redis"}"#) == 1.0 {
+            back = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(back, "Redis never came back");
+    assert_eq!(get(p.addr, "/2/tweets/28", Some("main")).await.status, 200);
+    assert!(
+        !engines::redis_keys(&redis.url(), &prefix).await.is_empty(),
+        "requests after the outage use Redis again"
+    );
+}
+
+/// Rule 2, `on_failure = "refuse"`: with Redis gone, a request that needs a bucket gets 503
+/// `shared-state-unavailable` within `timeout`, never a hang.
+#[tokio::test]
+async fn refuse_answers_503_within_the_timeout_when_redis_is_down() {
+    let Some(mut redis) = OwnRedis::start().await else {
+        return;
+    };
+    let fake = FakeX::start().await;
+    let prefix = engines::unique("xgate-test:");
+    let proxies = replicas(&fake, &redis.url(), &prefix, |c| {
+        c.section("shared", "timeout", "200ms")
+            .section("shared", "on_failure", "refuse")
+    })
+    .await;
+    assert_eq!(
+        get(proxies[0].addr, "/2/tweets/29", Some("main"))
+            .await
+            .status,
+        200
+    );
+    redis.kill();
+    for p in &proxies {
+        for _ in 0..3 {
+            let a = tokio::time::timeout(
+                Duration::from_secs(2),
+                get(p.addr, "/2/tweets/29", Some("main")),
+            )
+            .await
+            .expect("a request hung while Redis was down");
+            assert_eq!(a.status, 503, "{}", a.text());
+            assert_eq!(a.kind(), Some("shared-state-unavailable"));
+        }
+    }
+    assert_eq!(fake.requests_to("/2/tweets/29").len(), 1);
+}
+
+#[tokio::test]
+async fn zz_debug() {
+    let Some(url) = engines::redis_url().await else {
+        return;
+    };
+    let fake = FakeX::start().await;
+    let prefix = engines::unique("xgate-test:");
+    let proxies = replicas(&fake, &url, &prefix, |c| {
+        c.limit_override("GET /2/tweets/:id", &["3/1h"], &[])
+    })
+    .await;
+    let p = &proxies[0];
+    for _ in 0..3 {
+        get(p.addr, "/2/tweets/27", Some("main")).await;
+    }
+    let t = crate::support::logs::text();
+    for l in t.lines().filter(|l| l.contains("shared")) {
+        eprintln!("LOG {l}");
+    }
+}
