@@ -429,3 +429,161 @@ async fn zz_debug() {
         eprintln!("LOG {l}");
     }
 }
+
+/// Rule 2: a Redis that stops answering without closing its connections (SIGSTOP) is a
+/// failure after `timeout`, not a hang; the replica goes local, warns once, and comes back.
+#[tokio::test]
+async fn a_redis_slower_than_the_timeout_is_an_outage_not_a_hang() {
+    let Some(redis) = OwnRedis::start().await else {
+        return;
+    };
+    let fake = FakeX::start().await;
+    let prefix = engines::unique("xgate-test:");
+    let proxies = replicas(&fake, &redis.url(), &prefix, |c| {
+        c.section("shared", "timeout", "150ms")
+    })
+    .await;
+    let p = &proxies[0];
+    assert_eq!(get(p.addr, "/2/tweets/30", Some("main")).await.status, 200);
+    redis.freeze();
+    for _ in 0..4 {
+        let a = tokio::time::timeout(
+            Duration::from_secs(3),
+            get(p.addr, "/2/tweets/30", Some("main")),
+        )
+        .await
+        .expect("a request hung on a Redis that does not answer");
+        assert_eq!(a.status, 200, "{}", a.text());
+    }
+    let at = format!("at={}", redis.url());
+    let warnings = |text: &str| {
+        text.lines()
+            .filter(|l| l.contains("shared state unreachable") && l.contains(&at))
+            .count()
+    };
+    // One warning per replica that met the outage (only this one did), not one per request.
+    assert_eq!(warnings(&crate::support::logs::text()), 1);
+    redis.thaw();
+    let mut back = false;
+    for _ in 0..150 {
+        if metric(&metrics(p).await, r#"xgate_shared_up{backend="redis"}"#) == 1.0 {
+            back = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(back, "Redis never came back");
+    assert!(
+        crate::support::logs::text()
+            .lines()
+            .any(|l| l.contains("shared state reachable again") && l.contains(&at))
+    );
+}
+
+/// The scripts are loaded once and called by SHA; a Redis that lost them (`SCRIPT FLUSH`, a
+/// restart, a failover) gets them again on `NOSCRIPT`, and no request notices.
+#[tokio::test]
+async fn scripts_flushed_from_redis_are_loaded_again() {
+    let Some(url) = engines::redis_url().await else {
+        return;
+    };
+    let fake = FakeX::start().await;
+    let prefix = engines::unique("xgate-test:");
+    let proxies = replicas(&fake, &url, &prefix, |c| {
+        c.limit_override("GET /2/tweets/:id", &["4/1h"], &[])
+    })
+    .await;
+    assert_eq!(
+        get(proxies[0].addr, "/2/tweets/31", Some("main"))
+            .await
+            .status,
+        200
+    );
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let statuses = burst(&proxies, 6, |addr| async move {
+        get(addr, "/2/tweets/31", Some("main")).await
+    })
+    .await;
+    assert_eq!(count(&statuses, 200), 3, "{statuses:?}");
+    let text = metrics(&proxies[0]).await;
+    assert_eq!(metric(&text, r#"xgate_shared_up{backend="redis"}"#), 1.0);
+}
+
+/// A password in the URL works, and neither it nor the URL's user part reaches a log line or
+/// a metric.
+#[tokio::test]
+async fn a_password_in_the_url_works_and_is_never_logged() {
+    let Some(redis) = OwnRedis::with_password("redis-pw-sekrit").await else {
+        return;
+    };
+    let fake = FakeX::start().await;
+    let prefix = engines::unique("xgate-test:");
+    let url = format!("redis://:redis-pw-sekrit@127.0.0.1:{}", redis.port);
+    let proxies = replicas(&fake, &url, &prefix, |c| {
+        c.limit_override("GET /2/tweets/:id", &["2/1h"], &[])
+    })
+    .await;
+    let statuses = burst(&proxies, 4, |addr| async move {
+        get(addr, "/2/tweets/32", Some("main")).await
+    })
+    .await;
+    assert_eq!(count(&statuses, 200), 2, "{statuses:?}");
+    assert_eq!(engines::redis_keys(&url, &prefix).await.len(), 1);
+    let text = metrics(&proxies[0]).await;
+    assert!(!text.contains("sekrit"));
+    assert!(!crate::support::logs::text().contains("sekrit"));
+    // A wrong password is an outage (local buckets), with no password in the warning.
+    let wrong = format!("redis://:wrong-sekrit@127.0.0.1:{}", redis.port);
+    let p = Proxy::start(
+        &TestConfig::new(&fake.base_url())
+            .shared(&wrong, &prefix)
+            .toml(),
+    )
+    .await;
+    assert_eq!(get(p.addr, "/2/tweets/33", Some("main")).await.status, 200);
+    assert_eq!(
+        metric(&metrics(&p).await, r#"xgate_shared_up{backend="redis"}"#),
+        0.0
+    );
+    assert!(!crate::support::logs::text().contains("sekrit"));
+}
+
+/// `rediss://`: TLS with rustls, the server's certificate verified (here against the test CA,
+/// given to the binary as its trust store).
+#[tokio::test]
+async fn rediss_connects_over_verified_tls() {
+    let ca = crate::support::tls::TestCa::new();
+    let dir = crate::support::scratch("rediss");
+    let (cert, key) = ca.issue_pem(&["localhost"]);
+    std::fs::write(dir.join("redis.crt"), cert).unwrap();
+    std::fs::write(dir.join("redis.key"), key).unwrap();
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    let Some(redis) = OwnRedis::with_tls(&dir.join("redis.crt"), &dir.join("redis.key")).await
+    else {
+        return;
+    };
+    let fake = FakeX::start().await;
+    let check = |url: String| {
+        let toml = TestConfig::new(&fake.base_url())
+            .shared(&url, "xgate-test:")
+            .toml();
+        std::fs::write(dir.join("proxy.toml"), toml).unwrap();
+        let env: Vec<_> = crate::support::proxy::env().into_iter().collect();
+        let mut env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, *v)).collect();
+        let ca = dir.join("ca.pem").display().to_string();
+        env.push(("SSL_CERT_FILE", Box::leak(ca.into_boxed_str())));
+        crate::support::xgate(&dir, &["check", "--config", "proxy.toml"], &env)
+    };
+    let ok = check(format!("rediss://localhost:{}", redis.port));
+    assert_eq!(ok.code, 0, "{ok:?}");
+    assert!(ok.stdout.contains("reachable ("), "{ok:?}");
+    // The same server as plain redis:// is not Redis to talk to: unreachable, exit 2.
+    let plain = check(format!("redis://localhost:{}", redis.port));
+    assert_eq!(plain.code, 2, "{plain:?}");
+}

@@ -92,6 +92,27 @@ pub async fn redis_pttl(url: &str, key: &str) -> i64 {
         .unwrap()
 }
 
+/// `redis-cli --tls --insecure PING` on `port`.
+fn tls_answers(port: u16) -> Result<(), String> {
+    let out = Command::new("redis-cli")
+        .args([
+            "--tls",
+            "--insecure",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "PING",
+        ])
+        .output()
+        .map_err(|e| format!("cannot run redis-cli: {e}"))?;
+    if String::from_utf8_lossy(&out.stdout).trim() == "PONG" {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    }
+}
+
 /// A port nothing listens on now.
 fn free_port() -> u16 {
     StdListener::bind("127.0.0.1:0")
@@ -105,6 +126,10 @@ fn free_port() -> u16 {
 /// start again on the same port.
 pub struct OwnRedis {
     pub port: u16,
+    /// Extra `redis-server` arguments (a password, TLS).
+    args: Vec<String>,
+    /// The URL its readiness is checked with.
+    check_url: String,
     child: Option<Child>,
 }
 
@@ -112,11 +137,52 @@ impl OwnRedis {
     /// Starts one and waits (bounded) until it answers; `None` when `redis-server` is not
     /// installed and the engines are not required.
     pub async fn start() -> Option<Self> {
+        let port = free_port();
+        Self::start_with(port, Vec::new(), format!("redis://127.0.0.1:{port}")).await
+    }
+
+    /// One that wants `password` from the `default` user.
+    pub async fn with_password(password: &str) -> Option<Self> {
+        let port = free_port();
+        let args = vec!["--requirepass".to_owned(), password.to_owned()];
+        Self::start_with(port, args, format!("redis://:{password}@127.0.0.1:{port}")).await
+    }
+
+    /// One that speaks only TLS, with `cert` and `key` (PEM files).
+    pub async fn with_tls(cert: &std::path::Path, key: &std::path::Path) -> Option<Self> {
+        let port = free_port();
+        let path = |p: &std::path::Path| p.display().to_string();
+        let args = vec![
+            "--tls-port".to_owned(),
+            port.to_string(),
+            "--tls-cert-file".to_owned(),
+            path(cert),
+            "--tls-key-file".to_owned(),
+            path(key),
+            "--tls-auth-clients".to_owned(),
+            "no".to_owned(),
+        ];
+        // Readiness through redis-cli without verification; xgate's own connection verifies.
         let mut redis = Self {
-            port: free_port(),
+            port,
+            args,
+            check_url: String::new(),
             child: None,
         };
-        if let Err(e) = redis.spawn().await {
+        if let Err(e) = redis.spawn(true).await {
+            return unavailable("redis-server", "a TLS port of its own", &e);
+        }
+        Some(redis)
+    }
+
+    async fn start_with(port: u16, args: Vec<String>, check_url: String) -> Option<Self> {
+        let mut redis = Self {
+            port,
+            args,
+            check_url,
+            child: None,
+        };
+        if let Err(e) = redis.spawn(false).await {
             return unavailable("redis-server", "a port of its own", &e);
         }
         Some(redis)
@@ -126,22 +192,52 @@ impl OwnRedis {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
-    async fn spawn(&mut self) -> Result<(), String> {
+    async fn spawn(&mut self, tls: bool) -> Result<(), String> {
+        let port = if tls { 0 } else { self.port };
         let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string()])
+            .args(["--port", &port.to_string()])
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(&self.args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .map_err(|e| format!("cannot run redis-server: {e}"))?;
         self.child = Some(child);
+        let mut last = String::new();
         for _ in 0..200 {
-            if redis_answers(&self.url()).await.is_ok() {
-                return Ok(());
+            let answered = if tls {
+                tls_answers(self.port)
+            } else {
+                redis_answers(&self.check_url).await
+            };
+            match answered {
+                Ok(()) => return Ok(()),
+                Err(e) => last = e,
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
-        Err("redis-server did not answer within 5 s".to_owned())
+        Err(format!("redis-server did not answer within 5 s: {last}"))
+    }
+
+    /// Stops it answering without closing its connections (SIGSTOP): a Redis slower than any
+    /// timeout.
+    pub fn freeze(&self) {
+        self.signal("STOP");
+    }
+
+    /// Lets a frozen one go on (SIGCONT).
+    pub fn thaw(&self) {
+        self.signal("CONT");
+    }
+
+    fn signal(&self, name: &str) {
+        if let Some(child) = &self.child {
+            let status = Command::new("kill")
+                .args([&format!("-{name}"), &child.id().to_string()])
+                .status()
+                .unwrap();
+            assert!(status.success());
+        }
     }
 
     /// Kills it (SIGKILL) and waits until it is gone.
@@ -154,12 +250,13 @@ impl OwnRedis {
 
     /// Starts it again on the same port.
     pub async fn restart(&mut self) {
-        self.spawn().await.unwrap();
+        self.spawn(false).await.unwrap();
     }
 }
 
 impl Drop for OwnRedis {
     fn drop(&mut self) {
+        self.thaw();
         self.kill();
     }
 }
