@@ -570,3 +570,121 @@ fn workers_must_be_between_one_and_the_limit() {
         assert!(has(&p, needle), "{value}: {p:?}");
     }
 }
+
+// === [shared] and store.url (CONTRACT section 10) ===
+
+const APP: &str = r#"
+[apps.main]
+bearer_token = { env = "X_BEARER_TOKEN" }
+[[clients]]
+name = "a"
+anonymous = true
+identities = ["main"]
+"#;
+
+#[test]
+fn shared_and_a_postgres_store_parse_with_their_defaults() {
+    let c = parse(&format!(
+        r#"{APP}
+[shared]
+redis_url = "rediss://cache.internal:6380/2"
+[store]
+url = "postgresql://xgate@db.internal/xgate?sslmode=require"
+"#
+    ))
+    .unwrap();
+    let shared = c.shared.unwrap();
+    assert_eq!(shared.redis.shown, "rediss://cache.internal:6380/2");
+    assert_eq!(shared.key_prefix, "xgate:");
+    assert_eq!(shared.on_failure, OnFailure::Local);
+    assert_eq!(shared.timeout, Duration::from_millis(250));
+    match &c.store.location {
+        StoreLocation::Postgres(url) => {
+            assert_eq!(url.shown, "postgresql://db.internal/xgate");
+        }
+        StoreLocation::File(p) => panic!("a file store: {p:?}"),
+    }
+    // A URL without a password is no secret worth a warning; one with a password is.
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    let c = parse(&format!(
+        "{APP}\n[shared]\nredis_url = \"redis://u:pw-value@127.0.0.1:6379\"\non_failure = \"refuse\"\ntimeout = \"1s\""
+    ))
+    .unwrap();
+    assert_eq!(c.warnings.len(), 1);
+    assert_eq!(c.warnings[0].path, "shared.redis_url");
+    let shared = c.shared.unwrap();
+    assert_eq!(shared.redis.shown, "redis://127.0.0.1:6379");
+    assert_eq!(shared.on_failure, OnFailure::Refuse);
+    assert_eq!(shared.timeout, Duration::from_secs(1));
+    assert!(parse(APP).unwrap().shared.is_none());
+}
+
+#[test]
+fn shared_and_store_url_problems_are_named_without_the_url() {
+    let p = problems(&format!(
+        r#"{APP}
+[shared]
+key_prefix = "xgate:{{a}}:"
+on_failure = "panic"
+timeout = "0s"
+[store]
+path = "x.db"
+url = "postgres://u:pw-value@db/x"
+"#
+    ));
+    for (path, needle) in [
+        ("shared.redis_url", "is required in [shared]"),
+        ("shared.key_prefix", "must not contain { or }"),
+        ("shared.on_failure", "unknown value \"panic\""),
+        ("shared.timeout", "longer than 0"),
+        ("store.url", "exclusive"),
+    ] {
+        assert!(
+            p.iter().any(|l| l.starts_with(path) && l.contains(needle)),
+            "{path}: {needle} not in {p:?}"
+        );
+    }
+    let p = problems(&format!(
+        "{APP}\n[shared]\nredis_url = \"http://u:pw-value@cache:6379\"\n[store]\nurl = \"mysql://u:pw-value@db/x\""
+    ));
+    assert!(
+        has(
+            &p,
+            "shared.redis_url: is not a URL of the form redis://, rediss://"
+        ),
+        "{p:?}"
+    );
+    assert!(
+        has(
+            &p,
+            "store.url: is not a URL of the form postgres://, postgresql://"
+        ),
+        "{p:?}"
+    );
+    assert!(!p.iter().any(|l| l.contains("pw-value")), "{p:?}");
+}
+
+#[test]
+fn shown_urls_drop_user_password_and_query() {
+    for (url, shown) in [
+        ("redis://127.0.0.1:6379", Some("redis://127.0.0.1:6379")),
+        ("redis://:pw@h:1/0", Some("redis://h:1/0")),
+        ("rediss://user:p@ss@h/", Some("rediss://h/")),
+        (
+            "postgres://u:pw@db:5432/x?sslmode=require",
+            Some("postgres://db:5432/x"),
+        ),
+        ("postgres://u:pw@/x", None),
+        ("redis:/h", None),
+    ] {
+        assert_eq!(
+            validate::shown_url(url, &["redis", "rediss", "postgres"]).as_deref(),
+            shown,
+            "{url}"
+        );
+    }
+    assert!(validate::has_password("redis://:pw@h"));
+    assert!(validate::has_password("postgres://u:pw@h/x"));
+    assert!(!validate::has_password("postgres://u@h/x"));
+    assert!(!validate::has_password("redis://h:6379/0?x=a:b@c"));
+}

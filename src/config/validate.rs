@@ -1077,7 +1077,7 @@ impl EndpointPattern {
 }
 
 /// Whether a URL's user-info part holds a password (`user:password@`).
-fn has_password(url: &str) -> bool {
+pub(super) fn has_password(url: &str) -> bool {
     let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
     let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
     authority
@@ -1087,7 +1087,7 @@ fn has_password(url: &str) -> bool {
 
 /// `scheme://host[:port][/path]` of `url` without its user-info and query, when its scheme is
 /// one of `schemes` and it has a host.
-fn shown_url(url: &str, schemes: &[&str]) -> Option<String> {
+pub(super) fn shown_url(url: &str, schemes: &[&str]) -> Option<String> {
     let (scheme, rest) = url.split_once("://")?;
     if !schemes.iter().any(|s| s.eq_ignore_ascii_case(scheme)) {
         return None;

@@ -293,22 +293,64 @@ fn the_deployment_examples_parse_and_carry_valid_configs() {
         Some("/readyz")
     );
 
-    // Both proxy.toml examples validate, with their secret files present.
+    // The replicas example: three xgates behind a balancer, Redis and PostgreSQL.
+    let replicas = &yaml_documents("deploy/replicas/docker-compose.yml")[0];
+    for s in ["xgate", "lb", "redis", "postgres", "prometheus"] {
+        assert!(
+            replicas["services"].as_mapping().unwrap().contains_key(s),
+            "the replicas example has no {s} service"
+        );
+    }
+    assert_eq!(
+        replicas["services"]["xgate"]["deploy"]["replicas"].as_u64(),
+        Some(3)
+    );
+    let shared = yaml_documents("deploy/kubernetes/sidecars-shared.yaml");
+    let kinds: Vec<&str> = shared.iter().filter_map(|d| d["kind"].as_str()).collect();
+    assert_eq!(kinds, ["ConfigMap", "Deployment"]);
+    assert_eq!(shared[1]["spec"]["replicas"].as_u64(), Some(3));
+
+    // Every proxy.toml example validates, with its secret files present; the shared ones
+    // configure both engines.
     let sidecar_toml = docs[0]["data"]["proxy.toml"].as_str().unwrap().to_owned();
     let compose_toml = std::fs::read_to_string(repo("deploy/proxy.toml")).unwrap();
-    for (name, toml, secrets_dir) in [
-        ("sidecar", sidecar_toml, "/run/secrets/xgate/"),
-        ("compose", compose_toml, "/run/secrets/"),
+    let replicas_toml = std::fs::read_to_string(repo("deploy/replicas/proxy.toml")).unwrap();
+    let shared_toml = shared[0]["data"]["proxy.toml"].as_str().unwrap().to_owned();
+    for (name, toml, secrets_dir, engines) in [
+        ("sidecar", sidecar_toml, "/run/secrets/xgate/", false),
+        ("compose", compose_toml, "/run/secrets/", false),
+        ("replicas", replicas_toml, "/run/secrets/", true),
+        ("sidecars-shared", shared_toml, "/run/secrets/xgate/", true),
     ] {
         let dir = scratch(name);
-        for s in ["x_api_key", "x_api_secret", "x_bearer_token"] {
+        for s in ["x_api_key", "x_api_secret", "x_bearer_token", "x_client_id"] {
             std::fs::write(dir.join(s), "value\n").unwrap();
         }
+        std::fs::write(dir.join("redis_url"), "redis://:pw@redis:6379\n").unwrap();
+        std::fs::write(
+            dir.join("store_url"),
+            "postgres://xgate:pw@postgres/xgate\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("store_key"),
+            "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\n",
+        )
+        .unwrap();
         let toml = toml.replace(secrets_dir, &format!("{}/", dir.display()));
         let config =
             xgate::config::Config::from_toml_str(&toml, &dir, &std::collections::BTreeMap::new())
                 .unwrap_or_else(|e| panic!("{name} proxy.toml: {e}"));
         assert_eq!(config.admin.listen.port(), 9090);
+        assert_eq!(config.shared.is_some(), engines, "{name}");
+        assert_eq!(
+            matches!(
+                config.store.location,
+                xgate::config::StoreLocation::Postgres(_)
+            ),
+            engines,
+            "{name}"
+        );
     }
 }
 

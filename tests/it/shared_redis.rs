@@ -587,3 +587,33 @@ async fn rediss_connects_over_verified_tls() {
     let plain = check(format!("redis://localhost:{}", redis.port));
     assert_eq!(plain.code, 2, "{plain:?}");
 }
+
+/// Section 5 rule 2 across replicas: a later answer with the same reset never raises what
+/// remains, wherever it lands.
+#[tokio::test]
+async fn a_later_answer_with_the_same_reset_never_raises_what_remains() {
+    let Some(url) = engines::redis_url().await else {
+        return;
+    };
+    let fake = FakeX::start().await;
+    let prefix = engines::unique("xgate-test:");
+    let proxies = replicas(&fake, &url, &prefix, |c| c).await;
+    let reset = (xgate::clock::Clock::unix_seconds(&xgate::clock::SystemClock) + 600).to_string();
+    let answer = |remaining: &str| {
+        Reply::json(200, r#"{"data":{"id":"1"}}"#)
+            .header("x-rate-limit-limit", "900")
+            .header("x-rate-limit-remaining", remaining)
+            .header("x-rate-limit-reset", &reset)
+    };
+    fake.script("/2/users/by/username/", answer("2"));
+    let path = "/2/users/by/username/y";
+    assert_eq!(get(proxies[0].addr, path, Some("main")).await.status, 200);
+    // X now says 50 remain in the same window: ignored, two are left.
+    fake.script("/2/users/by/username/", answer("50"));
+    assert_eq!(get(proxies[1].addr, path, Some("main")).await.status, 200);
+    assert_eq!(get(proxies[2].addr, path, Some("main")).await.status, 200);
+    let a = get(proxies[0].addr, path, Some("main")).await;
+    assert_eq!(a.status, 429, "{}", a.text());
+    assert_eq!(a.header("x-rate-limit-reset"), Some(reset.as_str()));
+    assert_eq!(fake.requests_to(path).len(), 3);
+}
