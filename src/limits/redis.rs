@@ -31,6 +31,7 @@ use std::time::Duration;
 
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use ::redis::{Script, ScriptInvocation};
+use tokio::sync::mpsc;
 
 use super::memory::MemoryBackend;
 use super::{
@@ -45,6 +46,14 @@ use crate::shared::{Engine, Health, Observer};
 /// What a [`Health`] outage means for requests, by `on_failure`.
 const LOCAL: &str = "requests use this replica's in-memory buckets until Redis answers";
 const REFUSE: &str = "requests get 503 shared-state-unavailable until Redis answers";
+
+/// What an outage means for requests, by `on_failure`.
+fn consequence_of(on_failure: OnFailure) -> &'static str {
+    match on_failure {
+        OnFailure::Local => LOCAL,
+        OnFailure::Refuse => REFUSE,
+    }
+}
 
 /// The scripts, parsed once (their SHA computed once).
 #[derive(Debug)]
@@ -197,6 +206,8 @@ struct Slot {
 /// the in-memory backend's buckets, in the same order.
 #[derive(Debug)]
 struct Layout {
+    /// The App whose hash tag the keys carry.
+    app: IdentityId,
     slots: Vec<Slot>,
     /// The bucket `x-rate-limit-*` update, `x-user-limit-24hour-*` (users only) and
     /// `x-app-limit-24hour-*`.
@@ -243,6 +254,8 @@ pub struct RedisBackend {
     share_until_ms: Mutex<HashMap<String, u64>>,
     /// The buckets used while Redis does not answer (`on_failure = "local"`).
     local: MemoryBackend,
+    /// Settlements for the batch task ([`settle_in_batches`]).
+    settlements: mpsc::UnboundedSender<Settlement>,
 }
 
 impl fmt::Debug for RedisBackend {
@@ -268,23 +281,32 @@ impl RedisBackend {
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|_no_runtime| "the Redis backend needs a runtime".to_owned())?;
         let n = identities.len() * catalogue.endpoints().len();
+        let inner = Arc::new(Inner {
+            conn,
+            scripts: Scripts {
+                reserve: Script::new(include_str!("redis/reserve.lua")),
+                settle: Script::new(include_str!("redis/settle.lua")),
+                cap: Script::new(include_str!("redis/cap.lua")),
+            },
+            timeout: shared.timeout,
+            health: Arc::new(Health::new(
+                Engine::Redis,
+                shared.redis.shown.clone(),
+                observer,
+            )),
+            probing: AtomicBool::new(false),
+            runtime,
+        });
+        let (settlements, rx) = mpsc::unbounded_channel();
+        let consequence = consequence_of(shared.on_failure);
+        drop(
+            inner
+                .runtime
+                .spawn(settle_in_batches(Arc::clone(&inner), rx, consequence)),
+        );
         Ok(Self {
-            inner: Arc::new(Inner {
-                conn,
-                scripts: Scripts {
-                    reserve: Script::new(include_str!("redis/reserve.lua")),
-                    settle: Script::new(include_str!("redis/settle.lua")),
-                    cap: Script::new(include_str!("redis/cap.lua")),
-                },
-                timeout: shared.timeout,
-                health: Arc::new(Health::new(
-                    Engine::Redis,
-                    shared.redis.shown.clone(),
-                    observer,
-                )),
-                probing: AtomicBool::new(false),
-                runtime,
-            }),
+            inner,
+            settlements,
             on_failure: shared.on_failure,
             local: MemoryBackend::new(Arc::clone(&catalogue), &identities),
             layouts: (0..n).map(|_| OnceLock::new()).collect(),
@@ -301,7 +323,10 @@ impl RedisBackend {
     /// the first request.
     pub async fn ping(&self) {
         match self.inner.ping().await {
-            Ok(()) => self.inner.health.succeeded(),
+            Ok(()) => {
+                self.inner.health.succeeded();
+                tracing::info!(at = %self.inner.health.shown(), prefix = %self.prefix, "buckets are shared in Redis");
+            }
             Err(e) => self.outage(&e),
         }
     }
@@ -314,10 +339,13 @@ impl RedisBackend {
     }
 
     fn consequence(&self) -> &'static str {
-        match self.on_failure {
-            OnFailure::Local => LOCAL,
-            OnFailure::Refuse => REFUSE,
-        }
+        consequence_of(self.on_failure)
+    }
+
+    /// Hands a settlement to the batch task.
+    fn queue(&self, settlement: Settlement) {
+        // The task lives as long as the backend; were it gone, the keys would expire.
+        let _gone = self.settlements.send(settlement);
     }
 
     /// The App's hash-tagged key prefix: `{prefix}{APP}:`.
@@ -402,6 +430,7 @@ impl RedisBackend {
                 (None, own_day)
             };
             Arc::new(Layout {
+                app: who.app,
                 slots,
                 primary,
                 user_day,
@@ -473,7 +502,7 @@ impl RedisBackend {
         match answer.first() {
             Some(0) => Ok(Box::new(RedisHeld {
                 inner: Arc::clone(&self.inner),
-                tickets: answer.get(2..).map(<[i64]>::to_vec).unwrap_or_default(),
+                snaps: snaps(answer),
                 layout,
                 known_empty: draw.endpoint.and_then(|e| self.index(draw.identity, e)),
                 sent: false,
@@ -583,13 +612,62 @@ impl Backend for RedisBackend {
     }
 }
 
-/// A request's reservations in Redis: the tickets the reserve script gave, settled once —
-/// with X's reports when they come, or when dropped (completed if sent, else given back).
+/// One bucket as a reservation left it (the reserve script's answer): what decides whether
+/// X's report about it can change anything.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Snap {
+    /// The window this reservation was taken in (0: the bucket was not drawn from).
+    ticket: i64,
+    remaining: i64,
+    inflight: i64,
+    end_ms: i64,
+    limit: i64,
+}
+
+impl Snap {
+    fn reserved(&self) -> bool {
+        self.ticket != 0
+    }
+
+    /// Whether applying `report` would leave the bucket as it is, whatever the other replicas
+    /// did meanwhile. Within one window, remaining + in flight only falls (a reservation moves
+    /// one from the first to the second, a completion takes one from the second, a give-back
+    /// moves it back), so what X allows, `remaining - (in flight now - 1)`, is at least
+    /// `report.remaining + 1 - (r + f as left)` above the bucket's remaining: when that is not
+    /// negative, the report — same reset, same limit — cannot lower it, and a report never
+    /// raises a bucket.
+    fn unchanged_by(&self, report: &Report) -> bool {
+        self.reserved()
+            && i64::try_from(report.reset_ms).is_ok_and(|r| r == self.end_ms)
+            && report.limit.is_none_or(|l| i64::from(l) == self.limit)
+            && i64::from(report.remaining) + 1 >= self.remaining + self.inflight
+    }
+}
+
+/// The snapshots in a successful reserve answer (after its status and Redis's time).
+fn snaps(answer: &[i64]) -> Vec<Snap> {
+    answer
+        .get(2..)
+        .unwrap_or_default()
+        .chunks_exact(5)
+        .map(|c| Snap {
+            ticket: c.first().copied().unwrap_or(0),
+            remaining: c.get(1).copied().unwrap_or(0),
+            inflight: c.get(2).copied().unwrap_or(0),
+            end_ms: c.get(3).copied().unwrap_or(0),
+            limit: c.get(4).copied().unwrap_or(0),
+        })
+        .collect()
+}
+
+/// A request's reservations in Redis, settled once: when X's answer comes (at once, in one
+/// round trip, if its reports can change a bucket; else with the next batch), or when
+/// dropped (completed if sent, else given back, with the next batch).
 struct RedisHeld<'a> {
     backend: &'a RedisBackend,
     inner: Arc<Inner>,
     layout: Option<Arc<Layout>>,
-    tickets: Vec<i64>,
+    snaps: Vec<Snap>,
     /// The `known_empty` entry a report clears.
     known_empty: Option<usize>,
     sent: bool,
@@ -599,61 +677,127 @@ struct RedisHeld<'a> {
 impl fmt::Debug for RedisHeld<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisHeld")
-            .field("tickets", &self.tickets)
+            .field("snaps", &self.snaps)
             .field("sent", &self.sent)
             .finish_non_exhaustive()
     }
 }
 
-/// The settle call for a request's buckets: each with its ticket and, when `reports` has one
-/// for it, what X reported. `None` when there is nothing to settle.
-fn settle_call<'s>(
-    script: &'s Script,
-    layout: &Layout,
-    tickets: &[i64],
+/// One request's part of a settle call: its buckets, what it reserved, whether it was sent,
+/// and what X reported of each bucket (if that is to be applied).
+#[derive(Debug)]
+struct Settlement {
+    layout: Arc<Layout>,
+    snaps: Vec<Snap>,
     sent: bool,
-    reports: Option<&Reports>,
-) -> Option<ScriptInvocation<'s>> {
-    let mut learnt: Vec<Option<Report>> = vec![None; layout.slots.len()];
-    if let Some(reports) = reports {
-        for (target, report) in [
-            (layout.primary, reports.primary),
-            (layout.user_day, reports.user_day),
-            (layout.app_day, reports.app_day),
-        ] {
-            if let Some(l) = target.and_then(|i| learnt.get_mut(i)) {
-                *l = report;
+    learnt: Vec<Option<Report>>,
+}
+
+impl Settlement {
+    fn is_empty(&self) -> bool {
+        !self.snaps.iter().any(Snap::reserved) && self.learnt.iter().all(Option::is_none)
+    }
+
+    /// Adds this request's keys and arguments to `call`; returns how many buckets.
+    fn add_to(&self, call: &mut ScriptInvocation<'_>) -> usize {
+        for (i, slot) in self.layout.slots.iter().enumerate() {
+            call.key(&slot.key);
+            call.arg(self.snaps.get(i).map_or(0, |s| s.ticket));
+            call.arg(u8::from(self.sent));
+            match self.learnt.get(i).copied().flatten() {
+                Some(r) => {
+                    let create = if slot.learned {
+                        r.limit.unwrap_or(r.remaining).max(1)
+                    } else {
+                        slot.limit
+                    };
+                    call.arg(1)
+                        .arg(r.limit.unwrap_or(0))
+                        .arg(r.remaining)
+                        .arg(r.reset_ms)
+                        .arg(create);
+                }
+                None => {
+                    call.arg(0).arg(0).arg(0).arg(0).arg(slot.limit);
+                }
+            }
+            call.arg(slot.window_ms);
+        }
+        self.layout.slots.len()
+    }
+}
+
+/// Sends `settlements` (all of one App) as one settle call.
+async fn settle(inner: &Arc<Inner>, settlements: &[Settlement], consequence: &str) {
+    let mut call = inner.scripts.settle.prepare_invoke();
+    let n: usize = settlements.iter().map(|s| s.layout.slots.len()).sum();
+    call.arg(n);
+    for s in settlements {
+        s.add_to(&mut call);
+    }
+    drop(inner.run("settle", call, consequence).await);
+}
+
+/// Settles what dropped and answered reservations leave behind, in batches: whatever is
+/// waiting when a call goes out goes in it (one call per App, up to [`BATCH`] requests), so
+/// under load completions cost a fraction of a round trip per request and never one on a
+/// request's path. While Redis is down they are dropped: the keys expire.
+async fn settle_in_batches(
+    inner: Arc<Inner>,
+    mut rx: mpsc::UnboundedReceiver<Settlement>,
+    consequence: &'static str,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < BATCH {
+            match rx.try_recv() {
+                Ok(s) => batch.push(s),
+                Err(_empty_or_closed) => break,
             }
         }
+        if !inner.health.is_up() {
+            continue;
+        }
+        batch.sort_by_key(|s| s.layout.app.index());
+        for group in batch.chunk_by(|a, b| a.layout.app == b.layout.app) {
+            settle(&inner, group, consequence).await;
+        }
     }
-    if tickets.iter().all(|&t| t == 0) && learnt.iter().all(Option::is_none) {
-        return None;
-    }
-    let mut call = script.prepare_invoke();
-    call.arg(layout.slots.len()).arg(u8::from(sent));
-    for (i, slot) in layout.slots.iter().enumerate() {
-        call.key(&slot.key);
-        call.arg(tickets.get(i).copied().unwrap_or(0));
-        match learnt.get(i).copied().flatten() {
-            Some(r) => {
-                let create = if slot.learned {
-                    r.limit.unwrap_or(r.remaining).max(1)
-                } else {
-                    slot.limit
-                };
-                call.arg(1)
-                    .arg(r.limit.unwrap_or(0))
-                    .arg(r.remaining)
-                    .arg(r.reset_ms)
-                    .arg(create);
-            }
-            None => {
-                call.arg(0).arg(0).arg(0).arg(0).arg(slot.limit);
+}
+
+/// Most requests settled by one batch.
+const BATCH: usize = 256;
+
+impl RedisHeld<'_> {
+    /// This request's settlement, with `reports` applied where they go.
+    fn settlement(&mut self, reports: Option<&Reports>) -> Option<Settlement> {
+        let layout = self.layout.take()?;
+        let mut learnt: Vec<Option<Report>> = vec![None; layout.slots.len()];
+        if let Some(reports) = reports {
+            for (target, report) in [
+                (layout.primary, reports.primary),
+                (layout.user_day, reports.user_day),
+                (layout.app_day, reports.app_day),
+            ] {
+                if let Some(l) = target.and_then(|i| learnt.get_mut(i)) {
+                    *l = report;
+                }
             }
         }
-        call.arg(slot.window_ms);
+        Some(Settlement {
+            snaps: std::mem::take(&mut self.snaps),
+            sent: self.sent,
+            learnt,
+            layout,
+        })
     }
-    Some(call)
+
+    /// Whether any of `s`'s reports can change a bucket (so it is settled at once).
+    fn matters(s: &Settlement) -> bool {
+        s.learnt.iter().enumerate().any(|(i, report)| {
+            report.is_some_and(|r| !s.snaps.get(i).is_some_and(|snap| snap.unchanged_by(&r)))
+        })
+    }
 }
 
 impl Held for RedisHeld<'_> {
@@ -661,34 +805,36 @@ impl Held for RedisHeld<'_> {
         self.sent = sent;
     }
 
-    /// One round trip: X's reports applied and the request completed together.
+    /// X's reports that can change a bucket are applied at once, with the completion, in one
+    /// round trip before the answer goes on; reports that cannot (the usual case: X counted
+    /// what xgate counted) leave only the completion, which goes with the next batch.
     fn learn<'s>(&'s mut self, reports: &Reports, _now_ms: u64) -> LearnFuture<'s> {
         let reports = *reports;
         Box::pin(async move {
             self.settled = true;
+            let Some(settlement) = self.settlement(Some(&reports)) else {
+                return;
+            };
+            if !Self::matters(&settlement) {
+                let mut settlement = settlement;
+                settlement.learnt.iter_mut().for_each(|l| *l = None);
+                if !settlement.is_empty() {
+                    self.backend.queue(settlement);
+                }
+                return;
+            }
             if let Some(k) = self
                 .known_empty
                 .and_then(|i| self.backend.known_empty.get(i))
             {
                 *k.lock().unwrap_or_else(PoisonError::into_inner) = None;
             }
-            let Some(layout) = self.layout.as_ref() else {
-                return;
-            };
-            let call = settle_call(
-                &self.inner.scripts.settle,
-                layout,
-                &self.tickets,
-                self.sent,
-                Some(&reports),
-            );
-            if let Some(call) = call {
-                drop(
-                    self.inner
-                        .run("settle", call, self.backend.consequence())
-                        .await,
-                );
-            }
+            settle(
+                &self.inner,
+                std::slice::from_ref(&settlement),
+                self.backend.consequence(),
+            )
+            .await;
         })
     }
 }
@@ -698,19 +844,70 @@ impl Drop for RedisHeld<'_> {
         if self.settled {
             return;
         }
-        let Some(layout) = self.layout.take() else {
-            return;
-        };
-        // Completed if sent, else given back: on the backend's runtime, since a drop cannot
-        // wait.
-        let inner = Arc::clone(&self.inner);
-        let tickets = std::mem::take(&mut self.tickets);
-        let sent = self.sent;
-        let consequence = self.backend.consequence();
-        drop(self.inner.runtime.spawn(async move {
-            if let Some(call) = settle_call(&inner.scripts.settle, &layout, &tickets, sent, None) {
-                drop(inner.run("settle", call, consequence).await);
-            }
-        }));
+        // Completed if sent, else given back: with the next batch (a drop cannot wait).
+        if let Some(settlement) = self.settlement(None).filter(|s| !s.is_empty()) {
+            self.backend.queue(settlement);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T: u64 = 1_700_000_900_000;
+
+    fn snap(remaining: i64, inflight: i64) -> Snap {
+        Snap {
+            ticket: 1_700_000_000_000,
+            remaining,
+            inflight,
+            end_ms: i64::try_from(T).unwrap(),
+            limit: 900,
+        }
+    }
+
+    fn report(remaining: u32, reset_ms: u64, limit: Option<u32>) -> Report {
+        Report {
+            limit,
+            remaining,
+            reset_ms,
+        }
+    }
+
+    #[test]
+    fn a_report_is_skipped_only_when_it_cannot_lower_the_bucket() {
+        // Left at 9 remaining, 1 in flight (this one): X allowing 9 more after it cannot lower.
+        assert!(snap(9, 1).unchanged_by(&report(9, T, Some(900))));
+        assert!(snap(9, 1).unchanged_by(&report(50, T, None)));
+        // One fewer than xgate counted: applied.
+        assert!(!snap(9, 1).unchanged_by(&report(8, T, Some(900))));
+        // Other replicas' requests in flight count against X's figure.
+        assert!(!snap(9, 3).unchanged_by(&report(10, T, None)));
+        assert!(snap(9, 3).unchanged_by(&report(11, T, None)));
+        // Another window, another limit, or a bucket this request did not draw from: applied.
+        assert!(!snap(9, 1).unchanged_by(&report(500, T + 1, None)));
+        assert!(!snap(9, 1).unchanged_by(&report(500, T, Some(450))));
+        let mut not_drawn = snap(9, 1);
+        not_drawn.ticket = 0;
+        assert!(!not_drawn.unchanged_by(&report(500, T, None)));
+    }
+
+    #[test]
+    fn snapshots_are_read_five_numbers_a_bucket() {
+        let answer = [0, 42, 7, 3, 1, 99, 10, 0, 0, 0, 0, 0];
+        assert_eq!(
+            snaps(&answer),
+            [
+                Snap {
+                    ticket: 7,
+                    remaining: 3,
+                    inflight: 1,
+                    end_ms: 99,
+                    limit: 10
+                },
+                Snap::default()
+            ]
+        );
     }
 }

@@ -617,3 +617,33 @@ async fn a_later_answer_with_the_same_reset_never_raises_what_remains() {
     assert_eq!(a.header("x-rate-limit-reset"), Some(reset.as_str()));
     assert_eq!(fake.requests_to(path).len(), 3);
 }
+
+/// Section 5 rule 2 across replicas: a later answer with the same reset and fewer remaining
+/// lowers the bucket for every replica at once (the report that matters is applied before the
+/// answer goes on, not with a later batch).
+#[tokio::test]
+async fn a_later_answer_with_fewer_remaining_lowers_the_bucket_for_all() {
+    let Some(url) = engines::redis_url().await else {
+        return;
+    };
+    let fake = FakeX::start().await;
+    let prefix = engines::unique("xgate-test:");
+    let proxies = replicas(&fake, &url, &prefix, |c| c).await;
+    let reset = (xgate::clock::Clock::unix_seconds(&xgate::clock::SystemClock) + 600).to_string();
+    let answer = |remaining: &str| {
+        Reply::json(200, r#"{"data":{"id":"1"}}"#)
+            .header("x-rate-limit-limit", "900")
+            .header("x-rate-limit-remaining", remaining)
+            .header("x-rate-limit-reset", &reset)
+    };
+    let path = "/2/users/by/username/z";
+    fake.script("/2/users/by/username/", answer("10"));
+    assert_eq!(get(proxies[0].addr, path, Some("main")).await.status, 200);
+    // X counted more than xgate did (another client of the App): one left.
+    fake.script("/2/users/by/username/", answer("1"));
+    assert_eq!(get(proxies[1].addr, path, Some("main")).await.status, 200);
+    assert_eq!(get(proxies[2].addr, path, Some("main")).await.status, 200);
+    let a = get(proxies[0].addr, path, Some("main")).await;
+    assert_eq!(a.status, 429, "{}", a.text());
+    assert_eq!(fake.requests_to(path).len(), 3);
+}

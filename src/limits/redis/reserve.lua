@@ -9,7 +9,8 @@
 --   reservation's ticket names), f requests in flight, n window length (ms). It expires one
 --   window length after its window ends. The share is GCRA: its key holds the theoretical
 --   arrival time (Unix ms).
--- Answers {0, now, ticket per bucket (0: not drawn from)} | {1, now, capped until}
+-- Answers {0, now, then per bucket: ticket (0: not drawn from), remaining, in flight, window
+--   end, limit, as this reservation left them} | {1, now, capped until}
 --   | {2, now, reset, limit, window} of the bucket that allows a request last | {3, now, wait}.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -62,8 +63,14 @@ for i = 1, n do
       'w', string.format('%d', s[4]), 'f', s[5] + 1, 'n', s[6])
     redis.call('PEXPIREAT', KEYS[i], string.format('%d', s[3] + s[6]))
     answer[#answer + 1] = s[4]
+    answer[#answer + 1] = s[2] - 1
+    answer[#answer + 1] = s[5] + 1
+    answer[#answer + 1] = s[3]
+    answer[#answer + 1] = s[1]
   else
-    answer[#answer + 1] = 0
+    for _ = 1, 5 do
+      answer[#answer + 1] = 0
+    end
   end
 end
 return answer

@@ -1,9 +1,10 @@
--- Settles one request's reservations (CONTRACT section 5 rule 2), with Redis's own clock:
--- applies what X reported about each bucket, then completes the reservations (the request
--- went upstream) or gives them back (it did not).
+-- Settles requests' reservations (CONTRACT section 5 rule 2), with Redis's own clock: applies
+-- what X reported about each bucket, then completes each reservation (its request went
+-- upstream) or gives it back (it did not). One call may settle several requests of one App
+-- (their keys share its hash tag); a key may appear more than once.
 --
--- KEYS: the request's buckets, as reserve.lua had them.
--- ARGV: n, sent (1: complete; 0: give back), then per bucket: its ticket (0: not drawn from),
+-- KEYS: the buckets, as reserve.lua had them, request after request.
+-- ARGV: n, then per bucket: its ticket (0: not drawn from), sent (1: complete; 0: give back),
 --   learn (1: X reported this window), the limit X reported (0: none), its remaining, its
 --   reset (Unix ms), the limit to create the bucket with, its window (ms).
 -- A report whose reset has passed changes nothing; one with the bucket's own reset never
@@ -11,25 +12,25 @@
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local n = tonumber(ARGV[1])
-local sent = ARGV[2] == '1'
 for i = 1, n do
-  local at = 2 + (i - 1) * 7
+  local at = 1 + (i - 1) * 8
   local ticket = tonumber(ARGV[at + 1])
-  local reset = tonumber(ARGV[at + 5])
-  local learn = ARGV[at + 2] == '1' and reset > now
+  local sent = ARGV[at + 2] == '1'
+  local reset = tonumber(ARGV[at + 6])
+  local learn = ARGV[at + 3] == '1' and reset > now
   if ticket ~= 0 or learn then
     local h = redis.call('HMGET', KEYS[i], 'l', 'r', 'e', 'w', 'f', 'n')
     local exists = h[1] and true or false
     if exists or learn then
-      local l = tonumber(h[1]) or tonumber(ARGV[at + 6])
+      local l = tonumber(h[1]) or tonumber(ARGV[at + 7])
       local r = tonumber(h[2]) or l
       local e = tonumber(h[3]) or 0
       local w = tonumber(h[4]) or now
       local f = tonumber(h[5]) or 0
-      local win = tonumber(h[6]) or tonumber(ARGV[at + 7])
+      local win = tonumber(h[6]) or tonumber(ARGV[at + 8])
       local mine = ticket ~= 0 and exists
       if learn then
-        local reported = tonumber(ARGV[at + 3])
+        local reported = tonumber(ARGV[at + 4])
         if reported > 0 then
           l = reported
         end
@@ -40,7 +41,7 @@ for i = 1, n do
         if others < 0 then
           others = 0
         end
-        local allowed = tonumber(ARGV[at + 4]) - others
+        local allowed = tonumber(ARGV[at + 5]) - others
         if allowed < 0 then
           allowed = 0
         end
