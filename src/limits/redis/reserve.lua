@@ -31,7 +31,8 @@ for i = 1, n do
     local e = tonumber(h[3]) or 0
     local w = tonumber(h[4]) or now
     local f = tonumber(h[5]) or 0
-    if now >= e then
+    local rolled = now >= e
+    if rolled then
       e = now + win
       r = l
       w = now
@@ -39,7 +40,7 @@ for i = 1, n do
     if r <= 0 and (not worst or e > worst[1]) then
       worst = {e, l, win}
     end
-    state[i] = {l, r, e, w, f, win}
+    state[i] = {l, r, e, w, f, win, rolled}
   end
 end
 if worst then
@@ -61,7 +62,10 @@ for i = 1, n do
   if s then
     redis.call('HSET', KEYS[i], 'l', s[1], 'r', s[2] - 1, 'e', string.format('%d', s[3]),
       'w', string.format('%d', s[4]), 'f', s[5] + 1, 'n', s[6])
-    redis.call('PEXPIREAT', KEYS[i], string.format('%d', s[3] + s[6]))
+    if s[7] then
+      -- A new window (or a new bucket): it expires one window length after it ends.
+      redis.call('PEXPIREAT', KEYS[i], string.format('%d', s[3] + s[6]))
+    end
     answer[#answer + 1] = s[4]
     answer[#answer + 1] = s[2] - 1
     answer[#answer + 1] = s[5] + 1

@@ -29,6 +29,7 @@ for i = 1, n do
       local f = tonumber(h[5]) or 0
       local win = tonumber(h[6]) or tonumber(ARGV[at + 8])
       local mine = ticket ~= 0 and exists
+      local ends = e
       if learn then
         local reported = tonumber(ARGV[at + 4])
         if reported > 0 then
@@ -67,7 +68,9 @@ for i = 1, n do
       end
       redis.call('HSET', KEYS[i], 'l', l, 'r', r, 'e', string.format('%d', e),
         'w', string.format('%d', w), 'f', f, 'n', win)
-      redis.call('PEXPIREAT', KEYS[i], string.format('%d', e + win))
+      if e ~= ends or not exists then
+        redis.call('PEXPIREAT', KEYS[i], string.format('%d', e + win))
+      end
     end
   end
 end
