@@ -17,7 +17,7 @@ use std::time::Duration;
 use super::bucket::{Bucket, Ticket};
 use super::{
     Backend, DAY_WINDOW, Draw, Held, LearnFuture, PRIMARY_WINDOW, Refused, Report, Reports,
-    ReserveFuture,
+    ReserveFuture, day_of, primary_of,
 };
 use crate::endpoints::{Catalogue, EndpointId, Figure};
 use crate::identity::{Identities, IdentityId};
@@ -46,19 +46,10 @@ pub(super) struct EndpointBuckets {
 
 impl EndpointBuckets {
     fn new(figure: &Figure) -> Self {
-        let rates = &figure.rates;
-        let primary = rates
-            .iter()
-            .position(|r| r.window == PRIMARY_WINDOW)
-            .or_else(|| {
-                rates
-                    .iter()
-                    .position(|r| r.window != DAY_WINDOW && r.window > Duration::from_secs(1))
-            });
         Self {
-            windows: rates.iter().map(|&r| Bucket::new(r)).collect(),
-            primary,
-            day: rates.iter().position(|r| r.window == DAY_WINDOW),
+            windows: figure.rates.iter().map(|&r| Bucket::new(r)).collect(),
+            primary: primary_of(figure),
+            day: day_of(figure),
             learned_primary: OnceLock::new(),
             learned_day: OnceLock::new(),
             overridden: figure.overridden,

@@ -33,7 +33,7 @@ pub use bucket::Refusal;
 
 use crate::clock::{Clock, GovernorClock};
 use crate::config::{Limits, OnExhausted, Rate};
-use crate::endpoints::{Catalogue, Endpoint, EndpointId};
+use crate::endpoints::{Catalogue, Endpoint, EndpointId, Figure};
 use crate::error::ProxyError;
 use crate::identity::{Identities, Identity, IdentityId};
 
@@ -41,6 +41,25 @@ use crate::identity::{Identities, Identity, IdentityId};
 pub(crate) const PRIMARY_WINDOW: Duration = Duration::from_secs(15 * 60);
 /// The window of X's 24-hour headers.
 pub(crate) const DAY_WINDOW: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// The figure's primary window, the one X's `x-rate-limit-*` headers describe: 15 minutes,
+/// else the first that is neither 24 hours nor a second or less.
+pub(crate) fn primary_of(figure: &Figure) -> Option<usize> {
+    let rates = &figure.rates;
+    rates
+        .iter()
+        .position(|r| r.window == PRIMARY_WINDOW)
+        .or_else(|| {
+            rates
+                .iter()
+                .position(|r| r.window != DAY_WINDOW && r.window > Duration::from_secs(1))
+        })
+}
+
+/// The figure's 24-hour window, the one X's 24-hour headers describe.
+pub(crate) fn day_of(figure: &Figure) -> Option<usize> {
+    figure.rates.iter().position(|r| r.window == DAY_WINDOW)
+}
 
 /// What one request draws from.
 #[derive(Debug, Clone, Copy)]

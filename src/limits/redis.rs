@@ -36,7 +36,7 @@ use tokio::sync::mpsc;
 use super::memory::MemoryBackend;
 use super::{
     Backend, DAY_WINDOW, Draw, Held, LearnFuture, PRIMARY_WINDOW, Refusal, Refused, Report,
-    Reports, ReserveFuture,
+    Reports, ReserveFuture, day_of, primary_of,
 };
 use crate::config::{OnFailure, Shared};
 use crate::endpoints::{Catalogue, EndpointId, Figure};
@@ -220,20 +220,6 @@ fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// The figure's primary window (X's `x-rate-limit-*`): 15 minutes, else the first that is
-/// neither 24 hours nor a second or less. The same rule as the in-memory buckets'.
-fn primary_of(figure: &Figure) -> Option<usize> {
-    let rates = &figure.rates;
-    rates
-        .iter()
-        .position(|r| r.window == PRIMARY_WINDOW)
-        .or_else(|| {
-            rates
-                .iter()
-                .position(|r| r.window != DAY_WINDOW && r.window > Duration::from_secs(1))
-        })
-}
-
 /// The state of one `(identity, endpoint)`'s cache of what Redis refused.
 type KnownEmpty = Mutex<Option<Refusal>>;
 
@@ -395,7 +381,6 @@ impl RedisBackend {
                         Some(slots.len() - 1)
                     }
                 };
-            let day_of = |figure: &Figure| figure.rates.iter().position(|r| r.window == DAY_WINDOW);
             let primary = target(primary_of(own), own, &who.name, PRIMARY_WINDOW);
             let own_day = target(day_of(own), own, &who.name, DAY_WINDOW);
             let (user_day, app_day) = if user {

@@ -676,8 +676,9 @@ enum Heard {
 }
 
 /// The LISTEN connection: forwards each notification's identity to `tx`, reconnecting with
-/// backoff (and then sending an empty name, "every identity", since notifications may have
-/// been missed meanwhile) until `tx`'s receiver is gone.
+/// backoff, until `tx`'s receiver is gone. Each time LISTEN is accepted it first sends an
+/// empty name, "every identity": what changed before (between the pairs read at start and the
+/// first LISTEN, or while disconnected) is unknown.
 async fn listen(
     pg: tokio_postgres::Config,
     tls: MakeRustlsConnect,
@@ -686,7 +687,6 @@ async fn listen(
 ) {
     use std::task::Poll;
     let mut backoff = Duration::from_millis(100);
-    let mut reconnected = false;
     loop {
         match pg.connect(tls.clone()).await {
             Ok((client, mut conn)) => {
@@ -708,7 +708,8 @@ async fn listen(
                         Heard::Subscribed(true) => {
                             subscribed = true;
                             backoff = Duration::from_millis(100);
-                            if reconnected && tx.send(String::new()).await.is_err() {
+                            health.succeeded();
+                            if tx.send(String::new()).await.is_err() {
                                 return;
                             }
                         }
@@ -731,7 +732,6 @@ async fn listen(
                 );
             }
         }
-        reconnected = true;
         if tx.is_closed() {
             return;
         }
