@@ -8,6 +8,7 @@
 //! be down.
 
 use std::fmt;
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -52,6 +53,15 @@ impl Observer for NotObserved {
 /// [`NotObserved`], ready to share.
 pub fn not_observed() -> Arc<dyn Observer> {
     Arc::new(NotObserved)
+}
+
+/// An operation on a shared engine failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// What failed (never a URL or a secret).
+    pub message: String,
+    /// Whether this failure started an outage (the engine was up until now).
+    pub outage_started: bool,
 }
 
 /// One engine's health as this process last saw it.
@@ -107,6 +117,34 @@ impl Health {
                 "shared state reachable again"
             );
         }
+    }
+
+    /// Runs `op`, named `name`, within `limit`: observed (its duration, whether it failed) and
+    /// counted against this health. A failure is its message, and whether it started an
+    /// outage (`consequence` says, in the outage's one warning, what it means for requests).
+    pub async fn run<T, F>(
+        &self,
+        name: &'static str,
+        limit: Duration,
+        op: F,
+        consequence: &str,
+    ) -> Result<T, Failure>
+    where
+        F: Future<Output = Result<T, String>>,
+    {
+        let started = tokio::time::Instant::now();
+        let result = match tokio::time::timeout(limit, op).await {
+            Ok(r) => r,
+            Err(_elapsed) => Err(format!("no answer within {limit:?}")),
+        };
+        self.observer
+            .op(self.engine, name, started.elapsed(), result.is_ok());
+        result
+            .inspect(|_| self.succeeded())
+            .map_err(|message| Failure {
+                outage_started: self.failed(&message, consequence),
+                message,
+            })
     }
 
     /// Where the engine is, for messages.

@@ -132,25 +132,15 @@ impl Inner {
         on_failure: &str,
     ) -> Option<Vec<i64>> {
         let mut conn = self.conn.clone();
-        let started = tokio::time::Instant::now();
-        let result = tokio::time::timeout(self.timeout, call.invoke_async::<Vec<i64>>(&mut conn))
-            .await
-            .unwrap_or_else(|_elapsed| {
-                Err(::redis::RedisError::from((
-                    ::redis::ErrorKind::Io,
-                    "no answer within shared.timeout",
-                )))
-            });
-        self.health
-            .observer()
-            .op(Engine::Redis, op, started.elapsed(), result.is_ok());
-        match result {
-            Ok(answer) => {
-                self.health.succeeded();
-                Some(answer)
-            }
-            Err(e) => {
-                if self.health.failed(&redis_error(&e), on_failure) {
+        let invoked = async {
+            call.invoke_async::<Vec<i64>>(&mut conn)
+                .await
+                .map_err(|e| redis_error(&e))
+        };
+        match self.health.run(op, self.timeout, invoked, on_failure).await {
+            Ok(answer) => Some(answer),
+            Err(failure) => {
+                if failure.outage_started {
                     self.probe(on_failure);
                 }
                 None
@@ -158,7 +148,8 @@ impl Inner {
         }
     }
 
-    /// One observed `PING`.
+    /// One observed `PING`; a failure is reported to the caller, not counted as an outage
+    /// here (the caller decides).
     async fn ping(&self) -> Result<(), String> {
         let started = tokio::time::Instant::now();
         let result = ping_on(self.conn.clone(), self.timeout).await;

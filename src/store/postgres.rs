@@ -45,6 +45,9 @@ pub const OP_TIMEOUT: Duration = Duration::from_secs(10);
 /// that refresh's three attempts at X.
 pub const LOCK_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// What a store outage means, in its one warning.
+const STORE_DOWN: &str = "token store operations (refreshes included) fail until it answers";
+
 /// The channel replicas are told on that an identity's record changed.
 const CHANNEL: &str = "xgate_tokens";
 
@@ -203,25 +206,10 @@ impl PostgresStore {
     where
         F: Future<Output = Result<T, String>>,
     {
-        let started = tokio::time::Instant::now();
-        let result = match tokio::time::timeout(OP_TIMEOUT, op).await {
-            Ok(r) => r,
-            Err(_elapsed) => Err(format!("no answer within {OP_TIMEOUT:?}")),
-        };
         self.health
-            .observer()
-            .op(Engine::Postgres, name, started.elapsed(), result.is_ok());
-        match result {
-            Ok(v) => {
-                self.health.succeeded();
-                Ok(v)
-            }
-            Err(e) => {
-                self.health
-                    .failed(&e, "token store operations fail until it answers");
-                Err(self.io(e))
-            }
-        }
+            .run(name, OP_TIMEOUT, op, STORE_DOWN)
+            .await
+            .map_err(|f| self.io(f.message))
     }
 
     /// A pooled connection.
@@ -495,9 +483,8 @@ impl TokenStore for PostgresStore {
 
     fn begin_refresh<'a>(&'a self, identity: &'a str) -> StoreFuture<'a, Box<dyn Refresh>> {
         Box::pin(async move {
-            let started = tokio::time::Instant::now();
             // The lock wait is longer than one operation: bounded by LOCK_TIMEOUT instead.
-            let locked = tokio::time::timeout(LOCK_TIMEOUT + OP_TIMEOUT, async {
+            let locking = async {
                 let client = self.client().await?;
                 client
                     .batch_execute(&format!(
@@ -528,27 +515,12 @@ impl TokenStore for PostgresStore {
                     .transpose()
                     .map_err(|e| describe(&e))?;
                 Ok::<_, String>((held, data))
-            })
-            .await
-            .unwrap_or_else(|_elapsed| {
-                Err(format!(
-                    "the refresh lock was not granted within {LOCK_TIMEOUT:?}"
-                ))
-            });
-            self.health
-                .observer()
-                .op(Engine::Postgres, "lock", started.elapsed(), locked.is_ok());
-            let (held, data) = match locked {
-                Ok(v) => {
-                    self.health.succeeded();
-                    v
-                }
-                Err(e) => {
-                    self.health
-                        .failed(&e, "token refreshes wait until it answers");
-                    return Err(self.io(e));
-                }
             };
+            let (held, data) = self
+                .health
+                .run("lock", LOCK_TIMEOUT + OP_TIMEOUT, locking, STORE_DOWN)
+                .await
+                .map_err(|f| self.io(f.message))?;
             let stored = data
                 .map(|d| self.open_record(identity, TokenKind::Oauth2, &d))
                 .transpose()?;
@@ -636,8 +608,7 @@ impl Refresh for PostgresRefresh {
             let data = sealer
                 .seal_token(&identity, &token)
                 .map_err(|message| StoreError::Io { at: at(), message })?;
-            let started = tokio::time::Instant::now();
-            let committed = tokio::time::timeout(OP_TIMEOUT, async {
+            let committing = async {
                 let client = held.client().map_err(str::to_owned)?;
                 client
                     .execute(SAVE, &[&identity, &TokenKind::Oauth2.as_str(), &data])
@@ -650,19 +621,14 @@ impl Refresh for PostgresRefresh {
                 // Committed: the connection goes back to the pool as it is.
                 drop(held.client.take());
                 Ok::<_, String>(())
-            })
-            .await
-            .unwrap_or_else(|_elapsed| Err(format!("no answer within {OP_TIMEOUT:?}")));
-            health.observer().op(
-                Engine::Postgres,
-                "commit",
-                started.elapsed(),
-                committed.is_ok(),
-            );
-            committed.map_err(|message| {
-                health.failed(&message, "token refreshes wait until it answers");
-                StoreError::Io { at: at(), message }
-            })
+            };
+            health
+                .run("commit", OP_TIMEOUT, committing, STORE_DOWN)
+                .await
+                .map_err(|f| StoreError::Io {
+                    at: at(),
+                    message: f.message,
+                })
         })
     }
 }

@@ -369,34 +369,17 @@ pub(crate) fn query_param(url: &str, key: &str) -> Option<String> {
     })
 }
 
-/// The whole login: the authorize URL, a test client playing the browser, the code exchange
-/// with PKCE (FakeX checks the verifier), the stored pair used by the proxy afterwards.
-#[tokio::test]
-async fn login_with_a_browser_stores_a_pair_the_proxy_then_uses() {
-    let fake = FakeX::start().await;
-    let dir = scratch("login");
-    let port = free_port();
-    std::fs::write(
-        dir.join("proxy.toml"),
-        binary_config(&fake.base_url(), port, None, true),
-    )
-    .unwrap();
-    let mut child = spawn(&dir, &["login", "--identity", "bob"], Stdio::null());
+/// `xgate login --identity bob` in `dir` (its redirect URI on `port`), with a test client
+/// playing the browser that X redirects to the callback with a code FakeX accepts for the
+/// printed challenge. The authorize URL, the exit status and what login printed after it.
+pub(crate) async fn browser_login(
+    dir: &Path,
+    port: u16,
+    fake: &FakeX,
+) -> (String, std::process::ExitStatus, Vec<String>) {
+    let mut child = spawn(dir, &["login", "--identity", "bob"], Stdio::null());
     let mut out = crate::support::binary::lines(child.stdout.take().unwrap());
     let url = crate::support::binary::next_line(&mut out).await;
-    assert!(
-        url.starts_with("https://x.example/i/oauth2/authorize?"),
-        "{url}"
-    );
-    for (k, v) in [
-        ("response_type", "code"),
-        ("client_id", "fake-client-id"),
-        ("code_challenge_method", "S256"),
-        ("redirect_uri", &format!("http://127.0.0.1:{port}/callback")),
-        ("scope", "tweet.read users.read offline.access"),
-    ] {
-        assert_eq!(query_param(&url, k).as_deref(), Some(v), "{k} in {url}");
-    }
     let state = query_param(&url, "state").unwrap();
     let challenge = query_param(&url, "code_challenge").unwrap();
     fake.oauth_expect_code("the-code", &challenge);
@@ -410,17 +393,40 @@ async fn login_with_a_browser_stores_a_pair_the_proxy_then_uses() {
     )
     .await;
     assert_eq!(a.status, 200);
-    let rest: Vec<String> = {
-        let mut v = Vec::new();
-        while let Ok(Some(l)) = tokio::time::timeout(Duration::from_secs(20), out.recv()).await {
-            v.push(l);
-        }
-        v
-    };
+    let rest = crate::support::binary::remaining_lines(&mut out).await;
     let status = tokio::task::spawn_blocking(move || child.wait())
         .await
         .unwrap()
         .unwrap();
+    (url, status, rest)
+}
+
+/// The whole login: the authorize URL, a test client playing the browser, the code exchange
+/// with PKCE (FakeX checks the verifier), the stored pair used by the proxy afterwards.
+#[tokio::test]
+async fn login_with_a_browser_stores_a_pair_the_proxy_then_uses() {
+    let fake = FakeX::start().await;
+    let dir = scratch("login");
+    let port = free_port();
+    std::fs::write(
+        dir.join("proxy.toml"),
+        binary_config(&fake.base_url(), port, None, true),
+    )
+    .unwrap();
+    let (url, status, rest) = browser_login(&dir, port, &fake).await;
+    assert!(
+        url.starts_with("https://x.example/i/oauth2/authorize?"),
+        "{url}"
+    );
+    for (k, v) in [
+        ("response_type", "code"),
+        ("client_id", "fake-client-id"),
+        ("code_challenge_method", "S256"),
+        ("redirect_uri", &format!("http://127.0.0.1:{port}/callback")),
+        ("scope", "tweet.read users.read offline.access"),
+    ] {
+        assert_eq!(query_param(&url, k).as_deref(), Some(v), "{k} in {url}");
+    }
     assert_eq!(status.code(), Some(0), "{rest:?}");
     assert_eq!(
         rest,

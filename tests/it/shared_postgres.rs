@@ -14,8 +14,8 @@ use xgate::store::postgres::PostgresStore;
 use xgate::store::{StoredToken, TokenKind, TokenStore};
 
 use crate::proxy_oauth2::{
-    KEY_B64, SCOPES, WRONG_B64, bearers, binary_config_with_store, free_port, get_anon, now,
-    query_param, run, serve,
+    KEY_B64, SCOPES, WRONG_B64, bearers, binary_config_with_store, browser_login, free_port,
+    get_anon, now, run, serve,
 };
 use crate::support::engines::Database;
 use crate::support::fake_x::{FakeX, ISSUED_BEARER};
@@ -171,30 +171,7 @@ async fn login_stores_into_postgres_and_the_proxy_uses_it() {
         binary_config_with_store(&fake.base_url(), port, store_table(&db, None), false),
     )
     .unwrap();
-    let mut child = crate::support::binary::spawn(
-        &dir,
-        &["login", "--identity", "bob"],
-        std::process::Stdio::null(),
-        &[],
-    );
-    let mut out = crate::support::binary::lines(child.stdout.take().unwrap());
-    let url = crate::support::binary::next_line(&mut out).await;
-    let state = query_param(&url, "state").unwrap();
-    fake.oauth_expect_code("the-code", &query_param(&url, "code_challenge").unwrap());
-    let callback: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let a = crate::support::http::send(
-        callback,
-        crate::support::http::request("GET", &format!("/callback?state={state}&code=the-code"))
-            .body(http_body_util::Full::default())
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(a.status, 200);
-    let rest = crate::support::binary::remaining_lines(&mut out).await;
-    let status = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    let (_url, status, rest) = browser_login(&dir, port, &fake).await;
     assert_eq!(status.code(), Some(0), "{rest:?}");
     assert_eq!(
         rest.first().map(String::as_str),
@@ -307,10 +284,7 @@ async fn three_replicas_sixty_requests_on_an_expired_token_make_one_refresh() {
     let toml = TestConfig::new(&fake.base_url())
         .section("store", "url", db.url.as_str())
         .toml();
-    let mut replicas = Vec::new();
-    for _ in 0..3 {
-        replicas.push(Proxy::start(&toml).await);
-    }
+    let replicas = in_process(&toml, 3).await;
     let tasks: Vec<_> = (0..60)
         .map(|i| {
             let addr = replicas[i % 3].addr;
@@ -350,10 +324,7 @@ async fn a_pair_stored_elsewhere_reaches_every_replica_without_a_refresh() {
     let toml = TestConfig::new(&fake.base_url())
         .section("store", "url", db.url.as_str())
         .toml();
-    let mut replicas = Vec::new();
-    for _ in 0..3 {
-        replicas.push(Proxy::start(&toml).await);
-    }
+    let replicas = in_process(&toml, 3).await;
     for r in &replicas {
         assert_eq!(get(r.addr, "/2/users/me", Some("bob")).await.status, 200);
     }
@@ -385,6 +356,15 @@ async fn a_pair_stored_elsewhere_reaches_every_replica_without_a_refresh() {
         0,
         "a replica refreshed instead of adopting"
     );
+}
+
+/// Starts `n` replicas of `toml` in this process.
+async fn in_process(toml: &str, n: usize) -> Vec<Proxy> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.push(Proxy::start(toml).await);
+    }
+    out
 }
 
 /// Starts `n` binaries serving from `dir`.

@@ -29,6 +29,48 @@ async fn replicas(
     proxies
 }
 
+/// One test's world: the fake X API and three replicas of one configuration sharing a Redis
+/// under a key prefix of the test's own. Bind `fake` (`fake: _fake`) even when unused: the
+/// replicas forward to it only while it lives.
+struct World {
+    url: String,
+    fake: FakeX,
+    prefix: String,
+    proxies: Vec<Proxy>,
+}
+
+/// A [`World`] on the machine's Redis (`None`: skipped, see `support::engines`).
+async fn world(cfg: impl Fn(TestConfig) -> TestConfig) -> Option<World> {
+    let url = engines::redis_url().await?;
+    Some(world_on(&url, cfg).await)
+}
+
+/// A [`World`] on the Redis at `url`.
+async fn world_on(url: &str, cfg: impl Fn(TestConfig) -> TestConfig) -> World {
+    let fake = FakeX::start().await;
+    let prefix = engines::unique("xgate-test:");
+    let proxies = replicas(&fake, url, &prefix, cfg).await;
+    World {
+        url: url.to_owned(),
+        fake,
+        prefix,
+        proxies,
+    }
+}
+
+/// FakeX's answer with `x-rate-limit-*`: limit 900, `remaining`, reset at `reset` (Unix s).
+fn x_answer(remaining: &str, reset: &str) -> Reply {
+    Reply::json(200, r#"{"data":{"id":"1"}}"#)
+        .header("x-rate-limit-limit", "900")
+        .header("x-rate-limit-remaining", remaining)
+        .header("x-rate-limit-reset", reset)
+}
+
+/// Unix seconds `ahead` from now.
+fn in_seconds(ahead: u64) -> String {
+    (xgate::clock::Clock::unix_seconds(&xgate::clock::SystemClock) + ahead).to_string()
+}
+
 /// `n` requests made by `make`, all at once, spread over `proxies` in turn; their statuses.
 async fn burst<F, Fut>(proxies: &[Proxy], n: usize, make: F) -> Vec<u16>
 where
@@ -49,6 +91,25 @@ fn count(statuses: &[u16], status: u16) -> usize {
     statuses.iter().filter(|&&s| s == status).count()
 }
 
+/// `request`'s answer, which must come within `limit`: no request may hang on a Redis that is
+/// gone or does not answer.
+async fn within(limit: Duration, request: impl std::future::Future<Output = Answer>) -> Answer {
+    tokio::time::timeout(limit, request)
+        .await
+        .unwrap_or_else(|_| panic!("a request hung for {limit:?} on a Redis that does not answer"))
+}
+
+/// Waits (at most 15 s: the probe's backoff reaches 5 s) until `proxy` reports Redis up again.
+async fn wait_until_redis_is_up(proxy: &Proxy) {
+    for _ in 0..150 {
+        if metric(&metrics(proxy).await, r#"xgate_shared_up{backend="redis"}"#) == 1.0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("Redis never came back");
+}
+
 /// `GET /metrics` of a replica.
 async fn metrics(proxy: &Proxy) -> String {
     get(proxy.admin, "/metrics", None).await.text()
@@ -66,15 +127,11 @@ fn metric(text: &str, prefix: &str) -> f64 {
 /// reach X, and the rest get the local 429.
 #[tokio::test]
 async fn an_app_window_admits_exactly_its_limit_across_three_replicas() {
-    let Some(url) = engines::redis_url().await else {
+    let Some(World { fake, proxies, .. }) =
+        world(|c| c.limit_override("GET /2/tweets/:id", &["10/1h"], &[])).await
+    else {
         return;
     };
-    let fake = FakeX::start().await;
-    let prefix = engines::unique("xgate-test:");
-    let proxies = replicas(&fake, &url, &prefix, |c| {
-        c.limit_override("GET /2/tweets/:id", &["10/1h"], &[])
-    })
-    .await;
     let statuses = burst(&proxies, 30, |addr| async move {
         get(addr, "/2/tweets/20", Some("main")).await
     })
@@ -87,15 +144,11 @@ async fn an_app_window_admits_exactly_its_limit_across_three_replicas() {
 /// Rule 1, a user window: alice's own bucket of 5, over three replicas.
 #[tokio::test]
 async fn a_user_window_admits_exactly_its_limit_across_three_replicas() {
-    let Some(url) = engines::redis_url().await else {
+    let Some(World { fake, proxies, .. }) =
+        world(|c| c.limit_override("GET /2/tweets/:id", &["100/1h"], &["5/1h"])).await
+    else {
         return;
     };
-    let fake = FakeX::start().await;
-    let prefix = engines::unique("xgate-test:");
-    let proxies = replicas(&fake, &url, &prefix, |c| {
-        c.limit_override("GET /2/tweets/:id", &["100/1h"], &["5/1h"])
-    })
-    .await;
     let statuses = burst(&proxies, 24, |addr| async move {
         get(addr, "/2/tweets/21", Some("alice")).await
     })
@@ -114,15 +167,11 @@ async fn a_user_window_admits_exactly_its_limit_across_three_replicas() {
 /// itself draw from one bucket of 6 wherever their requests land.
 #[tokio::test]
 async fn the_apps_day_window_is_shared_by_its_users_across_replicas() {
-    let Some(url) = engines::redis_url().await else {
+    let Some(World { fake, proxies, .. }) =
+        world(|c| c.limit_override("GET /2/tweets/:id", &["6/24h"], &["100/15m"])).await
+    else {
         return;
     };
-    let fake = FakeX::start().await;
-    let prefix = engines::unique("xgate-test:");
-    let proxies = replicas(&fake, &url, &prefix, |c| {
-        c.limit_override("GET /2/tweets/:id", &["6/24h"], &["100/15m"])
-    })
-    .await;
     let statuses = burst(&proxies, 20, |addr| async move {
         let who = if addr.port() % 2 == 0 {
             "alice"
@@ -143,16 +192,14 @@ async fn the_apps_day_window_is_shared_by_its_users_across_replicas() {
 /// replicas, and requests the share refuses use up nothing of the App's window.
 #[tokio::test]
 async fn a_client_share_holds_across_three_replicas() {
-    let Some(url) = engines::redis_url().await else {
-        return;
-    };
-    let fake = FakeX::start().await;
-    let prefix = engines::unique("xgate-test:");
-    let proxies = replicas(&fake, &url, &prefix, |c| {
+    let Some(World { fake, proxies, .. }) = world(|c| {
         c.narrow_rate("4/1m")
             .limit_override("GET /2/tweets/:id", &["10/1h"], &[])
     })
-    .await;
+    .await
+    else {
+        return;
+    };
     let narrow = |addr: SocketAddr| async move {
         let req = request("GET", "/2/tweets/23")
             .header("x-xgate-key", NARROW_KEY)
@@ -176,30 +223,18 @@ async fn a_client_share_holds_across_three_replicas() {
 /// which answer 429 locally with X's reset.
 #[tokio::test]
 async fn what_x_reported_to_one_replica_holds_for_the_others() {
-    let Some(url) = engines::redis_url().await else {
+    let Some(World { fake, proxies, .. }) = world(|c| c).await else {
         return;
     };
-    let fake = FakeX::start().await;
-    let prefix = engines::unique("xgate-test:");
-    let proxies = replicas(&fake, &url, &prefix, |c| c).await;
-    let reset = xgate::clock::Clock::unix_seconds(&xgate::clock::SystemClock) + 600;
-    fake.script(
-        "/2/users/by/username/",
-        Reply::json(200, r#"{"data":{"id":"1"}}"#)
-            .header("x-rate-limit-limit", "900")
-            .header("x-rate-limit-remaining", "0")
-            .header("x-rate-limit-reset", &reset.to_string()),
-    );
+    let reset = in_seconds(600);
+    fake.script("/2/users/by/username/", x_answer("0", &reset));
     let first = get(proxies[0].addr, "/2/users/by/username/x", Some("main")).await;
     assert_eq!(first.status, 200);
     for p in &proxies[1..] {
         let a = get(p.addr, "/2/users/by/username/x", Some("main")).await;
         assert_eq!(a.status, 429, "{}", a.text());
         assert_eq!(a.header("x-xgate-limited"), Some("local"));
-        assert_eq!(
-            a.header("x-rate-limit-reset"),
-            Some(reset.to_string().as_str())
-        );
+        assert_eq!(a.header("x-rate-limit-reset"), Some(reset.as_str()));
     }
     assert_eq!(fake.requests_to("/2/users/by/username/x").len(), 1);
 }
@@ -208,12 +243,15 @@ async fn what_x_reported_to_one_replica_holds_for_the_others() {
 /// users.
 #[tokio::test]
 async fn the_usage_cap_cooldown_started_by_one_replica_holds_for_all() {
-    let Some(url) = engines::redis_url().await else {
+    let Some(World {
+        url,
+        fake,
+        prefix,
+        proxies,
+    }) = world(|c| c).await
+    else {
         return;
     };
-    let fake = FakeX::start().await;
-    let prefix = engines::unique("xgate-test:");
-    let proxies = replicas(&fake, &url, &prefix, |c| c).await;
     let capped = r#"{"title":"UsageCapExceeded","detail":"Usage cap exceeded: Monthly product cap","type":"https://api.twitter.com/2/problems/usage-capped"}"#;
     fake.script("/2/tweets/24", Reply::json(429, capped));
     let first = get(proxies[0].addr, "/2/tweets/24", Some("main")).await;
@@ -247,16 +285,20 @@ async fn the_usage_cap_cooldown_started_by_one_replica_holds_for_all() {
 /// every key expires.
 #[tokio::test]
 async fn keys_follow_the_layout_and_all_expire() {
-    let Some(url) = engines::redis_url().await else {
-        return;
-    };
-    let fake = FakeX::start().await;
-    let prefix = engines::unique("xgate-test:");
-    let proxies = replicas(&fake, &url, &prefix, |c| {
+    let Some(World {
+        fake: _fake,
+        url,
+        prefix,
+        proxies,
+        ..
+    }) = world(|c| {
         c.narrow_rate("100/1m")
             .limit_override("GET /2/tweets/:id", &["10/1h"], &["5/15m"])
     })
-    .await;
+    .await
+    else {
+        return;
+    };
     assert_eq!(
         get(proxies[0].addr, "/2/tweets/26", Some("alice"))
             .await
@@ -288,15 +330,14 @@ async fn keys_follow_the_layout_and_all_expire() {
 /// bucket this replica already knows is empty (the flood case).
 #[tokio::test]
 async fn one_round_trip_to_admit_none_to_refuse_a_known_empty_bucket() {
-    let Some(url) = engines::redis_url().await else {
+    let Some(World {
+        fake: _fake,
+        proxies,
+        ..
+    }) = world(|c| c.limit_override("GET /2/tweets/:id", &["3/1h"], &[])).await
+    else {
         return;
     };
-    let fake = FakeX::start().await;
-    let prefix = engines::unique("xgate-test:");
-    let proxies = replicas(&fake, &url, &prefix, |c| {
-        c.limit_override("GET /2/tweets/:id", &["3/1h"], &[])
-    })
-    .await;
     let p = &proxies[0];
     let reserves = r#"xgate_shared_duration_seconds_count{backend="redis",op="reserve"}"#;
     let before = metric(&metrics(p).await, reserves);
@@ -320,9 +361,12 @@ async fn local_keeps_serving_while_redis_is_down_and_recovers() {
     let Some(mut redis) = OwnRedis::start().await else {
         return;
     };
-    let fake = FakeX::start().await;
-    let prefix = engines::unique("xgate-test:");
-    let proxies = replicas(&fake, &redis.url(), &prefix, |c| {
+    let World {
+        fake: _fake,
+        prefix,
+        proxies,
+        ..
+    } = world_on(&redis.url(), |c| {
         c.section("shared", "timeout", "200ms").limit_override(
             "GET /2/tweets/:id",
             &["1000/1h"],
@@ -338,12 +382,11 @@ async fn local_keeps_serving_while_redis_is_down_and_recovers() {
     );
     redis.kill();
     for _ in 0..5 {
-        let a = tokio::time::timeout(
+        let a = within(
             Duration::from_secs(5),
             get(p.addr, "/2/tweets/28", Some("main")),
         )
-        .await
-        .expect("a request hung while Redis was down");
+        .await;
         assert_eq!(a.status, 200, "{}", a.text());
     }
     let text = metrics(p).await;
@@ -357,15 +400,7 @@ async fn local_keeps_serving_while_redis_is_down_and_recovers() {
     assert_eq!(get(p.admin, "/readyz", None).await.status, 200);
     redis.restart().await;
     // The probe brings Redis back by itself (backoff ≤ 5 s): wait for it, bounded.
-    let mut back = false;
-    for _ in 0..150 {
-        if metric(&metrics(p).await, r#"xgate_shared_up{backend="redis"}"#) == 1.0 {
-            back = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(back, "Redis never came back");
+    wait_until_redis_is_up(p).await;
     assert_eq!(get(p.addr, "/2/tweets/28", Some("main")).await.status, 200);
     assert!(
         !engines::redis_keys(&redis.url(), &prefix).await.is_empty(),
@@ -380,9 +415,7 @@ async fn refuse_answers_503_within_the_timeout_when_redis_is_down() {
     let Some(mut redis) = OwnRedis::start().await else {
         return;
     };
-    let fake = FakeX::start().await;
-    let prefix = engines::unique("xgate-test:");
-    let proxies = replicas(&fake, &redis.url(), &prefix, |c| {
+    let World { fake, proxies, .. } = world_on(&redis.url(), |c| {
         c.section("shared", "timeout", "200ms")
             .section("shared", "on_failure", "refuse")
     })
@@ -396,38 +429,16 @@ async fn refuse_answers_503_within_the_timeout_when_redis_is_down() {
     redis.kill();
     for p in &proxies {
         for _ in 0..3 {
-            let a = tokio::time::timeout(
+            let a = within(
                 Duration::from_secs(2),
                 get(p.addr, "/2/tweets/29", Some("main")),
             )
-            .await
-            .expect("a request hung while Redis was down");
+            .await;
             assert_eq!(a.status, 503, "{}", a.text());
             assert_eq!(a.kind(), Some("shared-state-unavailable"));
         }
     }
     assert_eq!(fake.requests_to("/2/tweets/29").len(), 1);
-}
-
-#[tokio::test]
-async fn zz_debug() {
-    let Some(url) = engines::redis_url().await else {
-        return;
-    };
-    let fake = FakeX::start().await;
-    let prefix = engines::unique("xgate-test:");
-    let proxies = replicas(&fake, &url, &prefix, |c| {
-        c.limit_override("GET /2/tweets/:id", &["3/1h"], &[])
-    })
-    .await;
-    let p = &proxies[0];
-    for _ in 0..3 {
-        get(p.addr, "/2/tweets/27", Some("main")).await;
-    }
-    let t = crate::support::logs::text();
-    for l in t.lines().filter(|l| l.contains("shared")) {
-        eprintln!("LOG {l}");
-    }
 }
 
 /// Rule 2: a Redis that stops answering without closing its connections (SIGSTOP) is a
@@ -437,22 +448,20 @@ async fn a_redis_slower_than_the_timeout_is_an_outage_not_a_hang() {
     let Some(redis) = OwnRedis::start().await else {
         return;
     };
-    let fake = FakeX::start().await;
-    let prefix = engines::unique("xgate-test:");
-    let proxies = replicas(&fake, &redis.url(), &prefix, |c| {
-        c.section("shared", "timeout", "150ms")
-    })
-    .await;
+    let World {
+        fake: _fake,
+        proxies,
+        ..
+    } = world_on(&redis.url(), |c| c.section("shared", "timeout", "150ms")).await;
     let p = &proxies[0];
     assert_eq!(get(p.addr, "/2/tweets/30", Some("main")).await.status, 200);
     redis.freeze();
     for _ in 0..4 {
-        let a = tokio::time::timeout(
+        let a = within(
             Duration::from_secs(3),
             get(p.addr, "/2/tweets/30", Some("main")),
         )
-        .await
-        .expect("a request hung on a Redis that does not answer");
+        .await;
         assert_eq!(a.status, 200, "{}", a.text());
     }
     let at = format!("at={}", redis.url());
@@ -464,15 +473,7 @@ async fn a_redis_slower_than_the_timeout_is_an_outage_not_a_hang() {
     // One warning per replica that met the outage (only this one did), not one per request.
     assert_eq!(warnings(&crate::support::logs::text()), 1);
     redis.thaw();
-    let mut back = false;
-    for _ in 0..150 {
-        if metric(&metrics(p).await, r#"xgate_shared_up{backend="redis"}"#) == 1.0 {
-            back = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(back, "Redis never came back");
+    wait_until_redis_is_up(p).await;
     assert!(
         crate::support::logs::text()
             .lines()
@@ -484,15 +485,15 @@ async fn a_redis_slower_than_the_timeout_is_an_outage_not_a_hang() {
 /// restart, a failover) gets them again on `NOSCRIPT`, and no request notices.
 #[tokio::test]
 async fn scripts_flushed_from_redis_are_loaded_again() {
-    let Some(url) = engines::redis_url().await else {
+    let Some(World {
+        fake: _fake,
+        url,
+        proxies,
+        ..
+    }) = world(|c| c.limit_override("GET /2/tweets/:id", &["4/1h"], &[])).await
+    else {
         return;
     };
-    let fake = FakeX::start().await;
-    let prefix = engines::unique("xgate-test:");
-    let proxies = replicas(&fake, &url, &prefix, |c| {
-        c.limit_override("GET /2/tweets/:id", &["4/1h"], &[])
-    })
-    .await;
     assert_eq!(
         get(proxies[0].addr, "/2/tweets/31", Some("main"))
             .await
@@ -522,10 +523,13 @@ async fn a_password_in_the_url_works_and_is_never_logged() {
     let Some(redis) = OwnRedis::with_password("redis-pw-sekrit").await else {
         return;
     };
-    let fake = FakeX::start().await;
-    let prefix = engines::unique("xgate-test:");
     let url = format!("redis://:redis-pw-sekrit@127.0.0.1:{}", redis.port);
-    let proxies = replicas(&fake, &url, &prefix, |c| {
+    let World {
+        fake,
+        prefix,
+        proxies,
+        ..
+    } = world_on(&url, |c| {
         c.limit_override("GET /2/tweets/:id", &["2/1h"], &[])
     })
     .await;
@@ -592,19 +596,11 @@ async fn rediss_connects_over_verified_tls() {
 /// remains, wherever it lands.
 #[tokio::test]
 async fn a_later_answer_with_the_same_reset_never_raises_what_remains() {
-    let Some(url) = engines::redis_url().await else {
+    let Some(World { fake, proxies, .. }) = world(|c| c).await else {
         return;
     };
-    let fake = FakeX::start().await;
-    let prefix = engines::unique("xgate-test:");
-    let proxies = replicas(&fake, &url, &prefix, |c| c).await;
-    let reset = (xgate::clock::Clock::unix_seconds(&xgate::clock::SystemClock) + 600).to_string();
-    let answer = |remaining: &str| {
-        Reply::json(200, r#"{"data":{"id":"1"}}"#)
-            .header("x-rate-limit-limit", "900")
-            .header("x-rate-limit-remaining", remaining)
-            .header("x-rate-limit-reset", &reset)
-    };
+    let reset = in_seconds(600);
+    let answer = |remaining: &str| x_answer(remaining, &reset);
     fake.script("/2/users/by/username/", answer("2"));
     let path = "/2/users/by/username/y";
     assert_eq!(get(proxies[0].addr, path, Some("main")).await.status, 200);
@@ -623,19 +619,11 @@ async fn a_later_answer_with_the_same_reset_never_raises_what_remains() {
 /// answer goes on, not with a later batch).
 #[tokio::test]
 async fn a_later_answer_with_fewer_remaining_lowers_the_bucket_for_all() {
-    let Some(url) = engines::redis_url().await else {
+    let Some(World { fake, proxies, .. }) = world(|c| c).await else {
         return;
     };
-    let fake = FakeX::start().await;
-    let prefix = engines::unique("xgate-test:");
-    let proxies = replicas(&fake, &url, &prefix, |c| c).await;
-    let reset = (xgate::clock::Clock::unix_seconds(&xgate::clock::SystemClock) + 600).to_string();
-    let answer = |remaining: &str| {
-        Reply::json(200, r#"{"data":{"id":"1"}}"#)
-            .header("x-rate-limit-limit", "900")
-            .header("x-rate-limit-remaining", remaining)
-            .header("x-rate-limit-reset", &reset)
-    };
+    let reset = in_seconds(600);
+    let answer = |remaining: &str| x_answer(remaining, &reset);
     let path = "/2/users/by/username/z";
     fake.script("/2/users/by/username/", answer("10"));
     assert_eq!(get(proxies[0].addr, path, Some("main")).await.status, 200);
