@@ -212,6 +212,56 @@ pub struct EngineUrl {
     pub shown: String,
 }
 
+/// A PostgreSQL URL without its `sslrootcert=PATH` parameter (libpq's, which tokio-postgres
+/// does not take), and that path: the PEM roots TLS to the database is verified against,
+/// instead of the Mozilla roots.
+pub fn postgres_url_parts(url: &str) -> (String, Option<PathBuf>) {
+    let Some((base, query)) = url.split_once('?') else {
+        return (url.to_owned(), None);
+    };
+    let mut root = None;
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|pair| match pair.split_once('=') {
+            Some(("sslrootcert", path)) => {
+                root = Some(PathBuf::from(percent_decoded(path)));
+                false
+            }
+            _ => true,
+        })
+        .collect();
+    let url = if kept.is_empty() {
+        base.to_owned()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    };
+    (url, root)
+}
+
+/// `%XX` escapes decoded (a path in a URL query); anything malformed is kept as written.
+fn percent_decoded(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (b, hex) {
+            (b'%', Some(v)) => {
+                out.push(v);
+                i += 3;
+            }
+            _ => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// `[shared]`.
 #[derive(Debug, Clone)]
 pub struct Shared {

@@ -688,3 +688,39 @@ fn shown_urls_drop_user_password_and_query() {
     assert!(!validate::has_password("postgres://u@h/x"));
     assert!(!validate::has_password("redis://h:6379/0?x=a:b@c"));
 }
+
+#[test]
+fn a_postgres_urls_sslrootcert_is_taken_out_and_must_be_readable() {
+    assert_eq!(
+        postgres_url_parts("postgres://u@h/db?sslmode=require&sslrootcert=%2Fetc%2Fca%20x.pem"),
+        (
+            "postgres://u@h/db?sslmode=require".to_owned(),
+            Some(PathBuf::from("/etc/ca x.pem"))
+        )
+    );
+    assert_eq!(
+        postgres_url_parts("postgres://u@h/db?sslrootcert=/ca.pem"),
+        (
+            "postgres://u@h/db".to_owned(),
+            Some(PathBuf::from("/ca.pem"))
+        )
+    );
+    assert_eq!(
+        postgres_url_parts("postgres://u@h/db"),
+        ("postgres://u@h/db".to_owned(), None)
+    );
+    let p = problems(&format!(
+        "{APP}\n[store]\nurl = \"postgres://u@db/x?sslmode=require&sslrootcert=/nonexistent/ca.pem\""
+    ));
+    assert!(
+        has(
+            &p,
+            "store.url: postgres://db/x: sslrootcert /nonexistent/ca.pem"
+        ),
+        "{p:?}"
+    );
+    let c = parse(&format!(
+        "{APP}\n[store]\nurl = \"postgres://u@db/x?sslmode=require&sslrootcert=/etc/hostname\""
+    ));
+    assert!(c.is_ok(), "{c:?}");
+}

@@ -556,7 +556,12 @@ impl Validator<'_> {
             }
             (_, Some(url)) => self
                 .engine_url("store.url", url, &["postgres", "postgresql"], |u| {
-                    u.parse::<tokio_postgres::Config>()
+                    let (url, root) = super::postgres_url_parts(u);
+                    if let Some(root) = root {
+                        std::fs::File::open(&root)
+                            .map_err(|e| format!("sslrootcert {}: {e}", root.display()))?;
+                    }
+                    url.parse::<tokio_postgres::Config>()
                         .map(drop)
                         .map_err(|e| format!("not a PostgreSQL URL ({e})"))
                 })

@@ -12,8 +12,9 @@
 //! replicas that did not refresh adopt the new pair promptly.
 //!
 //! A small pool (deadpool-postgres); every operation is bounded by [`OP_TIMEOUT`], and the lock
-//! wait by [`LOCK_TIMEOUT`]. TLS (rustls on ring, webpki roots) when the URL asks for it with
-//! `sslmode=require` (or `prefer`); without `sslmode`, none.
+//! wait by [`LOCK_TIMEOUT`]. TLS (rustls on ring) when the URL asks for it with
+//! `sslmode=require` (or `prefer`), the server verified against the webpki roots or the PEM
+//! file of `sslrootcert=PATH`; without `sslmode`, none.
 
 use std::fmt;
 use std::future::Future;
@@ -89,10 +90,27 @@ impl Drop for PostgresStore {
     }
 }
 
-/// rustls on ring with the webpki roots, for `sslmode=prefer|require`.
-fn tls() -> Result<MakeRustlsConnect, String> {
+/// rustls on ring, for `sslmode=prefer|require`: the server verified against the webpki
+/// roots, or against the PEM certificates of `sslrootcert` when the URL names a file.
+fn tls(sslrootcert: Option<&std::path::Path>) -> Result<MakeRustlsConnect, String> {
     let mut roots = rustls::RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    match sslrootcert {
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+        Some(path) => {
+            use rustls::pki_types::pem::PemObject as _;
+            let certs = rustls::pki_types::CertificateDer::pem_file_iter(path)
+                .and_then(Iterator::collect::<Result<Vec<_>, _>>)
+                .map_err(|e| format!("sslrootcert {}: {e}", path.display()))?;
+            for cert in certs {
+                roots
+                    .add(cert)
+                    .map_err(|e| format!("sslrootcert {}: {e}", path.display()))?;
+            }
+            if roots.is_empty() {
+                return Err(format!("sslrootcert {}: no certificate", path.display()));
+            }
+        }
+    }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -133,9 +151,9 @@ impl PostgresStore {
             at: url.shown.clone(),
             message,
         };
-        let mut pg: tokio_postgres::Config = url
-            .url
-            .expose()
+        let (plain, root) = crate::config::postgres_url_parts(url.url.expose());
+        let plain = zeroize::Zeroizing::new(plain);
+        let mut pg: tokio_postgres::Config = plain
             .parse()
             .map_err(|e: tokio_postgres::Error| io(format!("not a PostgreSQL URL: {e}")))?;
         pg.connect_timeout(OP_TIMEOUT);
@@ -148,7 +166,7 @@ impl PostgresStore {
         if pg.get_application_name().is_none() {
             pg.application_name("xgate");
         }
-        let tls = tls().map_err(|e| io(format!("TLS setup: {e}")))?;
+        let tls = tls(root.as_deref()).map_err(|e| io(format!("TLS setup: {e}")))?;
         let manager = Manager::from_config(
             pg.clone(),
             tls.clone(),

@@ -483,3 +483,63 @@ async fn a_replica_killed_right_after_its_refresh_loses_nothing() {
         kill(child);
     }
 }
+
+/// Rule 3: TLS to PostgreSQL with rustls when the URL asks for it: with `sslmode=require` the
+/// server's certificate is verified (against `sslrootcert`, here the machine's self-signed
+/// `localhost` certificate that its PostgreSQL serves), every connection of the store is
+/// encrypted, and a server the roots do not vouch for is refused.
+#[tokio::test]
+async fn sslmode_require_connects_over_verified_tls() {
+    let Some(db) = Database::create().await else {
+        return;
+    };
+    let cert = Path::new("/etc/ssl/certs/ssl-cert-snakeoil.pem");
+    let client = db.client().await;
+    let ssl: String = client.query_one("SHOW ssl", &[]).await.unwrap().get(0);
+    if ssl != "on" || !cert.exists() {
+        eprintln!(
+            "skipped: this PostgreSQL serves no TLS with {}",
+            cert.display()
+        );
+        return;
+    }
+    let local = db.url.replace("@127.0.0.1:", "@localhost:");
+    let open_at = |url: String| async move {
+        let url = EngineUrl {
+            url: SecretString::from(url.as_str()),
+            shown: "test".to_owned(),
+        };
+        PostgresStore::open(&url, None, &xgate::shared::not_observed(), true).await
+    };
+    let store = open_at(format!(
+        "{local}?sslmode=require&sslrootcert={}",
+        cert.display()
+    ))
+    .await
+    .unwrap();
+    store
+        .save("solo", &StoredToken::Bearer { token: "t".into() })
+        .await
+        .unwrap();
+    let rows = client
+        .query(
+            "SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)
+             WHERE a.datname = $1 AND a.application_name = 'xgate'",
+            &[&db.name],
+        )
+        .await
+        .unwrap();
+    assert!(!rows.is_empty(), "the store holds no connection");
+    assert!(
+        rows.iter().all(|r| r.get::<_, bool>(0)),
+        "a connection is not encrypted"
+    );
+    // The same server, verified against the Mozilla roots instead: refused.
+    let e = open_at(format!("{local}?sslmode=require"))
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("TLS") || e.to_string().contains("certificate"),
+        "{e}"
+    );
+}

@@ -12,7 +12,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-fn required() -> bool {
+/// Whether the shared-state tests may not skip (`XGATE_REQUIRE_SHARED=1`, set by `.ci/run`).
+pub fn required() -> bool {
     std::env::var("XGATE_REQUIRE_SHARED").is_ok_and(|v| v == "1")
 }
 
