@@ -696,25 +696,11 @@ pub(crate) async fn get_anon_path(addr: SocketAddr, path: &str, identity: &str) 
     .await
 }
 
-/// `xgate login --oauth1`: request token, authorize URL, PIN on stdin, access token stored;
-/// the proxy then signs carol's requests with it.
-#[tokio::test]
-async fn oauth1_pin_login_stores_a_pair_the_proxy_signs_with() {
-    let fake = FakeX::start().await;
-    let dir = scratch("login-oauth1");
-    let toml = binary_config(&fake.base_url(), free_port(), None, false);
-    std::fs::write(dir.join("proxy.toml"), &toml).unwrap();
-    // Before: carol has no pair.
-    let proxy = Proxy::start_in(&toml, &dir).await;
-    assert_eq!(
-        get_anon_path(proxy.addr, "/2/users/me", "carol")
-            .await
-            .kind(),
-        Some("credentials-missing")
-    );
-    drop(proxy);
-    let d = dir.clone();
-    let (code, stdout, stderr) = tokio::task::spawn_blocking(move || {
+/// `xgate login --identity carol --oauth1` in `dir`, FakeX's PIN typed at its prompt: the exit
+/// status, stdout (the authorize URL, then what it printed) and stderr.
+pub(crate) async fn pin_login(dir: &Path) -> (i32, String, String) {
+    let d = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || {
         let mut child = spawn(
             &d,
             &["login", "--identity", "carol", "--oauth1"],
@@ -736,7 +722,27 @@ async fn oauth1_pin_login_stores_a_pair_the_proxy_signs_with() {
         )
     })
     .await
-    .unwrap();
+    .unwrap()
+}
+
+/// `xgate login --oauth1`: request token, authorize URL, PIN on stdin, access token stored;
+/// the proxy then signs carol's requests with it.
+#[tokio::test]
+async fn oauth1_pin_login_stores_a_pair_the_proxy_signs_with() {
+    let fake = FakeX::start().await;
+    let dir = scratch("login-oauth1");
+    let toml = binary_config(&fake.base_url(), free_port(), None, false);
+    std::fs::write(dir.join("proxy.toml"), &toml).unwrap();
+    // Before: carol has no pair.
+    let proxy = Proxy::start_in(&toml, &dir).await;
+    assert_eq!(
+        get_anon_path(proxy.addr, "/2/users/me", "carol")
+            .await
+            .kind(),
+        Some("credentials-missing")
+    );
+    drop(proxy);
+    let (code, stdout, stderr) = pin_login(&dir).await;
     assert_eq!(code, 0, "{stdout}{stderr}");
     let mut lines = stdout.lines();
     assert_eq!(

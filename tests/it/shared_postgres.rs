@@ -15,7 +15,7 @@ use xgate::store::{StoredToken, TokenKind, TokenStore};
 
 use crate::proxy_oauth2::{
     KEY_B64, SCOPES, WRONG_B64, bearers, binary_config_with_store, browser_login, free_port,
-    get_anon, now, run, serve,
+    get_anon, now, pin_login, run, serve,
 };
 use crate::support::engines::Database;
 use crate::support::fake_x::{FakeX, ISSUED_BEARER};
@@ -186,6 +186,36 @@ async fn login_stores_into_postgres_and_the_proxy_uses_it() {
     let a = get_anon(proxy.addr, "bob").await;
     assert_eq!(a.status, 200, "{}", a.text());
     assert_eq!(bearers(&fake, "/2/users/me"), ["Bearer at-1"]);
+}
+
+/// Rule 3: `xgate login --oauth1` stores an OAuth 1.0a pair into PostgreSQL, and the proxy
+/// signs with it.
+#[tokio::test]
+async fn oauth1_login_stores_into_postgres_and_the_proxy_signs_with_it() {
+    let Some(db) = Database::create().await else {
+        return;
+    };
+    let fake = FakeX::start().await;
+    let dir = binary_dir("pg-login-oauth1", &fake, &db, None);
+    let (code, stdout, stderr) = pin_login(&dir).await;
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.contains("stored token for carol"), "{stdout}");
+    assert!(matches!(
+        open(&db, None)
+            .await
+            .load("carol", TokenKind::Oauth1)
+            .await
+            .unwrap(),
+        Some(StoredToken::Oauth1 { .. })
+    ));
+    let toml = std::fs::read_to_string(dir.join("proxy.toml")).unwrap();
+    let proxy = Proxy::start_in(&toml, &dir).await;
+    let a = crate::proxy_oauth2::get_anon_path(proxy.addr, "/2/users/me", "carol").await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert!(matches!(
+        fake.requests_to("/2/users/me")[0].auth,
+        crate::support::fake_x::Auth::Oauth1 { valid: true, .. }
+    ));
 }
 
 /// Rule 3: a wrong `store.encryption_key` is a clear error (exit 2), never garbage.
