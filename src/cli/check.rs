@@ -19,7 +19,7 @@ pub(super) fn run(
     let runtime = super::runtime()?;
     // `check` never creates or changes the store; it reads one that is there. A shared
     // engine that does not answer is reported, and makes the exit status 2.
-    let mut unreachable = Vec::new();
+    let mut engines = Vec::new();
     let observer = crate::shared::not_observed();
     let store = match runtime.block_on(store::open_existing(&config.store, &observer)) {
         Ok(store) => store,
@@ -32,20 +32,38 @@ pub(super) fn run(
             }));
         }
         Err(e) if matches!(config.store.location, StoreLocation::Postgres(_)) => {
-            unreachable.push(format!("store: {e}"));
+            engines.push(Engine::checked(
+                "postgres (token store)",
+                &config.store,
+                Err(e.to_string()),
+            ));
             None
         }
         Err(e) => return Err(CliError::Store(e)),
     };
-    let redis = config
-        .shared
-        .as_ref()
-        .map(|shared| (shared, runtime.block_on(crate::limits::redis::ping(shared))));
-    if let Some((shared, Err(e))) = &redis {
-        unreachable.push(format!("shared.redis_url: {}: {e}", shared.redis.shown));
+    if store.is_some() && matches!(config.store.location, StoreLocation::Postgres(_)) {
+        engines.push(Engine::checked(
+            "postgres (token store)",
+            &config.store,
+            Ok("reachable".to_owned()),
+        ));
     }
+    if let Some(shared) = &config.shared {
+        let pinged = runtime.block_on(crate::limits::redis::ping(shared));
+        engines.insert(
+            0,
+            Engine {
+                name: "redis (shared buckets)",
+                at: shared.redis.shown.clone(),
+                state: pinged.map(|took| format!("reachable ({} ms)", took.as_millis())),
+            },
+        );
+    }
+    let store_down = engines
+        .iter()
+        .any(|e| e.name.starts_with("postgres") && e.state.is_err());
     for user in config.users.values() {
-        if !matches!(user.auth, UserAuth::Oauth2 { .. }) {
+        if !matches!(user.auth, UserAuth::Oauth2 { .. }) || store_down {
             continue;
         }
         // The same answer the proxy would find at startup.
@@ -73,38 +91,50 @@ pub(super) fn run(
         }
     }
     summary(config, &catalogue, out).map_err(|e| io_error(&e))?;
-    let engines = [
-        config
-            .shared
-            .as_ref()
-            .map(|s| ("redis (shared buckets)", s.redis.shown.as_str())),
-        match &config.store.location {
-            StoreLocation::Postgres(url) => Some(("postgres (token store)", url.shown.as_str())),
-            StoreLocation::File(_) => None,
-        },
-    ];
-    if engines.iter().any(Option::is_some) {
+    if !engines.is_empty() {
         writeln!(out, "shared state:").map_err(|e| io_error(&e))?;
     }
-    if let Some((name, at)) = &engines[0] {
-        let state = match &redis {
-            Some((_, Ok(took))) => format!("reachable ({} ms)", took.as_millis()),
-            _ => "UNREACHABLE".to_owned(),
-        };
-        writeln!(out, "  {name:<24} {at}  {state}").map_err(|e| io_error(&e))?;
+    for e in &engines {
+        let state = e.state.as_deref().unwrap_or("UNREACHABLE");
+        writeln!(out, "  {:<24} {}  {state}", e.name, e.at).map_err(|e| io_error(&e))?;
     }
-    if let Some((name, at)) = &engines[1] {
-        let state = if unreachable.iter().any(|u| u.starts_with("store:")) {
-            "UNREACHABLE"
-        } else {
-            "reachable"
-        };
-        writeln!(out, "  {name:<24} {at}  {state}").map_err(|e| io_error(&e))?;
-    }
-    if unreachable.is_empty() {
+    let down: Vec<String> = engines
+        .iter()
+        .filter_map(|e| {
+            e.state
+                .as_ref()
+                .err()
+                .map(|why| format!("{} {}: {why}", e.name, e.at))
+        })
+        .collect();
+    if down.is_empty() {
         Ok(())
     } else {
-        Err(CliError::Unreachable(unreachable.join("; ")))
+        Err(CliError::Unreachable(down.join("; ")))
+    }
+}
+
+/// A configured shared engine and what connecting to it gave.
+struct Engine {
+    name: &'static str,
+    /// Where, without user or password.
+    at: String,
+    /// How it answered, or why it did not.
+    state: Result<String, String>,
+}
+
+impl Engine {
+    /// The store's row.
+    fn checked(
+        name: &'static str,
+        store: &crate::config::Store,
+        state: Result<String, String>,
+    ) -> Self {
+        Self {
+            name,
+            at: shown_store(&store.location),
+            state,
+        }
     }
 }
 

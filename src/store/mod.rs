@@ -203,7 +203,8 @@ pub trait Refresh: Send + fmt::Debug {
     fn commit(self: Box<Self>, token: StoredToken) -> StoreFuture<'static, ()>;
 }
 
-/// A backend's change feed: the names of identities whose records another process changed.
+/// A backend's change feed: the names of identities whose records another process changed;
+/// an empty name means any of them may have changed.
 pub type Changes = tokio::sync::mpsc::Receiver<String>;
 
 /// Seals token records with `store.encryption_key`, or passes them through without one.
