@@ -5,14 +5,16 @@
 //! loaded again on `NOSCRIPT`), with Redis's clock (`TIME`) inside it, so no replica's clock
 //! decides a shared window: `reserve.lua` (all-or-none over a request's buckets, the App's
 //! usage-cap cooldown and the client's GCRA share: one round trip per admitted request),
-//! `settle.lua` (X's reports and the request's completion, or its reservations given back) and
-//! `cap.lua` (the cooldown). Times in answers are translated to this process's clock by the
-//! offset Redis reports alongside.
+//! `settle.lua` (X's reports and the requests' completions, or their reservations given back:
+//! at once, on the request's path, only for a report that can change a bucket — see
+//! [`Snap::unchanged_by`] —, else in batches from one task) and `cap.lua` (the cooldown).
+//! Times in answers are translated to this process's clock by the offset Redis reports
+//! alongside.
 //!
-//! Key layout (README, "Replicas"): `{prefix}{APP}:{identity}:{METHOD /2/path}:{window ms}` per
-//! bucket, `{prefix}{APP}:cap` for the usage cap and `{prefix}{APP}:share:{client}` for a
-//! client's share, where `{APP}` is the App's name in braces: a Redis Cluster hash tag, so
-//! every key one request touches is in one slot. Every key expires (a bucket one window after
+//! Key layout (README, "Replicas"): `PREFIX{APP}:IDENTITY:METHOD /2/path:WINDOW_MS` per
+//! bucket, `PREFIX{APP}:cap` for the usage cap and `PREFIX{APP}:share:CLIENT` for a client's
+//! share, where `{APP}` is the App's name in literal braces: a Redis Cluster hash tag, so every
+//! key one request touches is in one slot. Every key expires (a bucket one window after
 //! its window ends, the cap and a share when they stop mattering).
 //!
 //! What this process learnt from an answer is kept for the flood case: a bucket known empty
