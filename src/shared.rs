@@ -3,7 +3,7 @@
 //!
 //! Owns [`Engine`], the [`Observer`] seam through which the Redis buckets and the PostgreSQL
 //! store report each operation (the metrics implement it; commands that do not serve pass
-//! [`NOT_OBSERVED`]), and [`Health`]: one engine's up/down state, so that an outage is logged
+//! [`not_observed`]), and [`Health`]: one engine's up/down state, so that an outage is logged
 //! once when it starts and once when it ends, and requests stop waiting on an engine known to
 //! be down.
 
