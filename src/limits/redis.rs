@@ -7,7 +7,7 @@
 //! usage-cap cooldown and the client's GCRA share: one round trip per admitted request),
 //! `settle.lua` (X's reports and the requests' completions, or their reservations given back:
 //! at once, on the request's path, only for a report that can change a bucket — see
-//! [`Snap::unchanged_by`] —, else in batches from one task) and `cap.lua` (the cooldown).
+//! `Snap::unchanged_by` —, else in batches from one task) and `cap.lua` (the cooldown).
 //! Times in answers are translated to this process's clock by the offset Redis reports
 //! alongside.
 //!
