@@ -573,3 +573,64 @@ async fn sslmode_require_connects_over_verified_tls() {
         "{e}"
     );
 }
+
+/// A replica killed while it waits for another replica's refresh of the same identity: the
+/// refresh goes on, the last replica adopts its pair, one refresh in all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_killed_while_it_waits_for_the_lock_changes_nothing() {
+    let Some(db) = Database::create().await else {
+        return;
+    };
+    let fake = FakeX::start().await;
+    fake.oauth_issue("at-old", "rt-old");
+    fake.oauth_trouble(0, Duration::from_millis(1000));
+    store_bob(&db, "at-old", "rt-old", now() - 10).await;
+    let dir = binary_dir("pg-kill-waiter", &fake, &db, None);
+    let mut replicas = binaries(&dir, 3).await;
+    let holder = replicas[0].1;
+    let first = tokio::spawn(async move { get_anon(holder, "bob").await });
+    assert!(
+        fake.wait_until(Duration::from_secs(10), |f| f.oauth_calls().0 == 1)
+            .await,
+        "the refresh never reached X"
+    );
+    // Two replicas now wait on the lock; one of them dies waiting.
+    let doomed = replicas[1].1;
+    let _lost = tokio::spawn(async move { get_anon(doomed, "bob").await });
+    let last = replicas[2].1;
+    let waiter = tokio::spawn(async move { get_anon(last, "bob").await });
+    // Both are waiting in PostgreSQL for the holder's lock before one is killed.
+    let client = db.client().await;
+    let mut waiting = 0;
+    for _ in 0..500 {
+        waiting = client
+            .query_one(
+                "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database
+                 WHERE l.locktype = 'advisory' AND NOT l.granted AND d.datname = $1",
+                &[&db.name],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0);
+        if waiting == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(waiting, 2, "the two replicas never waited on the lock");
+    kill(&mut replicas[1].0);
+    for t in [first, waiter] {
+        let a = t.await.unwrap();
+        assert_eq!(a.status, 200, "{}", a.text());
+    }
+    assert_eq!(fake.oauth_calls().0, 1);
+    assert_eq!(fake.oauth_refresh_reuse(), 0);
+    assert!(
+        bearers(&fake, "/2/users/me")
+            .iter()
+            .all(|b| b == "Bearer at-1")
+    );
+    for i in [0, 2] {
+        kill(&mut replicas[i].0);
+    }
+}
