@@ -229,6 +229,8 @@ pub struct RedisBackend {
     known_empty: Box<[KnownEmpty]>,
     /// Per identity (used for Apps): the cooldown as last seen, until this Unix ms.
     capped_until_ms: Box<[AtomicU64]>,
+    /// Per identity (used for Apps): its usage-cap key.
+    cap_keys: Box<[String]>,
     /// Per client: its share has no cell until this Unix ms.
     share_until_ms: Mutex<HashMap<String, u64>>,
     /// The buckets used while Redis does not answer (`on_failure = "local"`).
@@ -291,6 +293,16 @@ impl RedisBackend {
             layouts: (0..n).map(|_| OnceLock::new()).collect(),
             known_empty: (0..n).map(|_| Mutex::new(None)).collect(),
             capped_until_ms: identities.iter().map(|_| AtomicU64::new(0)).collect(),
+            cap_keys: identities
+                .iter()
+                .map(|(_, i)| {
+                    format!(
+                        "{}{{{}}}:cap",
+                        shared.key_prefix,
+                        identities.get(i.app).name
+                    )
+                })
+                .collect(),
             share_until_ms: Mutex::new(HashMap::new()),
             prefix: shared.key_prefix.clone(),
             catalogue,
@@ -327,7 +339,12 @@ impl RedisBackend {
         let _gone = self.settlements.send(settlement);
     }
 
-    /// The App's hash-tagged key prefix: `{prefix}{APP}:`.
+    /// The App's usage-cap key, `PREFIX{APP}:cap` (made once per App).
+    fn cap_key(&self, app: IdentityId) -> &str {
+        self.cap_keys.get(app.index()).map_or("", String::as_str)
+    }
+
+    /// The App's hash-tagged key prefix: `PREFIX{APP}:`.
     fn app_prefix(&self, app: IdentityId) -> String {
         format!("{}{{{}}}:", self.prefix, self.identities.get(app).name)
     }
@@ -547,14 +564,13 @@ impl Backend for RedisBackend {
             for s in slots {
                 call.key(&s.key);
             }
-            let prefix = self.app_prefix(app);
-            call.key(format!("{prefix}cap"));
+            call.key(self.cap_key(app));
             call.arg(slots.len());
             match draw.client {
                 Some((client, share)) => {
                     let rate = share.rate();
                     let interval = (ms(rate.window) / u64::from(rate.limit.get())).max(1);
-                    call.key(format!("{prefix}share:{client}"));
+                    call.key(format!("{}share:{client}", self.app_prefix(app)));
                     call.arg(1).arg(interval).arg(rate.limit.get());
                 }
                 None => {
@@ -580,7 +596,7 @@ impl Backend for RedisBackend {
             return;
         }
         let inner = Arc::clone(&self.inner);
-        let key = format!("{}cap", self.app_prefix(app));
+        let key = self.cap_key(app).to_owned();
         let consequence = self.consequence();
         drop(self.inner.runtime.spawn(async move {
             let mut call = inner.scripts.cap.prepare_invoke();
