@@ -662,6 +662,22 @@ url = "postgres://u:pw-value@db/x"
         "{p:?}"
     );
     assert!(!p.iter().any(|l| l.contains("pw-value")), "{p:?}");
+    // The engines' own parsers refuse a bad option without echoing the URL.
+    let p = problems(&format!(
+        "{APP}\n[shared]\nredis_url = \"redis://u:pw-value@cache:notaport\"\n[store]\nurl = \"postgres://u:pw-value@db/x?sslmode=bogus\""
+    ));
+    assert!(
+        has(
+            &p,
+            "shared.redis_url: redis://cache:notaport: not a Redis URL"
+        ),
+        "{p:?}"
+    );
+    assert!(
+        has(&p, "store.url: postgres://db/x: not a PostgreSQL URL"),
+        "{p:?}"
+    );
+    assert!(!p.iter().any(|l| l.contains("pw-value")), "{p:?}");
 }
 
 #[test]
