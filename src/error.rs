@@ -176,6 +176,16 @@ pub enum BadRequest {
     /// A `.` or `..` segment.
     #[error("`.` and `..` path segments are not allowed")]
     DotSegment,
+    /// An empty segment (`//`).
+    #[error("empty path segments (`//`) are not allowed")]
+    EmptySegment,
+    /// A slash or backslash written `%2F` or `%5C`: a server that decodes it before routing
+    /// would see another path than the one the prefixes were checked on.
+    #[error("encoded slashes and backslashes (`%2F`, `%5C`) are not allowed in the path")]
+    EncodedSlash,
+    /// A raw backslash.
+    #[error("backslashes are not allowed in the path")]
+    Backslash,
     /// The client has no default identity and the request names none.
     #[error("no identity: send X-Xgate-Identity (this client has no default_identity)")]
     NoIdentity,
@@ -220,6 +230,12 @@ pub enum ProxyError {
     /// The path is outside `upstream.allowed_prefixes`.
     #[error("path is not under an allowed prefix")]
     PathNotAllowed,
+    /// The path is one of X's OAuth 2.0 token endpoints (`/2/oauth2/`), which xgate never
+    /// forwards: it holds the tokens itself.
+    #[error(
+        "X's OAuth 2.0 token endpoints (/2/oauth2/) are not forwarded: xgate keeps and refreshes the tokens itself; run `xgate login --identity NAME` to store a user's pair"
+    )]
+    TokenEndpoint,
     /// The body is over `server.max_body_bytes`.
     #[error("request body is larger than {limit} bytes")]
     BodyTooLarge {
@@ -342,7 +358,7 @@ impl ProxyError {
             Self::MethodNotAllowed(_) => ErrorKind::MethodNotAllowed,
             Self::ClientUnauthenticated => ErrorKind::ClientUnauthenticated,
             Self::IdentityForbidden => ErrorKind::IdentityForbidden,
-            Self::PathNotAllowed => ErrorKind::PathNotAllowed,
+            Self::PathNotAllowed | Self::TokenEndpoint => ErrorKind::PathNotAllowed,
             Self::BodyTooLarge { .. } => ErrorKind::BodyTooLarge,
             Self::CredentialsMissing { .. } => ErrorKind::CredentialsMissing,
             Self::TokenRefreshFailed { .. } => ErrorKind::TokenRefreshFailed,
@@ -368,6 +384,7 @@ impl ProxyError {
             | Self::ClientUnauthenticated
             | Self::IdentityForbidden
             | Self::PathNotAllowed
+            | Self::TokenEndpoint
             | Self::BodyTooLarge { .. }
             | Self::AuthTypeUnsupported { .. }
             | Self::ScopeMissing { .. }
@@ -423,6 +440,7 @@ impl ProxyError {
             | Self::ClientUnauthenticated
             | Self::IdentityForbidden
             | Self::PathNotAllowed
+            | Self::TokenEndpoint
             | Self::BodyTooLarge { .. }
             | Self::AuthTypeUnsupported { .. }
             | Self::ScopeMissing { .. }

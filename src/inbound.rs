@@ -54,7 +54,15 @@ fn is_dot_segment(seg: &str) -> bool {
     dots == 1 || dots == 2
 }
 
-/// The path and query rules that answer 400: valid percent-encoding, no dot segments.
+/// Whether `path` holds `%2F` or `%5C` (either case).
+fn has_encoded_slash(path: &str) -> bool {
+    path.as_bytes()
+        .windows(3)
+        .any(|w| matches!(w, [b'%', b'2', b'f' | b'F'] | [b'%', b'5', b'c' | b'C']))
+}
+
+/// The path and query rules that answer 400: valid percent-encoding, no dot segments, no
+/// empty segment, no slash or backslash written encoded, no raw backslash.
 pub fn check_target(path: &str, query: Option<&str>) -> Result<(), ProxyError> {
     if !path.starts_with('/') {
         return Err(BadRequest::NotAPath.into());
@@ -67,6 +75,23 @@ pub fn check_target(path: &str, query: Option<&str>) -> Result<(), ProxyError> {
     }
     if path.split('/').any(is_dot_segment) {
         return Err(BadRequest::DotSegment.into());
+    }
+    if path.contains("//") {
+        return Err(BadRequest::EmptySegment.into());
+    }
+    if path.contains('\\') {
+        return Err(BadRequest::Backslash.into());
+    }
+    if has_encoded_slash(path) {
+        return Err(BadRequest::EncodedSlash.into());
+    }
+    Ok(())
+}
+
+/// X's OAuth 2.0 token endpoints: never forwarded (404 pointing to `xgate login`).
+pub fn check_not_token_endpoint(path: &str) -> Result<(), ProxyError> {
+    if path == "/2/oauth2" || path.starts_with("/2/oauth2/") {
+        return Err(ProxyError::TokenEndpoint);
     }
     Ok(())
 }
@@ -86,6 +111,7 @@ pub fn target(uri: &http::Uri, prefixes: &[String]) -> Result<PathAndQuery, Prox
     let path_and_query = uri.path_and_query().cloned().ok_or(BadRequest::NotAPath)?;
     check_target(path_and_query.path(), path_and_query.query())?;
     check_prefix(path_and_query.path(), prefixes)?;
+    check_not_token_endpoint(path_and_query.path())?;
     Ok(path_and_query)
 }
 
@@ -142,6 +168,13 @@ mod tests {
             "/2/x%zz",
             "/2/x%4",
             "2/x",
+            "//2/tweets",
+            "/2//tweets",
+            "/2/tweets%2F1",
+            "/2/tweets%2f1",
+            "/2/a%5Cb",
+            "/2/a%5cb",
+            "/2/a\\b",
         ] {
             assert!(
                 matches!(check_target(bad, None), Err(ProxyError::BadRequest(_))),
@@ -150,6 +183,22 @@ mod tests {
         }
         assert!(check_target("/2/x", Some("q=%")).is_err());
         assert!(check_target("/2/x", Some("q=%G1")).is_err());
+    }
+
+    #[test]
+    fn token_endpoints_are_never_forwarded() {
+        for path in ["/2/oauth2/token", "/2/oauth2", "/2/oauth2/revoke"] {
+            assert!(
+                matches!(
+                    check_not_token_endpoint(path),
+                    Err(ProxyError::TokenEndpoint)
+                ),
+                "{path}"
+            );
+        }
+        for path in ["/2/oauth2x", "/2/tweets/oauth2/token", "/oauth2/token"] {
+            assert!(check_not_token_endpoint(path).is_ok(), "{path}");
+        }
     }
 
     #[test]

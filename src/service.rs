@@ -125,19 +125,29 @@ impl Drop for AccessRecord {
 /// The longest client `x-request-id` kept as it is.
 const MAX_REQUEST_ID: usize = 128;
 
-/// The client's `x-request-id` when it is well-formed (1 to 128 of `A-Z a-z 0-9 - _ . : @`)
-/// and does not look like a client key (`xgk_…`, which must never reach a log line), else a
-/// fresh random one.
+/// The longest run of URL-safe base64 characters a kept `x-request-id` may hold: a UUID (36)
+/// or a W3C trace id (32) fits, a client key's 43 random characters do not.
+const MAX_TOKEN_RUN: usize = 39;
+
+/// Whether a client's `x-request-id` may be logged and returned as it is: 1 to 128 of
+/// `A-Z a-z 0-9 - _ . : @`, with nothing that may be a client key in it — no `xgk` in any case
+/// and no run of more than [`MAX_TOKEN_RUN`] URL-safe base64 characters (a key without its
+/// prefix, wrapped in another).
+fn acceptable_request_id(v: &[u8]) -> bool {
+    let safe = |b: &u8| b.is_ascii_alphanumeric() || b"-_.:@".contains(b);
+    let key_like = v.windows(3).any(|w| w.eq_ignore_ascii_case(b"xgk"))
+        || v.split(|b| !(b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_'))
+            .any(|run| run.len() > MAX_TOKEN_RUN);
+    (1..=MAX_REQUEST_ID).contains(&v.len()) && v.iter().all(safe) && !key_like
+}
+
+/// The client's `x-request-id` when it is [acceptable](acceptable_request_id), else a fresh
+/// random one.
 fn request_id(headers: &HeaderMap) -> String {
     let given = headers
         .get(REQUEST_ID)
         .map(HeaderValue::as_bytes)
-        .filter(|v| {
-            (1..=MAX_REQUEST_ID).contains(&v.len())
-                && !v.starts_with(crate::client_key::KEY_PREFIX.as_bytes())
-                && v.iter()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:@".contains(b))
-        })
+        .filter(|v| acceptable_request_id(v))
         .and_then(|v| std::str::from_utf8(v).ok());
     match given {
         Some(id) => id.to_owned(),

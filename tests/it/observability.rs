@@ -376,14 +376,16 @@ async fn access_records_carry_the_request_id_endpoint_and_bytes() {
     assert_eq!(first.header("x-request-id"), Some(id));
     // Malformed, too long, or shaped like a client key: replaced by a fresh id.
     let mut fresh = BTreeSet::new();
-    for bad in ["has space", &"x".repeat(129), KEY] {
+    let wrapped = format!("trace.{KEY}");
+    let bare = "l2YidnhkdGXn5dz42W666gcxiVI8Y25kY10JnjcQAzs";
+    for bad in ["has space", &"x".repeat(129), KEY, &wrapped, bare] {
         let a = get_with_id(proxy.addr, "/2/tweets/21", bad).await;
         let got = a.header("x-request-id").unwrap().to_owned();
         assert_ne!(got, bad);
         assert_eq!(got.len(), 32);
         fresh.insert(got);
     }
-    assert_eq!(fresh.len(), 3);
+    assert_eq!(fresh.len(), 5);
     // Local answers carry one too.
     let a = get(proxy.addr, "/nowhere", None).await;
     assert_eq!(a.header("x-request-id").map(str::len), Some(32));

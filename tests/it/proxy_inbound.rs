@@ -242,8 +242,26 @@ async fn paths_outside_the_prefixes_get_404_and_bad_paths_400() {
         "/2/%2E/x",
         "/2/tweets/%zz",
         "/2/tweets?q=%4",
+        "//2/tweets",
+        "/2//tweets/1",
+        "/2/tweets%2F1",
+        "/2/tweets%2f1",
+        "/2/users%5Cme",
     ] {
         assert_problem(&get(proxy.addr, bad, None).await, 400, "bad-request");
+    }
+    // A raw backslash, which an HTTP client library would refuse to send.
+    let req = format!(
+        "GET /2/users\\me HTTP/1.1\r\nHost: x\r\nx-xgate-key: {KEY}\r\nConnection: close\r\n\r\n"
+    );
+    let out = raw(proxy.addr, req.as_bytes(), Duration::from_secs(10)).await;
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    assert!(out.contains("x-xgate-error: bad-request"), "{out}");
+    // X's own OAuth 2.0 token endpoints: never forwarded, and the answer says why.
+    for path in ["/2/oauth2/token", "/2/oauth2/revoke"] {
+        let a = get(proxy.addr, path, None).await;
+        assert_problem(&a, 404, "path-not-allowed");
+        assert!(a.text().contains("xgate login"), "{}", a.text());
     }
     assert!(fake.requests().is_empty());
 }
