@@ -47,11 +47,13 @@ pub enum ErrorKind {
     UpstreamTimeout,
     /// 500: handling the request panicked (a bug; the rest of the proxy goes on).
     InternalError,
+    /// 501: the request uses a transfer coding xgate does not implement (RFC 9112 §6.1).
+    NotImplemented,
 }
 
 impl ErrorKind {
     /// Every kind, for tests and documentation.
-    pub const ALL: [Self; 16] = [
+    pub const ALL: [Self; 17] = [
         Self::BadRequest,
         Self::ClientUnauthenticated,
         Self::TokenRefreshFailed,
@@ -68,6 +70,7 @@ impl ErrorKind {
         Self::SharedStateUnavailable,
         Self::UpstreamTimeout,
         Self::InternalError,
+        Self::NotImplemented,
     ];
 
     /// The `x-xgate-error` value and the end of the problem `type`.
@@ -89,6 +92,7 @@ impl ErrorKind {
             Self::SharedStateUnavailable => "shared-state-unavailable",
             Self::UpstreamTimeout => "upstream-timeout",
             Self::InternalError => "internal-error",
+            Self::NotImplemented => "not-implemented",
         }
     }
 
@@ -110,6 +114,7 @@ impl ErrorKind {
             Self::SharedStateUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::InternalError => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::NotImplemented => StatusCode::NOT_IMPLEMENTED,
         }
     }
 
@@ -129,6 +134,7 @@ impl ErrorKind {
             Self::SharedStateUnavailable => "Service Unavailable",
             Self::UpstreamTimeout => "Gateway Timeout",
             Self::InternalError => "Internal Server Error",
+            Self::NotImplemented => "Not Implemented",
         }
     }
 }
@@ -186,6 +192,9 @@ pub enum BadRequest {
     /// A raw backslash.
     #[error("backslashes are not allowed in the path")]
     Backslash,
+    /// An HTTP/1.1 request without exactly one `Host` header (RFC 9112 §3.2).
+    #[error("an HTTP/1.1 request needs exactly one Host header, this one has {0}")]
+    Host(usize),
     /// The client has no default identity and the request names none.
     #[error("no identity: send X-Xgate-Identity (this client has no default_identity)")]
     NoIdentity,
@@ -236,6 +245,11 @@ pub enum ProxyError {
         "X's OAuth 2.0 token endpoints (/2/oauth2/) are not forwarded: xgate keeps and refreshes the tokens itself; run `xgate login --identity NAME` to store a user's pair"
     )]
     TokenEndpoint,
+    /// A `Transfer-Encoding` other than `chunked` (RFC 9112 §6.1: 501).
+    #[error(
+        "Transfer-Encoding {0:?} is not supported: send the body with Content-Length or chunked alone"
+    )]
+    TransferCoding(String),
     /// The body is over `server.max_body_bytes`.
     #[error("request body is larger than {limit} bytes")]
     BodyTooLarge {
@@ -359,6 +373,7 @@ impl ProxyError {
             Self::ClientUnauthenticated => ErrorKind::ClientUnauthenticated,
             Self::IdentityForbidden => ErrorKind::IdentityForbidden,
             Self::PathNotAllowed | Self::TokenEndpoint => ErrorKind::PathNotAllowed,
+            Self::TransferCoding(_) => ErrorKind::NotImplemented,
             Self::BodyTooLarge { .. } => ErrorKind::BodyTooLarge,
             Self::CredentialsMissing { .. } => ErrorKind::CredentialsMissing,
             Self::TokenRefreshFailed { .. } => ErrorKind::TokenRefreshFailed,
@@ -385,6 +400,7 @@ impl ProxyError {
             | Self::IdentityForbidden
             | Self::PathNotAllowed
             | Self::TokenEndpoint
+            | Self::TransferCoding(_)
             | Self::BodyTooLarge { .. }
             | Self::AuthTypeUnsupported { .. }
             | Self::ScopeMissing { .. }
@@ -401,11 +417,15 @@ impl ProxyError {
     /// The response: status, `application/problem+json` body, `x-xgate-error`.
     pub fn to_response(&self) -> Response<ProxyBody> {
         let kind = self.kind();
+        let detail = self.to_string();
+        // `message` and `errors` repeat the detail in the shapes X's client libraries read.
         let body = serde_json::json!({
             "type": format!("urn:xgate:problem:{}", kind.as_str()),
             "title": kind.title(),
             "status": kind.status().as_u16(),
-            "detail": self.to_string(),
+            "detail": detail,
+            "message": detail,
+            "errors": [{ "message": detail }],
         });
         let mut resp = Response::new(ProxyBody::full(Bytes::from(body.to_string())));
         *resp.status_mut() = kind.status();
@@ -441,6 +461,7 @@ impl ProxyError {
             | Self::IdentityForbidden
             | Self::PathNotAllowed
             | Self::TokenEndpoint
+            | Self::TransferCoding(_)
             | Self::BodyTooLarge { .. }
             | Self::AuthTypeUnsupported { .. }
             | Self::ScopeMissing { .. }
@@ -498,6 +519,7 @@ mod tests {
             ("shared-state-unavailable", 503),
             ("upstream-timeout", 504),
             ("internal-error", 500),
+            ("not-implemented", 501),
         ];
         let got: Vec<(&str, u16)> = ErrorKind::ALL
             .iter()
@@ -523,6 +545,10 @@ mod tests {
             ),
             (ProxyError::IdentityForbidden, ErrorKind::IdentityForbidden),
             (ProxyError::PathNotAllowed, ErrorKind::PathNotAllowed),
+            (
+                ProxyError::TransferCoding("gzip, chunked".into()),
+                ErrorKind::NotImplemented,
+            ),
             (
                 ProxyError::BodyTooLarge { limit: 1 },
                 ErrorKind::BodyTooLarge,

@@ -4,12 +4,44 @@
 //! `Host` header are never looked at: only the path and query are used, and they go upstream
 //! byte for byte. These are pure functions; `proxy` calls them in the contract's order.
 
-use http::Method;
+use http::{Method, Version};
 
 use http::uri::PathAndQuery;
 use http::{HeaderMap, header};
 
 use crate::error::{BadRequest, ProxyError};
+
+/// Framing rules a parser leaves to the server: an HTTP/1.1 request has exactly one `Host`
+/// (RFC 9112 §3.2: 400), and a `Transfer-Encoding` other than `chunked` alone is a coding
+/// xgate does not implement (RFC 9112 §6.1: 501) — never dropped silently.
+pub fn check_framing(version: Version, headers: &HeaderMap) -> Result<(), ProxyError> {
+    if version == Version::HTTP_11 {
+        let hosts = headers.get_all(header::HOST).iter().count();
+        if hosts != 1 {
+            return Err(BadRequest::Host(hosts).into());
+        }
+    }
+    let mut codings = headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|c| !c.is_empty());
+    let only_chunked = match (codings.next(), codings.next()) {
+        (None, _) => true,
+        (Some(first), None) => first.eq_ignore_ascii_case(b"chunked"),
+        (Some(_), Some(_)) => false,
+    };
+    if !only_chunked {
+        let written: Vec<&str> = headers
+            .get_all(header::TRANSFER_ENCODING)
+            .iter()
+            .map(|v| v.to_str().unwrap_or("(not text)"))
+            .collect();
+        return Err(ProxyError::TransferCoding(written.join(", ")));
+    }
+    Ok(())
+}
 
 /// `CONNECT` and `TRACE` never leave the proxy (405).
 pub fn check_method(method: &Method) -> Result<(), ProxyError> {
@@ -183,6 +215,50 @@ mod tests {
         }
         assert!(check_target("/2/x", Some("q=%")).is_err());
         assert!(check_target("/2/x", Some("q=%G1")).is_err());
+    }
+
+    #[test]
+    fn framing() {
+        let headers = |pairs: &[(&str, &str)]| {
+            let mut h = HeaderMap::new();
+            for (k, v) in pairs {
+                h.append(
+                    http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                    v.parse().unwrap(),
+                );
+            }
+            h
+        };
+        let one_host = headers(&[("host", "x")]);
+        assert!(check_framing(Version::HTTP_11, &one_host).is_ok());
+        assert!(check_framing(Version::HTTP_10, &HeaderMap::new()).is_ok());
+        assert!(check_framing(Version::HTTP_2, &HeaderMap::new()).is_ok());
+        for bad in [headers(&[]), headers(&[("host", "x"), ("host", "y")])] {
+            assert!(matches!(
+                check_framing(Version::HTTP_11, &bad),
+                Err(ProxyError::BadRequest(BadRequest::Host(_)))
+            ));
+        }
+        for ok in ["chunked", "Chunked", " chunked "] {
+            let h = headers(&[("host", "x"), ("transfer-encoding", ok)]);
+            assert!(check_framing(Version::HTTP_11, &h).is_ok(), "{ok}");
+        }
+        for bad in ["gzip, chunked", "gzip", "chunked, chunked", "identity"] {
+            let h = headers(&[("host", "x"), ("transfer-encoding", bad)]);
+            assert!(
+                matches!(
+                    check_framing(Version::HTTP_11, &h),
+                    Err(ProxyError::TransferCoding(_))
+                ),
+                "{bad}"
+            );
+        }
+        let split = headers(&[
+            ("host", "x"),
+            ("transfer-encoding", "gzip"),
+            ("transfer-encoding", "chunked"),
+        ]);
+        assert!(check_framing(Version::HTTP_11, &split).is_err());
     }
 
     #[test]

@@ -39,6 +39,7 @@ where
 {
     let (parts, body) = req.into_parts();
     let admitted = async {
+        inbound::check_framing(parts.version, &parts.headers)?; // 400, 501
         inbound::check_method(&parts.method)?; // 405
         let client = state.clients.authenticate(&parts.headers)?; // 401
         facts.client = Some(Arc::clone(&client.name));

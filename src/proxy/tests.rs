@@ -160,6 +160,7 @@ impl Harness {
         *req.method_mut() = method;
         *req.uri_mut() = path.parse().unwrap();
         let h = req.headers_mut();
+        h.insert(http::header::HOST, "xgate.test".parse().unwrap());
         h.insert("x-xgate-key", KEY.parse().unwrap());
         h.insert("x-xgate-identity", identity.parse().unwrap());
         h.insert(
@@ -242,6 +243,8 @@ async fn every_early_return_after_admission_gives_the_reservations_back() {
     let mut req = Request::new(TestBody::Silent);
     *req.method_mut() = Method::POST;
     *req.uri_mut() = "/2/tweets".parse().unwrap();
+    req.headers_mut()
+        .insert(http::header::HOST, "xgate.test".parse().unwrap());
     req.headers_mut()
         .insert("x-xgate-key", KEY.parse().unwrap());
     req.headers_mut()

@@ -80,7 +80,6 @@ async fn inbound_tls() {
     let resp = sender
         .send_request(
             request("GET", "/2/tweets/1")
-                .header("host", "localhost")
                 .header("x-xgate-key", KEY)
                 .body(Full::<Bytes>::default())
                 .unwrap(),

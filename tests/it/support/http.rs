@@ -33,16 +33,25 @@ impl Answer {
     }
 }
 
-/// Builds a request to the proxy at `addr`.
+/// Builds a request to the proxy, with the `Host` header every HTTP/1.1 client sends.
 pub fn request(method: &str, path: &str) -> http::request::Builder {
-    Request::builder().method(method).uri(path)
+    Request::builder()
+        .method(method)
+        .uri(path)
+        .header(http::header::HOST, "xgate.test")
 }
 
-/// Sends over HTTP/1.1 and returns the response with its body unread.
+/// Sends over HTTP/1.1 and returns the response with its body unread. A request without
+/// `Host` gets one, as every HTTP/1.1 client sends (RFC 9112 §3.2); a test of its absence
+/// writes raw bytes.
 pub async fn send_streaming(
     addr: SocketAddr,
-    req: Request<Full<Bytes>>,
+    mut req: Request<Full<Bytes>>,
 ) -> hyper::Response<Incoming> {
+    if !req.headers().contains_key(http::header::HOST) {
+        req.headers_mut()
+            .insert(http::header::HOST, addr.to_string().parse().unwrap());
+    }
     let stream = TcpStream::connect(addr).await.unwrap();
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
