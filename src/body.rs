@@ -33,6 +33,12 @@ pub struct BodyTooLarge {
     pub limit: u64,
 }
 
+/// The client's body could not be read (broken chunked framing, a connection that ended
+/// mid-body): the client's fault, never upstream's.
+#[derive(Debug, thiserror::Error)]
+#[error("the client's request body could not be read: {0}")]
+pub struct ClientBodyFailed(#[source] pub BoxError);
+
 /// Upstream sent no body bytes for `idle_timeout`.
 #[derive(Debug, Clone, Copy, thiserror::Error)]
 #[error("upstream body idle for {0:?}")]
@@ -98,7 +104,7 @@ impl Body for UpstreamBody {
                 let Some(frame) = ready!(Pin::new(&mut *inner).poll_frame(cx)) else {
                     return Poll::Ready(None);
                 };
-                let frame = frame?;
+                let frame = frame.map_err(|e| Box::new(ClientBodyFailed(e)) as BoxError)?;
                 match frame.into_data() {
                     Ok(data) => {
                         let len = data.len() as u64;
@@ -161,7 +167,8 @@ impl Drop for ProxyBody {
 
 enum Kind {
     Full(Option<Bytes>),
-    Upstream(IdleTimeout<Incoming>),
+    /// Upstream's body, and its first data frame when it was read before the head went out.
+    Upstream(Option<Bytes>, IdleTimeout<Incoming>),
 }
 
 /// A body relayed frame by frame that fails with [`BodyIdle`] when no frame comes for `idle`
@@ -241,7 +248,7 @@ impl fmt::Debug for ProxyBody {
                 .debug_tuple("ProxyBody::Full")
                 .field(&b.as_ref().map(Bytes::len))
                 .finish(),
-            Kind::Upstream(body) => f
+            Kind::Upstream(_, body) => f
                 .debug_struct("ProxyBody::Upstream")
                 .field("idle", &body.idle)
                 .finish(),
@@ -261,8 +268,13 @@ impl ProxyBody {
 
     /// Upstream's body, relayed frame by frame; closed after `idle` without a frame.
     pub fn upstream(inner: Incoming, idle: Duration) -> Self {
+        Self::upstream_after(None, IdleTimeout::new(inner, idle))
+    }
+
+    /// Upstream's body whose first data frame, `first`, was already read from `rest`.
+    pub fn upstream_after(first: Option<Bytes>, rest: IdleTimeout<Incoming>) -> Self {
         Self {
-            kind: Kind::Upstream(IdleTimeout::new(inner, idle)),
+            kind: Kind::Upstream(first, rest),
             bytes: 0,
             done: None,
         }
@@ -288,7 +300,11 @@ impl Body for ProxyBody {
                 this.bytes += b.len() as u64;
                 Ok(Frame::data(b))
             })),
-            Kind::Upstream(body) => {
+            Kind::Upstream(first, body) => {
+                if let Some(data) = first.take() {
+                    this.bytes += data.len() as u64;
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
                 let frame = ready!(Pin::new(body).poll_frame(cx));
                 if let Some(Ok(data)) = frame.as_ref().map(|f| f.as_ref().map(Frame::data_ref)) {
                     this.bytes += data.map_or(0, |d| d.len() as u64);
@@ -301,7 +317,7 @@ impl Body for ProxyBody {
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Full(b) => b.is_none(),
-            Kind::Upstream(body) => body.is_end_stream(),
+            Kind::Upstream(first, body) => first.is_none() && body.is_end_stream(),
         }
     }
 
@@ -309,7 +325,16 @@ impl Body for ProxyBody {
         match &self.kind {
             Kind::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             Kind::Full(None) => SizeHint::with_exact(0),
-            Kind::Upstream(body) => body.size_hint(),
+            Kind::Upstream(None, body) => body.size_hint(),
+            Kind::Upstream(Some(first), body) => {
+                let rest = body.size_hint();
+                let mut hint = SizeHint::new();
+                hint.set_lower(rest.lower().saturating_add(first.len() as u64));
+                if let Some(upper) = rest.upper() {
+                    hint.set_upper(upper.saturating_add(first.len() as u64));
+                }
+                hint
+            }
         }
     }
 }
@@ -353,6 +378,20 @@ where
         })
         .await;
     });
+}
+
+/// The [`ClientBodyFailed`] in `err`'s source chain, if any.
+pub fn find_client_body_failure<'e>(
+    err: &'e (dyn StdError + 'static),
+) -> Option<&'e ClientBodyFailed> {
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        if let Some(t) = e.downcast_ref::<ClientBodyFailed>() {
+            return Some(t);
+        }
+        cur = e.source();
+    }
+    None
 }
 
 /// Whether `err` (or anything in its source chain) is a [`BodyTooLarge`].

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode, Version, header};
+use http_body::Body as _;
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use tokio::time::Instant;
@@ -88,6 +89,16 @@ pub async fn exchange(
             return Err(e);
         }
     };
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        // No request xgate sends asks for an upgrade, and no tunnel is ever relayed.
+        state.metrics().upstream_error(UpstreamFailure::Reset);
+        return Err(ProxyError::UpstreamUnavailable {
+            failure: UpstreamFailure::Reset,
+            detail:
+                "upstream answered 101 Switching Protocols to a request that asked for no upgrade"
+                    .to_owned(),
+        });
+    }
     let took = sent.elapsed();
     let label = EndpointLabel::of(state.catalogue(), endpoint);
     state.metrics().upstream(label, took);
@@ -122,10 +133,36 @@ pub async fn exchange(
             .rate_limited(&identity.name, label.name, source);
         return Ok(Response::from_parts(parts, ProxyBody::full(bytes)));
     }
-    Ok(Response::from_parts(
-        parts,
-        ProxyBody::upstream(body, state.idle_timeout()),
-    ))
+    let body = first_frame(body, state.idle_timeout())
+        .await
+        .inspect_err(|e| {
+            if let Some(failure) = e.upstream_failure() {
+                state.metrics().upstream_error(failure);
+            }
+        })?;
+    Ok(Response::from_parts(parts, body))
+}
+
+/// How long the response head waits for the first frame of upstream's body.
+const FIRST_FRAME_WAIT: Duration = Duration::from_millis(25);
+
+/// Upstream's body, its first frame read first when it comes within [`FIRST_FRAME_WAIT`]: a body
+/// that fails before its first byte (broken chunked framing, a connection cut after the head)
+/// is then a 502 the client receives, instead of a head already sent and a closed connection.
+/// A body that takes longer (a stream waiting for its first event) is relayed as it comes.
+async fn first_frame(body: Incoming, idle: Duration) -> Result<ProxyBody, ProxyError> {
+    let mut rest = crate::body::IdleTimeout::new(body, idle);
+    if rest.is_end_stream() {
+        return Ok(ProxyBody::upstream_after(None, rest));
+    }
+    match tokio::time::timeout(FIRST_FRAME_WAIT, rest.frame()).await {
+        Ok(Some(Err(e))) => Err(ProxyError::UpstreamUnavailable {
+            failure: UpstreamFailure::Reset,
+            detail: format!("the answer's body failed before its first byte: {e}"),
+        }),
+        Ok(Some(Ok(frame))) => Ok(ProxyBody::upstream_after(frame.into_data().ok(), rest)),
+        Ok(None) | Err(_) => Ok(ProxyBody::upstream_after(None, rest)),
+    }
 }
 
 /// Reads a small upstream body whole, within `idle` per wait.

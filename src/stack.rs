@@ -108,7 +108,7 @@ where
     fn call(&mut self, req: R) -> Self::Future {
         match std::panic::catch_unwind(AssertUnwindSafe(|| self.inner.call(req))) {
             Ok(inner) => CatchPanicFuture::Running(inner),
-            Err(payload) => CatchPanicFuture::Panicked(Some(panicked(&*payload))),
+            Err(payload) => CatchPanicFuture::Panicked(Some(Box::new(panicked(&*payload)))),
         }
     }
 }
@@ -119,7 +119,7 @@ pub enum CatchPanicFuture<F> {
     /// The inner service's future.
     Running(F),
     /// `call` itself panicked: this answer is ready.
-    Panicked(Option<Response<ProxyBody>>),
+    Panicked(Option<Box<Response<ProxyBody>>>),
 }
 
 impl<F> Future for CatchPanicFuture<F>
@@ -139,7 +139,7 @@ where
                 }
             }
             Self::Panicked(answer) => match answer.take() {
-                Some(answer) => Poll::Ready(Ok(answer)),
+                Some(answer) => Poll::Ready(Ok(*answer)),
                 None => Poll::Pending,
             },
         }

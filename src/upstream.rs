@@ -20,7 +20,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject as _;
 
-use crate::body::{UpstreamBody, find_body_too_large};
+use crate::body::{UpstreamBody, find_body_too_large, find_client_body_failure};
 use crate::config;
 use crate::error::{BadRequest, ProxyError, UpstreamFailure};
 
@@ -172,6 +172,11 @@ fn classify(e: &hyper_util::client::legacy::Error) -> ProxyError {
         return ProxyError::BodyTooLarge {
             limit: too_large.limit,
         };
+    }
+    if let Some(failed) = find_client_body_failure(e) {
+        // The client broke its own body while it streamed upstream: a 400, not upstream's
+        // failure (and no upstream error is counted).
+        return ProxyError::BadRequest(BadRequest::Body(describe(failed).into()));
     }
     let failure = if chain_has_tls_error(e) {
         UpstreamFailure::Tls

@@ -4,6 +4,7 @@
 pub mod binary;
 pub mod engines;
 pub mod fake_x;
+pub mod faulty;
 pub mod http;
 pub mod logs;
 pub mod proxy;

@@ -1,0 +1,120 @@
+//! Issue "hardening": answers for a hostile client and a faulty upstream that the probes found
+//! wrong (RFC 9112 framing, a body broken on either side, an unsolicited upgrade), each over
+//! real sockets.
+
+use std::time::Duration;
+
+use crate::support::fake_x::FakeX;
+use crate::support::faulty::Faulty;
+use crate::support::http::{get, raw};
+use crate::support::proxy::{KEY, Proxy, config};
+
+/// The value of the first metric line starting with `prefix` (0 when absent).
+fn metric(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .map_or(0.0, |v| v.parse().unwrap())
+}
+
+/// RFC 9112 §3.2: an HTTP/1.1 request needs exactly one `Host`; §6.1: a transfer coding the
+/// server does not implement is a 501, never a coding dropped in silence. Nothing reaches X.
+#[tokio::test]
+async fn host_and_transfer_coding_rules() {
+    let fake = FakeX::start().await;
+    let proxy = Proxy::start(&config(&fake.base_url())).await;
+    let send = |head: String| async move {
+        raw(proxy.addr, head.as_bytes(), Duration::from_secs(10)).await
+    };
+    let no_host =
+        format!("GET /2/tweets/1 HTTP/1.1\r\nx-xgate-key: {KEY}\r\nConnection: close\r\n\r\n");
+    let two_hosts = format!(
+        "GET /2/tweets/1 HTTP/1.1\r\nHost: a\r\nHost: b\r\nx-xgate-key: {KEY}\r\nConnection: close\r\n\r\n"
+    );
+    for head in [no_host, two_hosts] {
+        let out = send(head).await;
+        assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+        assert!(out.contains("x-xgate-error: bad-request"), "{out}");
+        assert!(out.contains("Host header"), "{out}");
+    }
+    let gzip = format!(
+        "POST /2/tweets HTTP/1.1\r\nHost: x\r\nx-xgate-key: {KEY}\r\nContent-Type: application/json\r\nTransfer-Encoding: gzip, chunked\r\nConnection: close\r\n\r\n2\r\n{{}}\r\n0\r\n\r\n"
+    );
+    let out = send(gzip).await;
+    assert!(out.starts_with("HTTP/1.1 501"), "{out}");
+    assert!(out.contains("x-xgate-error: not-implemented"), "{out}");
+    // HTTP/1.0 needs no Host.
+    let old = format!("GET /2/tweets/1 HTTP/1.0\r\nx-xgate-key: {KEY}\r\n\r\n");
+    let out = send(old).await;
+    assert!(
+        out.starts_with("HTTP/1.0 200") || out.starts_with("HTTP/1.1 200"),
+        "{out}"
+    );
+    assert_eq!(fake.requests().len(), 1);
+}
+
+/// A client whose chunked body breaks after its head went upstream gets 400 `bad-request`,
+/// and the failure is not counted as upstream's.
+#[tokio::test]
+async fn a_clients_broken_chunked_body_is_its_400_not_an_upstream_reset() {
+    let fake = FakeX::start().await;
+    let proxy = Proxy::start(&config(&fake.base_url())).await;
+    let req = format!(
+        "POST /2/tweets HTTP/1.1\r\nHost: x\r\nx-xgate-key: {KEY}\r\nx-xgate-identity: alice\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\n{{\"a\":\r\nzz\r\n"
+    );
+    let out = raw(proxy.addr, req.as_bytes(), Duration::from_secs(10)).await;
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    assert!(out.contains("x-xgate-error: bad-request"), "{out}");
+    let text = get(proxy.admin, "/metrics", None).await.text();
+    assert_eq!(
+        metric(&text, r#"xgate_upstream_errors_total{kind="reset"}"#),
+        0.0,
+        "{text}"
+    );
+}
+
+/// An upstream whose body fails before its first byte (an invalid first chunk) gets the
+/// client a 502, and the access record and `xgate_requests_total` say 502, not 200.
+#[tokio::test]
+async fn an_upstream_body_broken_before_its_first_byte_is_a_502() {
+    let upstream =
+        Faulty::start(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n")
+            .await;
+    let proxy = Proxy::start(&config(&upstream.base_url())).await;
+    let a = get(proxy.addr, "/2/tweets/31337", None).await;
+    assert_eq!(a.status, 502, "{}", a.text());
+    assert_eq!(a.kind(), Some("upstream-unavailable"));
+    let text = get(proxy.admin, "/metrics", None).await.text();
+    assert!(
+        text.lines().any(|l| l.starts_with("xgate_requests_total")
+            && l.contains(r#"endpoint="GET /2/tweets/:id""#)
+            && l.contains(r#"status="502""#)),
+        "{text}"
+    );
+    assert!(
+        !text.lines().any(|l| l.starts_with("xgate_requests_total")
+            && l.contains(r#"endpoint="GET /2/tweets/:id""#)
+            && l.contains(r#"status="200""#)),
+        "{text}"
+    );
+    crate::support::logs::wait_for_line(|l| {
+        l.contains("xgate::access")
+            && l.contains("path=/2/tweets/31337")
+            && l.contains("status=502")
+    })
+    .await;
+}
+
+/// An unsolicited `101 Switching Protocols` is a 502: no tunnel is ever relayed.
+#[tokio::test]
+async fn an_unsolicited_101_from_upstream_is_a_502() {
+    let upstream = Faulty::start(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+    )
+    .await;
+    let proxy = Proxy::start(&config(&upstream.base_url())).await;
+    let a = get(proxy.addr, "/2/tweets/1", None).await;
+    assert_eq!(a.status, 502, "{}", a.text());
+    assert_eq!(a.kind(), Some("upstream-unavailable"));
+    assert!(a.text().contains("101"), "{}", a.text());
+}
