@@ -260,6 +260,7 @@ pub async fn run(
         grace = ?config.server.shutdown_grace,
         "shutting down: no longer accepting"
     );
+    let shutting_down = tokio::time::Instant::now();
     readiness.set(false);
     drop(listeners.proxy);
     let _receivers_gone = stop_tx.send(true);
@@ -274,6 +275,17 @@ pub async fn run(
         );
         conns.abort_all();
         while conns.join_next().await.is_some() {}
+    }
+    // A refresh X may already have answered must reach the store before the workers (whose
+    // event loops run it) stop: within what is left of the grace period.
+    let left = config
+        .server
+        .shutdown_grace
+        .saturating_sub(shutting_down.elapsed());
+    if !state.oauth2().finish_refreshes(left).await {
+        tracing::warn!(
+            "shutdown grace period over with an OAuth 2.0 token refresh still running: its pair may be lost"
+        );
     }
     workers.stop().await;
     admin.abort();

@@ -111,8 +111,41 @@ struct Slot {
     rejected: Mutex<Option<(u64, String)>>,
 }
 
+/// Refreshes running now, for shutdown to wait on.
+#[derive(Debug, Default)]
+struct Running {
+    count: std::sync::atomic::AtomicUsize,
+    idle: tokio::sync::Notify,
+}
+
+/// Counts one running refresh until dropped.
+struct RunningGuard(Arc<Running>);
+
+impl RunningGuard {
+    fn new(running: &Arc<Running>) -> Self {
+        running
+            .count
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Self(Arc::clone(running))
+    }
+}
+
+impl Drop for RunningGuard {
+    fn drop(&mut self) {
+        if self
+            .0
+            .count
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst)
+            == 1
+        {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
 /// Every OAuth 2.0 identity's tokens.
 pub struct Oauth2Users {
+    running: Arc<Running>,
     store: Option<Arc<dyn TokenStore>>,
     upstream: Arc<Upstream>,
     token_url: String,
@@ -300,12 +333,32 @@ impl Oauth2Users {
             );
         }
         Self {
+            running: Arc::default(),
             store,
             upstream,
             token_url,
             clock,
             metrics,
             slots,
+        }
+    }
+
+    /// Waits until no refresh is running, at most `limit`: shutdown calls it so that a pair X
+    /// has already rotated is stored before the process exits. Whether they all finished.
+    pub async fn finish_refreshes(&self, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let idle = self.running.idle.notified();
+            let mut idle = std::pin::pin!(idle);
+            idle.as_mut().enable();
+            let running = self.running.count.load(std::sync::atomic::Ordering::SeqCst);
+            if running == 0 {
+                return true;
+            }
+            tracing::info!(running, "waiting for OAuth 2.0 token refreshes to finish");
+            if tokio::time::timeout_at(deadline, idle).await.is_err() {
+                return false;
+            }
         }
     }
 
@@ -492,7 +545,9 @@ impl Oauth2Users {
         let (tx, rx) = watch::channel(None);
         *refreshing = Some(rx.clone());
         let this = Arc::clone(self);
+        let running = RunningGuard::new(&self.running);
         tokio::spawn(async move {
+            let _running = running;
             // Cleared however the task ends, so a later refresh never joins a dead one.
             let _clear = ClearOnDrop(&this, id);
             let outcome = this.run_refresh(id).await;

@@ -118,3 +118,79 @@ async fn an_unsolicited_101_from_upstream_is_a_502() {
     assert_eq!(a.kind(), Some("upstream-unavailable"));
     assert!(a.text().contains("101"), "{}", a.text());
 }
+
+/// SIGTERM (and SIGINT) during a background refresh that X takes 1 s to answer: the
+/// proxy waits for the refresh, stores the rotated pair and exits 0; after a restart the user
+/// works with that pair, and no refresh token was sent twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signal_during_a_refresh_waits_for_it_and_keeps_the_new_pair() {
+    use crate::proxy_oauth2::{binary_config_with_store, free_port, get_anon, serve};
+    for signal in ["-TERM", "-INT"] {
+        let fake = FakeX::start().await;
+        fake.oauth_issue("at-old", "rt-old");
+        fake.oauth_trouble(0, Duration::from_secs(1));
+        let dir = crate::support::scratch("signal-refresh");
+        let store = crate::support::proxy::table([("path", "xgate.db".into())]);
+        std::fs::write(
+            dir.join("proxy.toml"),
+            binary_config_with_store(&fake.base_url(), free_port(), store, false),
+        )
+        .unwrap();
+        // Due within the 60 s refresh-ahead: the request goes on with it, the refresh runs
+        // in the background.
+        let now = xgate::clock::Clock::unix_seconds(&xgate::clock::SystemClock);
+        let stored = xgate::store::SqliteStore::open(&dir.join("xgate.db"), None).unwrap();
+        stored
+            .save_blocking(
+                "bob",
+                &xgate::store::StoredToken::Oauth2 {
+                    access_token: "at-old".into(),
+                    refresh_token: Some("rt-old".into()),
+                    expires_at: Some(now + 30),
+                    scopes: crate::proxy_oauth2::SCOPES
+                        .iter()
+                        .map(|s| (*s).to_owned())
+                        .collect(),
+                },
+            )
+            .unwrap();
+        drop(stored);
+        let (mut child, addr, _stderr) = serve(&dir).await;
+        assert_eq!(get_anon(addr, "bob").await.status, 200);
+        assert!(
+            fake.wait_until(Duration::from_secs(10), |f| f.oauth_calls().0 == 1)
+                .await,
+            "no background refresh"
+        );
+        // The signal comes while X is still answering (it takes 1 s).
+        let status = std::process::Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let exit = tokio::task::spawn_blocking(move || child.wait().unwrap())
+            .await
+            .unwrap();
+        assert_eq!(exit.code(), Some(0), "{signal}");
+        let store = xgate::store::SqliteStore::open(&dir.join("xgate.db"), None).unwrap();
+        match store
+            .load_blocking("bob", xgate::store::TokenKind::Oauth2)
+            .unwrap()
+        {
+            Some(xgate::store::StoredToken::Oauth2 {
+                ref access_token, ..
+            }) => {
+                assert_eq!(access_token, "at-1", "{signal}: the rotated pair was lost");
+            }
+            other => panic!("{signal}: {other:?}"),
+        }
+        drop(store);
+        let (mut child, addr, _stderr) = serve(&dir).await;
+        let a = get_anon(addr, "bob").await;
+        assert_eq!(a.status, 200, "{}", a.text());
+        assert_eq!(fake.oauth_refresh_reuse(), 0);
+        assert_eq!(fake.oauth_calls().0, 1);
+        child.kill().unwrap();
+        let _exited = child.wait();
+    }
+}
