@@ -31,7 +31,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::admin::{self, Readiness};
 use crate::config::{Config, TlsFiles};
-use crate::service::ConnActivity;
+use crate::service::{ConnActivity, ConnState};
 use crate::stack;
 use crate::state::{SetupError, State};
 use crate::upstream::Upstream;
@@ -152,7 +152,9 @@ fn connection_builder(config: &Config) -> auto::Builder<TokioExecutor> {
         .timer(TokioTimer::new())
         .keep_alive(true)
         .max_buf_size(s.max_header_bytes)
-        .header_read_timeout(s.header_read_timeout);
+        // The connection's own watchdog bounds request heads (from their first byte) and the
+        // wait between requests; hyper's would count the wait as part of the next head.
+        .header_read_timeout(None);
     builder
         .http2()
         .timer(TokioTimer::new())
@@ -238,6 +240,7 @@ pub async fn run(
                     tls: tls.clone(),
                     handshake_timeout: config.server.tls_handshake_timeout,
                     keepalive: config.server.keepalive_timeout,
+                    header_read: config.server.header_read_timeout,
                     stop: stop_rx.clone(),
                 };
                 conns.spawn_on(
@@ -328,6 +331,7 @@ struct Connection {
     tls: Option<TlsAcceptor>,
     handshake_timeout: Duration,
     keepalive: Duration,
+    header_read: Duration,
     stop: watch::Receiver<bool>,
 }
 
@@ -355,6 +359,7 @@ impl Connection {
             &self.upstream,
             &activity,
         ));
+        let io = Watched::new(io, Arc::clone(&activity));
         let conn = self.builder.serve_connection(TokioIo::new(io), service);
         let mut conn = std::pin::pin!(conn);
         let mut draining = false;
@@ -370,7 +375,11 @@ impl Connection {
                     conn.as_mut().graceful_shutdown();
                     draining = true;
                 }
-                () = idle_for(&activity, self.keepalive), if !draining => {
+                expired = expiry(&activity, self.header_read, self.keepalive), if !draining => {
+                    if expired == Expiry::SlowHead {
+                        tracing::debug!(%peer, "request head not complete within header_read_timeout: dropped");
+                        return;
+                    }
                     conn.as_mut().graceful_shutdown();
                     draining = true;
                 }
@@ -379,14 +388,133 @@ impl Connection {
     }
 }
 
-/// Completes once the connection has had no request in flight for `keepalive`.
-async fn idle_for(activity: &ConnActivity, keepalive: Duration) {
+/// What ends a connection that does not end by itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expiry {
+    /// Nothing in flight for `keepalive_timeout` (or, before its first request, for
+    /// `header_read_timeout`): closed gracefully.
+    Idle,
+    /// A request head that took longer than `header_read_timeout`: dropped unanswered.
+    SlowHead,
+}
+
+/// Completes when the connection's time is up: a request head is bounded by
+/// `header_read` from its first byte, a connection that has sent nothing yet by `header_read`,
+/// and the wait between requests by `keepalive`. While a request is in flight, nothing runs
+/// out.
+async fn expiry(activity: &ConnActivity, header_read: Duration, keepalive: Duration) -> Expiry {
     loop {
-        match activity.idle_since() {
-            Some(since) if since.elapsed() >= keepalive => return,
-            Some(since) => tokio::time::sleep_until(since + keepalive).await,
-            None => tokio::time::sleep(keepalive).await,
+        let deadline = match activity.state() {
+            ConnState::Busy => None,
+            ConnState::ReadingHead(since) => Some((since + header_read, Expiry::SlowHead)),
+            ConnState::Idle { since, served } => {
+                let limit = if served { keepalive } else { header_read };
+                Some((since + limit, Expiry::Idle))
+            }
+        };
+        match deadline {
+            Some((at, expiry)) if tokio::time::Instant::now() >= at => return expiry,
+            Some((at, _)) => {
+                tokio::select! {
+                    () = tokio::time::sleep_until(at) => {}
+                    () = activity.changed() => {}
+                }
+            }
+            None => activity.changed().await,
         }
+    }
+}
+
+/// The client connection's IO, telling its [`ConnActivity`] when bytes arrive, so that a
+/// request head's time is counted from its first byte. An HTTP/2 connection (its first bytes
+/// are the preface, `PRI `) is told only until that is known: its frames flow while no request
+/// is in flight.
+struct Watched<I> {
+    inner: I,
+    activity: Arc<ConnActivity>,
+    /// The first bytes read, until four are known.
+    first: [u8; 4],
+    seen: usize,
+}
+
+impl<I> Watched<I> {
+    fn new(inner: I, activity: Arc<ConnActivity>) -> Self {
+        Self {
+            inner,
+            activity,
+            first: [0; 4],
+            seen: 0,
+        }
+    }
+
+    fn read(&mut self, bytes: &[u8]) {
+        for &b in bytes
+            .iter()
+            .take(self.first.len().saturating_sub(self.seen))
+        {
+            if let Some(slot) = self.first.get_mut(self.seen) {
+                *slot = b;
+                self.seen += 1;
+            }
+        }
+        let h2 = self.seen == self.first.len() && self.first == *b"PRI ";
+        if !h2 {
+            self.activity.bytes_read();
+        }
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut this.inner).poll_read(cx, buf);
+        if let std::task::Poll::Ready(Ok(())) = polled {
+            if let Some(new) = buf.filled().get(before..).filter(|n| !n.is_empty()) {
+                this.read(new);
+            }
+        }
+        polled
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
     }
 }
 
@@ -447,6 +575,7 @@ mod tests {
             tls: None,
             handshake_timeout: config.server.tls_handshake_timeout,
             keepalive: config.server.keepalive_timeout,
+            header_read: config.server.header_read_timeout,
             stop,
         };
         let (client, server) = tokio::io::duplex(64 * 1024);
@@ -492,6 +621,63 @@ mod tests {
             .unwrap();
         let (out, took) = read_to_close(&mut client).await;
         assert!(!out.contains("404"), "{out}");
+        assert!(
+            took >= Duration::from_secs(3) && took < Duration::from_secs(4),
+            "dropped after {took:?}"
+        );
+    }
+
+    /// Between requests only `keepalive_timeout` runs: an idle keep-alive connection outlives
+    /// `header_read_timeout`.
+    #[tokio::test(start_paused = true)]
+    async fn a_keepalive_wait_is_not_a_slow_head() {
+        let (mut client, _stop) =
+            connection("keepalive_timeout = \"60s\"\nheader_read_timeout = \"3s\"").await;
+        client.write_all(REQUEST).await.unwrap();
+        let (out, took) = read_to_close(&mut client).await;
+        assert!(out.starts_with("HTTP/1.1 404"), "{out}");
+        assert!(
+            took >= Duration::from_secs(60) && took < Duration::from_secs(61),
+            "closed after {took:?}"
+        );
+    }
+
+    /// A connection that never sends a byte is closed at `header_read_timeout`, not held for
+    /// `keepalive_timeout`.
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_connection_is_closed_at_header_read_timeout() {
+        let (mut client, _stop) =
+            connection("keepalive_timeout = \"60s\"\nheader_read_timeout = \"3s\"").await;
+        let (out, took) = read_to_close(&mut client).await;
+        assert!(out.is_empty(), "{out}");
+        assert!(
+            took >= Duration::from_secs(3) && took < Duration::from_secs(4),
+            "closed after {took:?}"
+        );
+    }
+
+    /// A slow head after a keep-alive wait is dropped `header_read_timeout` after its first
+    /// byte, not when the keep-alive would have run out.
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_second_head_is_dropped_from_its_first_byte() {
+        let (mut client, _stop) =
+            connection("keepalive_timeout = \"60s\"\nheader_read_timeout = \"3s\"").await;
+        client.write_all(REQUEST).await.unwrap();
+        let mut head = [0u8; 12];
+        client.read_exact(&mut head).await.unwrap();
+        assert_eq!(&head, b"HTTP/1.1 404");
+        let mut rest = vec![0u8; 4096];
+        let _answer = client.read(&mut rest).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        client
+            .write_all(b"GET /1.1/statuses HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        let (out, took) = read_to_close(&mut client).await;
+        assert!(
+            !out.contains("HTTP/1.1"),
+            "an answer to the half head: {out}"
+        );
         assert!(
             took >= Duration::from_secs(3) && took < Duration::from_secs(4),
             "dropped after {took:?}"

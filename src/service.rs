@@ -167,6 +167,32 @@ pub struct ConnActivity {
     base: Instant,
     inflight: AtomicUsize,
     idle_since_ms: AtomicU64,
+    /// Requests begun on the connection.
+    started: AtomicU64,
+    /// When bytes of a request head began to arrive with no request in flight (ms after
+    /// `base`), or [`NO_HEAD`].
+    head_since_ms: AtomicU64,
+    /// Told when the connection becomes idle or a head begins (for its watchdog).
+    changed: tokio::sync::Notify,
+}
+
+/// No request head is being read.
+const NO_HEAD: u64 = u64::MAX;
+
+/// What a connection is doing, for its timeouts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnState {
+    /// A request is in flight.
+    Busy,
+    /// A request head began to arrive at this instant and is not complete yet.
+    ReadingHead(Instant),
+    /// Nothing in flight since this instant; `served` once a request was.
+    Idle {
+        /// Since when.
+        since: Instant,
+        /// Whether the connection has served a request (else it has sent nothing yet).
+        served: bool,
+    },
 }
 
 impl Default for ConnActivity {
@@ -175,6 +201,9 @@ impl Default for ConnActivity {
             base: Instant::now(),
             inflight: AtomicUsize::new(0),
             idle_since_ms: AtomicU64::new(0),
+            started: AtomicU64::new(0),
+            head_since_ms: AtomicU64::new(NO_HEAD),
+            changed: tokio::sync::Notify::new(),
         }
     }
 }
@@ -182,7 +211,32 @@ impl Default for ConnActivity {
 impl ConnActivity {
     fn begin(self: &Arc<Self>) -> InflightGuard {
         self.inflight.fetch_add(1, Ordering::AcqRel);
+        self.started.fetch_add(1, Ordering::AcqRel);
+        self.head_since_ms.store(NO_HEAD, Ordering::Release);
         InflightGuard(Arc::clone(self))
+    }
+
+    fn elapsed_ms(&self) -> u64 {
+        u64::try_from(self.base.elapsed().as_millis()).unwrap_or(NO_HEAD - 1)
+    }
+
+    /// Bytes arrived from the client: with no request in flight, they begin a request head.
+    pub fn bytes_read(&self) {
+        if self.inflight.load(Ordering::Acquire) == 0 {
+            let now = self.elapsed_ms();
+            if self
+                .head_since_ms
+                .compare_exchange(NO_HEAD, now, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                self.changed.notify_one();
+            }
+        }
+    }
+
+    /// Completes when the connection became idle or a head began since the last call.
+    pub async fn changed(&self) {
+        self.changed.notified().await;
     }
 
     /// `None` while a request is in flight, else when the connection became idle.
@@ -192,6 +246,20 @@ impl ConnActivity {
         }
         let ms = self.idle_since_ms.load(Ordering::Acquire);
         Some(self.base + Duration::from_millis(ms))
+    }
+
+    /// What the connection is doing now.
+    pub fn state(&self) -> ConnState {
+        let Some(since) = self.idle_since() else {
+            return ConnState::Busy;
+        };
+        match self.head_since_ms.load(Ordering::Acquire) {
+            NO_HEAD => ConnState::Idle {
+                since,
+                served: self.started.load(Ordering::Acquire) > 0,
+            },
+            ms => ConnState::ReadingHead(self.base + Duration::from_millis(ms)),
+        }
     }
 }
 
@@ -204,7 +272,9 @@ impl Drop for InflightGuard {
         let a = &self.0;
         let ms = u64::try_from(a.base.elapsed().as_millis()).unwrap_or(u64::MAX);
         a.idle_since_ms.store(ms, Ordering::Release);
-        a.inflight.fetch_sub(1, Ordering::AcqRel);
+        if a.inflight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            a.changed.notify_one();
+        }
     }
 }
 
