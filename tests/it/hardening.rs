@@ -194,3 +194,105 @@ async fn a_signal_during_a_refresh_waits_for_it_and_keeps_the_new_pair() {
         let _exited = child.wait();
     }
 }
+
+// === fault injection: an upstream that misbehaves, every case a clean answer ===
+
+/// `xgate_inflight_requests` of `proxy`, once it is back to `want` (bounded wait: the access
+/// record of a broken body lands as the connection closes).
+async fn inflight_settles(proxy: &Proxy, want: f64) {
+    for _ in 0..200 {
+        let text = get(proxy.admin, "/metrics", None).await.text();
+        if metric(&text, "xgate_inflight_requests") == want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("requests still in flight");
+}
+
+/// Upstream closes before its head, answers garbage, or sends a head larger than any X
+/// sends: 502 `upstream-unavailable` each, at once, nothing left in flight.
+#[tokio::test]
+async fn an_upstream_that_closes_answers_garbage_or_a_huge_head_is_a_502() {
+    static HUGE: std::sync::OnceLock<&'static [u8]> = std::sync::OnceLock::new();
+    let huge = HUGE.get_or_init(|| {
+        let mut h = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nx-big: ".to_vec();
+        h.extend(std::iter::repeat_n(b'a', 1 << 20));
+        h.extend_from_slice(b"\r\n\r\n");
+        Box::leak(h.into_boxed_slice())
+    });
+    for reply in [&b""[..], b"NOT HTTP AT ALL\r\n\r\n", huge] {
+        let upstream = Faulty::start(reply).await;
+        let proxy = Proxy::start(&config(&upstream.base_url())).await;
+        let a = get(proxy.addr, "/2/tweets/1", None).await;
+        assert_eq!(a.status, 502, "{}", a.text());
+        assert_eq!(a.kind(), Some("upstream-unavailable"));
+        inflight_settles(&proxy, 0.0).await;
+    }
+}
+
+/// Upstream takes the request and never answers: 504 at `request_timeout`, not a hang.
+#[tokio::test]
+async fn an_upstream_that_stalls_is_a_504_at_request_timeout() {
+    let upstream = Faulty::start(crate::support::faulty::STALL).await;
+    let toml = crate::support::proxy::TestConfig::new(&upstream.base_url())
+        .server("request_timeout", "300ms")
+        .toml();
+    let proxy = Proxy::start(&toml).await;
+    let a = tokio::time::timeout(Duration::from_secs(5), get(proxy.addr, "/2/tweets/1", None))
+        .await
+        .expect("no answer");
+    assert_eq!(a.status, 504, "{}", a.text());
+    assert_eq!(a.kind(), Some("upstream-timeout"));
+    inflight_settles(&proxy, 0.0).await;
+}
+
+/// Upstream resets mid-body, after its head and first bytes went out: the client sees its
+/// body end early (the head is gone; nothing else is possible), never a hang, and the request
+/// leaves nothing in flight.
+#[tokio::test]
+async fn an_upstream_that_resets_mid_body_ends_the_clients_body() {
+    let upstream = Faulty::start(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{\"data\":").await;
+    let proxy = Proxy::start(&config(&upstream.base_url())).await;
+    let req = format!(
+        "GET /2/tweets/1 HTTP/1.1\r\nHost: x\r\nx-xgate-key: {KEY}\r\nConnection: close\r\n\r\n"
+    );
+    let out = raw(proxy.addr, req.as_bytes(), Duration::from_secs(10)).await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(out.ends_with("{\"data\":"), "{out}");
+    inflight_settles(&proxy, 0.0).await;
+}
+
+/// The token endpoint dies mid-answer while an expired token is refreshed: the request gets
+/// 502 naming the refresh, and the stored pair is kept as it was (nothing half-written).
+#[tokio::test]
+async fn a_token_endpoint_dying_mid_answer_loses_nothing() {
+    let upstream = Faulty::start(
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 200\r\n\r\n{\"access_token\":\"at-",
+    )
+    .await;
+    let dir = crate::support::scratch("token-dies");
+    let now = xgate::clock::Clock::unix_seconds(&xgate::clock::SystemClock);
+    let pair = xgate::store::StoredToken::Oauth2 {
+        access_token: "at-old".into(),
+        refresh_token: Some("rt-old".into()),
+        expires_at: Some(now - 10),
+        scopes: crate::proxy_oauth2::SCOPES
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect(),
+    };
+    xgate::store::SqliteStore::open(&dir.join("xgate.db"), None)
+        .unwrap()
+        .save_blocking("bob", &pair)
+        .unwrap();
+    let proxy = Proxy::start_in(&config(&upstream.base_url()), &dir).await;
+    let a = get(proxy.addr, "/2/users/me", Some("bob")).await;
+    assert_eq!(a.status, 502, "{}", a.text());
+    assert!(a.text().contains("refresh"), "{}", a.text());
+    let kept = xgate::store::SqliteStore::open(&dir.join("xgate.db"), None)
+        .unwrap()
+        .load_blocking("bob", xgate::store::TokenKind::Oauth2)
+        .unwrap();
+    assert_eq!(kept, Some(pair));
+}

@@ -7,6 +7,9 @@ use std::net::SocketAddr;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpListener;
 
+/// A reply that is never sent: the upstream stalls after reading the head.
+pub const STALL: &[u8] = b"(stall)";
+
 /// A running faulty upstream.
 pub struct Faulty {
     pub addr: SocketAddr,
@@ -14,7 +17,8 @@ pub struct Faulty {
 }
 
 impl Faulty {
-    /// Answers every request with `reply`, written in one piece, then closes.
+    /// Answers every request with `reply`, written in one piece, then closes. An empty `reply`
+    /// closes at once; [`STALL`] never answers (the connection stays open, silent).
     pub async fn start(reply: &'static [u8]) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -28,6 +32,9 @@ impl Faulty {
                             Ok(0) | Err(_) => return,
                             Ok(n) => head.extend_from_slice(&buf[..n]),
                         }
+                    }
+                    if reply == STALL {
+                        std::future::pending::<()>().await;
                     }
                     let _ignored = stream.write_all(reply).await;
                     let _ignored = stream.shutdown().await;
