@@ -188,6 +188,9 @@ user = "1000000000/15m"
 [[limits.override]]
 endpoint = "GET /2/tweets/search/recent"
 app = "1000000000/15m"
+[[limits.override]]
+endpoint = "GET /2/tweets/search/stream"
+app = "1000000000/15m"
 """
 
 
@@ -224,10 +227,14 @@ def client(port, stop, totals, pace):
                 s = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
                 s.request("GET", "/2/tweets/search/stream")
                 r = s.getresponse()
-                for _ in range(rng.randint(1, 4)):
-                    r.fp.readline()
+                if r.status == 200:
+                    for _ in range(rng.randint(1, 4)):
+                        r.fp.readline()
+                    totals.add("stream")
+                else:
+                    r.read()
+                    totals.add(str(r.status))
                 s.close()
-                totals.add("stream")
             else:
                 if conn is None:
                     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
