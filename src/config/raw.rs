@@ -246,6 +246,14 @@ pub(super) fn parse(text: &str, problems: &mut Vec<Problem>) -> Option<RawConfig
     }
 }
 
+/// Whether `k` reads as a TOML key path of this file's kind (`apps.main.bearer_token`): at
+/// most 128 of `A-Z a-z 0-9 _ - .`.
+fn is_plain_key(k: &str) -> bool {
+    k.len() <= 128
+        && k.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+}
+
 /// The key path (`server.max_body_bytes`, `clients[1].rate`) and 1-based line of the byte at
 /// `offset`, found from the nearest table header above it and the key on its line.
 fn locate(text: &str, offset: usize) -> (String, usize) {
@@ -268,7 +276,12 @@ fn locate(text: &str, offset: usize) -> (String, usize) {
     let key = line
         .split_once('=')
         .map(|(k, _)| k.trim().trim_matches('"').to_owned())
-        .filter(|k| !k.is_empty() && !k.starts_with('['));
+        .filter(|k| !k.is_empty() && is_plain_key(k));
+    if !is_plain_key(&table.replace(['[', ']'], "")) {
+        // Whatever the file holds where a name should be is not echoed: it may be a secret
+        // pasted on the wrong line.
+        table.clear();
+    }
     let path = match (table.is_empty(), key) {
         (true, Some(k)) => k,
         (false, Some(k)) => format!("{table}.{k}"),

@@ -740,3 +740,20 @@ fn a_postgres_urls_sslrootcert_is_taken_out_and_must_be_readable() {
     ));
     assert!(c.is_ok(), "{c:?}");
 }
+
+#[test]
+fn a_syntax_error_never_echoes_the_line_it_is_on() {
+    for text in [
+        "#junk with sk-secret-value \u{1} = 1\n",
+        "sk-secret-value and more = = 1\n",
+        "[sk secret value]\nx = \n",
+        "[apps.main]\nbearer_token = \"sk-secret-value\" trailing\n",
+    ] {
+        let p = problems(text);
+        assert!(!p.is_empty(), "{text:?}");
+        assert!(!p.iter().any(|l| l.contains("secret")), "{text:?}: {p:?}");
+    }
+    // A plain key path is still named.
+    let p = problems("[server]\nmax_body_bytes = = 1\n");
+    assert!(has(&p, "server.max_body_bytes"), "{p:?}");
+}
