@@ -6,6 +6,7 @@
 # finds in a scratch corpus ($FUZZ_WORK, default /tmp/xgate-fuzz/TARGET), so the repository's
 # seeds stay small. A crash stops the script with libFuzzer's report and the input under
 # fuzz/artifacts/TARGET/. Prints the executions each target ran (FUZZING.md records them).
+# FUZZ_ARGS adds libFuzzer options (e.g. FUZZ_ARGS=-max_len=256).
 #
 # Needs cargo-fuzz (`cargo install cargo-fuzz --locked`). The toolchain here is stable:
 # cargo-fuzz's sanitizer flags are unstable options, allowed with RUSTC_BOOTSTRAP=1.
@@ -26,7 +27,7 @@ for t in "${TARGETS[@]}"; do
   mkdir -p "$WORK/$t"
   log="$WORK/$t.log"
   if ! cargo fuzz run -O "$t" "$WORK/$t" "corpus/$t" -- \
-      -max_total_time="$SECONDS_EACH" -print_final_stats=1 >"$log" 2>&1; then
+      -max_total_time="$SECONDS_EACH" -print_final_stats=1 ${FUZZ_ARGS:-} >"$log" 2>&1; then
     tail -40 "$log"
     echo "fuzz.sh: $t failed (input in fuzz/artifacts/$t/)" >&2
     exit 1
