@@ -1,5 +1,5 @@
 //! The `proxy.toml` loader on any text: a config or a list of problems, never a panic, and
-//! never a problem message holding a secret value it was given.
+//! never a problem message holding a secret value the environment gave it.
 #![no_main]
 
 use std::collections::BTreeMap;
@@ -15,9 +15,12 @@ fuzz_target!(|data: &[u8]| {
     let env = BTreeMap::from([("X_BEARER_TOKEN", "fuzz-secret-value")]);
     match Config::from_toml_str(text, Path::new("/nonexistent"), &env) {
         Ok(_) => {}
-        Err(e) => {
+        // The secret comes from the environment; only text the file itself holds (a key
+        // name, say) may be named back.
+        Err(e) if !text.contains("fuzz-secret-value") => {
             let shown = e.to_string();
             assert!(!shown.contains("fuzz-secret-value"), "{shown}");
         }
+        Err(_) => {}
     }
 });
