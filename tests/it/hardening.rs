@@ -6,16 +6,8 @@ use std::time::Duration;
 
 use crate::support::fake_x::FakeX;
 use crate::support::faulty::Faulty;
-use crate::support::http::{get, raw};
+use crate::support::http::{get, metric, raw};
 use crate::support::proxy::{KEY, Proxy, config};
-
-/// The value of the first metric line starting with `prefix` (0 when absent).
-fn metric(text: &str, prefix: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .map_or(0.0, |v| v.parse().unwrap())
-}
 
 /// RFC 9112 §3.2: an HTTP/1.1 request needs exactly one `Host`; §6.1: a transfer coding the
 /// server does not implement is a 501, never a coding dropped in silence. Nothing reaches X.

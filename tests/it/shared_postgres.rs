@@ -412,6 +412,35 @@ fn kill(child: &mut std::process::Child) {
     let _status = child.wait();
 }
 
+/// Three binaries on `db` with bob's token expired and X's refresh taking `delay`, and the
+/// first replica's request started: it holds the refresh lock once this returns (X has seen
+/// its refresh call).
+async fn refresh_in_flight(
+    db: &Database,
+    name: &str,
+    delay: Duration,
+) -> (
+    FakeX,
+    std::path::PathBuf,
+    Vec<(std::process::Child, std::net::SocketAddr)>,
+    tokio::task::JoinHandle<crate::support::http::Answer>,
+) {
+    let fake = FakeX::start().await;
+    fake.oauth_issue("at-old", "rt-old");
+    fake.oauth_trouble(0, delay);
+    store_bob(db, "at-old", "rt-old", now() - 10).await;
+    let dir = binary_dir(name, &fake, db, None);
+    let replicas = binaries(&dir, 3).await;
+    let holder = replicas[0].1;
+    let first = tokio::spawn(async move { get_anon(holder, "bob").await });
+    assert!(
+        fake.wait_until(Duration::from_secs(10), |f| f.oauth_calls().0 == 1)
+            .await,
+        "the refresh never reached X"
+    );
+    (fake, dir, replicas, first)
+}
+
 /// The replica holding the refresh lock is killed (`kill -9`) while X is answering it: the
 /// lock goes with its connection, another replica refreshes (the pair re-read under the lock),
 /// no refresh token is ever sent twice, and bob works after every replica restarts.
@@ -420,20 +449,9 @@ async fn a_replica_killed_holding_the_refresh_lock_loses_nothing() {
     let Some(db) = Database::create().await else {
         return;
     };
-    let fake = FakeX::start().await;
-    fake.oauth_issue("at-old", "rt-old");
-    fake.oauth_trouble(0, Duration::from_millis(1500));
-    store_bob(&db, "at-old", "rt-old", now() - 10).await;
-    let dir = binary_dir("pg-kill-holder", &fake, &db, None);
-    let mut replicas = binaries(&dir, 3).await;
     // The first replica starts the refresh and holds the lock while X takes its time.
-    let holder = replicas[0].1;
-    let first = tokio::spawn(async move { get_anon(holder, "bob").await });
-    assert!(
-        fake.wait_until(Duration::from_secs(10), |f| f.oauth_calls().0 == 1)
-            .await,
-        "the refresh never reached X"
-    );
+    let (fake, dir, mut replicas, first) =
+        refresh_in_flight(&db, "pg-kill-holder", Duration::from_millis(1500)).await;
     let waiters: Vec<_> = replicas[1..]
         .iter()
         .map(|&(_, addr)| tokio::spawn(async move { get_anon(addr, "bob").await }))
@@ -581,19 +599,9 @@ async fn a_replica_killed_while_it_waits_for_the_lock_changes_nothing() {
     let Some(db) = Database::create().await else {
         return;
     };
-    let fake = FakeX::start().await;
-    fake.oauth_issue("at-old", "rt-old");
-    fake.oauth_trouble(0, Duration::from_millis(1000));
-    store_bob(&db, "at-old", "rt-old", now() - 10).await;
-    let dir = binary_dir("pg-kill-waiter", &fake, &db, None);
-    let mut replicas = binaries(&dir, 3).await;
-    let holder = replicas[0].1;
-    let first = tokio::spawn(async move { get_anon(holder, "bob").await });
-    assert!(
-        fake.wait_until(Duration::from_secs(10), |f| f.oauth_calls().0 == 1)
-            .await,
-        "the refresh never reached X"
-    );
+    // The first replica starts the refresh and holds the lock while X takes its time.
+    let (fake, _dir, mut replicas, first) =
+        refresh_in_flight(&db, "pg-kill-waiter", Duration::from_millis(1000)).await;
     // Two replicas now wait on the lock; one of them dies waiting.
     let doomed = replicas[1].1;
     let _lost = tokio::spawn(async move { get_anon(doomed, "bob").await });

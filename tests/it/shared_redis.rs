@@ -11,7 +11,7 @@ use http_body_util::Full;
 
 use crate::support::engines::{self, OwnRedis};
 use crate::support::fake_x::{FakeX, Reply};
-use crate::support::http::{Answer, get, request, send};
+use crate::support::http::{Answer, get, metric, request, send};
 use crate::support::proxy::{NARROW_KEY, Proxy, TestConfig};
 
 /// Three replicas of `cfg` on `fake`, sharing the Redis at `url` under `prefix`.
@@ -113,14 +113,6 @@ async fn wait_until_redis_is_up(proxy: &Proxy) {
 /// `GET /metrics` of a replica.
 async fn metrics(proxy: &Proxy) -> String {
     get(proxy.admin, "/metrics", None).await.text()
-}
-
-/// The value of the first metric line starting with `prefix` (0 when absent).
-fn metric(text: &str, prefix: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .map_or(0.0, |v| v.parse().unwrap())
 }
 
 /// Rule 1, an App window: 30 requests at once over three replicas, bucket of 10: exactly 10
