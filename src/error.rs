@@ -339,6 +339,16 @@ pub enum ProxyError {
         detail: String,
     },
 
+    /// The identity's token needs a refresh and the token store cannot be written, so X was
+    /// not asked (502, like any refresh that fails for a passing reason).
+    #[error("identity {identity}: {detail}")]
+    TokenStoreUnwritable {
+        /// Identity name.
+        identity: String,
+        /// What the store said.
+        detail: String,
+    },
+
     // === upstream ===
     /// Upstream could not be reached, or the exchange broke.
     #[error("upstream {}: {detail}", .failure.as_str())]
@@ -381,7 +391,9 @@ impl ProxyError {
             Self::ScopeMissing { .. } => ErrorKind::ScopeMissing,
             Self::RateLimited { .. } => ErrorKind::RateLimited,
             Self::UsageCapped { .. } => ErrorKind::UsageCapped,
-            Self::UpstreamUnavailable { .. } | Self::Internal(_) => ErrorKind::UpstreamUnavailable,
+            Self::UpstreamUnavailable { .. }
+            | Self::TokenStoreUnwritable { .. }
+            | Self::Internal(_) => ErrorKind::UpstreamUnavailable,
             Self::SharedStateUnavailable => ErrorKind::SharedStateUnavailable,
             Self::UpstreamTimeout(_) => ErrorKind::UpstreamTimeout,
             Self::Panicked => ErrorKind::InternalError,
@@ -408,6 +420,7 @@ impl ProxyError {
             | Self::UsageCapped { .. }
             | Self::CredentialsMissing { .. }
             | Self::TokenRefreshFailed { .. }
+            | Self::TokenStoreUnwritable { .. }
             | Self::SharedStateUnavailable
             | Self::Internal(_)
             | Self::Panicked => None,
@@ -467,6 +480,7 @@ impl ProxyError {
             | Self::ScopeMissing { .. }
             | Self::CredentialsMissing { .. }
             | Self::TokenRefreshFailed { .. }
+            | Self::TokenStoreUnwritable { .. }
             | Self::UpstreamUnavailable { .. }
             | Self::UpstreamTimeout(_)
             | Self::SharedStateUnavailable
@@ -564,6 +578,13 @@ mod tests {
                 ProxyError::UpstreamUnavailable {
                     failure: UpstreamFailure::Connect,
                     detail: "refused".into(),
+                },
+                ErrorKind::UpstreamUnavailable,
+            ),
+            (
+                ProxyError::TokenStoreUnwritable {
+                    identity: "bob".into(),
+                    detail: "database or disk is full".into(),
                 },
                 ErrorKind::UpstreamUnavailable,
             ),

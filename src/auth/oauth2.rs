@@ -16,6 +16,11 @@
 //! [`Outcome::Rejected`] (401 `token-refresh-failed`); a passing failure (timeout, 5xx) is
 //! retried with backoff, then [`Outcome::Failed`], which requests see only once the access
 //! token has expired (502).
+//!
+//! A store that cannot be written (read-only, full, down) fails the refresh before X is
+//! asked ([`Outcome::Unstorable`]), so X never rotates a pair that could not be kept. If it
+//! fails between X's answer and the commit, the new pair is used from memory and stored as
+//! soon as the store takes it ([`Oauth2Users::store_later`]); shutdown waits for that too.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -45,6 +50,9 @@ pub const REFRESH_AHEAD: Duration = Duration::from_secs(60);
 
 /// Attempts of one refresh before it is a passing failure.
 const ATTEMPTS: u32 = 3;
+
+/// The longest wait between attempts to store a refreshed pair the store refused.
+const STORE_RETRY_MAX: Duration = Duration::from_secs(10);
 
 /// The largest token-endpoint answer read.
 const MAX_TOKEN_RESPONSE: usize = 64 * 1024;
@@ -99,6 +107,9 @@ pub enum Outcome {
     Rejected(String),
     /// A passing failure, after retries.
     Failed(String),
+    /// The store cannot be written now, so X was not asked (its answer would rotate a pair
+    /// that could not be kept).
+    Unstorable(String),
 }
 
 struct Slot {
@@ -502,6 +513,13 @@ impl Oauth2Users {
                     detail: format!("the OAuth 2.0 token refresh for {name} failed: {why}"),
                 }),
             },
+            Outcome::Unstorable(why) => match self.current(id) {
+                Some(c) if !c.expired(now) => Ok(c),
+                _ => Err(ProxyError::TokenStoreUnwritable {
+                    identity: name.to_owned(),
+                    detail: why,
+                }),
+            },
         }
     }
 
@@ -550,22 +568,31 @@ impl Oauth2Users {
             let _running = running;
             // Cleared however the task ends, so a later refresh never joins a dead one.
             let _clear = ClearOnDrop(&this, id);
-            let outcome = this.run_refresh(id).await;
+            let (outcome, unstored) = this.run_refresh(id).await;
             let _no_waiters = tx.send(Some(outcome));
+            // Still "refreshing" (and running, for shutdown) until the pair is stored: no
+            // other refresh may spend its refresh token before then.
+            if let Some(pair) = unstored {
+                this.store_later(id, pair).await;
+            }
         });
         rx
     }
 
     /// One refresh of `id`: begin it in the store (exclusive among processes where the store
     /// is shared), adopt a pair another process stored, else ask X (with retries for passing
-    /// failures), commit the new pair durably, then publish it.
-    async fn run_refresh(&self, id: IdentityId) -> Outcome {
+    /// failures), commit the new pair durably, then publish it. Also returns a pair X
+    /// delivered that the store refused, to be stored later.
+    async fn run_refresh(&self, id: IdentityId) -> (Outcome, Option<StoredToken>) {
         let Some(slot) = self.slots.get(&id) else {
-            return Outcome::Failed("not an OAuth 2.0 identity".to_owned());
+            return (
+                Outcome::Failed("not an OAuth 2.0 identity".to_owned()),
+                None,
+            );
         };
         let name = Arc::clone(&slot.name);
         let Some(current) = self.current(id) else {
-            return Outcome::Rejected("no token is stored".to_owned());
+            return (Outcome::Rejected("no token is stored".to_owned()), None);
         };
         let refresh = match &self.store {
             Some(store) => match store.begin_refresh(&name).await {
@@ -573,8 +600,14 @@ impl Oauth2Users {
                 Err(e) => {
                     // Without the store the new pair could not be kept: refreshing now would
                     // spend X's single-use refresh token for nothing durable.
-                    tracing::warn!(identity = %name, error = %e, "the token store is unavailable; not refreshing");
-                    return Outcome::Failed(format!("the token store is unavailable: {e}"));
+                    self.metrics.token_refresh(&name, "error");
+                    tracing::warn!(identity = %name, error = %e, "the token store cannot be written; not refreshing");
+                    return (
+                        Outcome::Unstorable(format!(
+                            "the OAuth 2.0 token refresh was not attempted, because the token store cannot be written: {e}"
+                        )),
+                        None,
+                    );
                 }
             },
             None => None,
@@ -586,10 +619,11 @@ impl Oauth2Users {
             if access_token != current.access_token.expose() {
                 tracing::info!(identity = %name, "adopting the token pair another process stored");
                 let stored = refresh.as_ref().and_then(|r| r.stored().cloned());
-                return match stored {
+                let outcome = match stored {
                     Some(stored) => Self::publish(slot, &stored, current.generation),
                     None => Outcome::Failed("the stored pair vanished".to_owned()),
                 };
+                return (outcome, None);
             }
         }
         let refused = slot
@@ -598,14 +632,58 @@ impl Oauth2Users {
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
         if let Some((_, why)) = refused.filter(|(g, _)| *g == current.generation) {
-            return Outcome::Rejected(why);
+            return (Outcome::Rejected(why), None);
         }
-        let outcome = self.ask_x(slot, &name, &current, refresh).await;
+        let (outcome, unstored) = self.ask_x(slot, &name, &current, refresh).await;
         if let Outcome::Rejected(why) = &outcome {
             *slot.rejected.lock().unwrap_or_else(PoisonError::into_inner) =
                 Some((current.generation, why.clone()));
         }
-        outcome
+        (outcome, unstored)
+    }
+
+    /// Stores a pair X delivered that the store refused at commit, retrying with backoff
+    /// until it is stored or another pair replaces it in memory. Dropped first (shutdown
+    /// gave up on it), it says at error level that the user has to log in again.
+    async fn store_later(&self, id: IdentityId, pair: StoredToken) {
+        let (Some(slot), Some(store)) = (self.slots.get(&id), self.store.as_ref()) else {
+            return;
+        };
+        let StoredToken::Oauth2 {
+            access_token: ref ours,
+            ..
+        } = pair
+        else {
+            return;
+        };
+        let mut unstored = Unstored(Some(Arc::clone(&slot.name)));
+        let mut backoff = Duration::from_millis(250);
+        for attempt in 2u32.. {
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(STORE_RETRY_MAX);
+            if self
+                .current(id)
+                .is_none_or(|c| c.access_token.expose() != ours.as_str())
+            {
+                // A newer pair (a new login) replaced it.
+                unstored.0 = None;
+                return;
+            }
+            let stored = match store.begin_refresh(&slot.name).await {
+                Ok(refresh) => refresh.commit(pair.clone()).await,
+                Err(e) => Err(e),
+            };
+            match stored {
+                Ok(()) => {
+                    tracing::info!(identity = %slot.name, attempt, "the refreshed token pair is stored now");
+                    unstored.0 = None;
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(identity = %slot.name, attempt, error = %e, "the refreshed token pair is still not stored; it is used from memory");
+                }
+            }
+        }
     }
 
     /// The refresh-token grant at X, with retries for passing failures; a new pair is
@@ -616,15 +694,17 @@ impl Oauth2Users {
         name: &Arc<str>,
         current: &Current,
         refresh: Option<Box<dyn Refresh>>,
-    ) -> Outcome {
+    ) -> (Outcome, Option<StoredToken>) {
         let Some(refresh_token) = current.refresh_token.as_ref() else {
-            return Outcome::Rejected(
-                "no refresh token was granted (log in with the offline.access scope)".to_owned(),
-            );
+            let why = "no refresh token was granted (log in with the offline.access scope)";
+            return (Outcome::Rejected(why.to_owned()), None);
         };
         let client = match oauth2_client(&slot.app, &self.token_url) {
             Ok(c) => c,
-            Err(e) => return Outcome::Failed(format!("the token endpoint URL: {e}")),
+            Err(e) => {
+                let why = format!("the token endpoint URL: {e}");
+                return (Outcome::Failed(why), None);
+            }
         };
         let http = TokenHttp(&self.upstream);
         let mut backoff = Duration::from_millis(250);
@@ -649,14 +729,18 @@ impl Oauth2Users {
                             .map_err(|e| e.to_string()),
                         None => Err("no token store".to_owned()),
                     };
-                    if let Err(e) = committed {
-                        // X has rotated the pair: the new one only lives here now. Keep
-                        // using it rather than lose the user, and say so loudly.
-                        tracing::error!(identity = %name, error = %e, "the refreshed token could not be stored; it is kept in memory only");
-                    }
                     self.metrics.token_refresh(name, "ok");
                     tracing::info!(identity = %name, "OAuth 2.0 token refreshed");
-                    return Self::publish(slot, &stored, current.generation);
+                    let outcome = Self::publish(slot, &stored, current.generation);
+                    return match committed {
+                        Ok(()) => (outcome, None),
+                        Err(e) => {
+                            // X has rotated the pair: the new one only lives here until the
+                            // store takes it. Use it rather than lose the user, and say so.
+                            tracing::error!(identity = %name, error = %e, "the refreshed token pair could not be stored; it is used from memory and stored as soon as the store allows");
+                            (outcome, Some(stored))
+                        }
+                    };
                 }
                 Err(RequestTokenError::ServerResponse(err))
                     if matches!(
@@ -668,24 +752,25 @@ impl Oauth2Users {
                 {
                     self.metrics.token_refresh(name, "rejected");
                     tracing::warn!(identity = %name, error = %err.error(), "X refused the refresh token: log in again");
-                    return Outcome::Rejected(format!(
+                    let why = format!(
                         "X refused the refresh token ({}); run `xgate login --identity {name}` again",
                         err.error()
-                    ));
+                    );
+                    return (Outcome::Rejected(why), None);
                 }
                 Err(e) => {
                     let why = describe(&e);
                     tracing::warn!(identity = %name, attempt, error = %why, "OAuth 2.0 token refresh failed");
                     if attempt == ATTEMPTS {
                         self.metrics.token_refresh(name, "error");
-                        return Outcome::Failed(why);
+                        return (Outcome::Failed(why), None);
                     }
                     tokio::time::sleep(backoff).await;
                     backoff *= 4;
                 }
             }
         }
-        Outcome::Failed("no attempt was made".to_owned())
+        (Outcome::Failed("no attempt was made".to_owned()), None)
     }
 
     fn publish(slot: &Slot, stored: &StoredToken, generation: u64) -> Outcome {
@@ -708,6 +793,18 @@ fn missing(name: &str) -> ProxyError {
         hint: format!(
             "no OAuth 2.0 token is stored for {name}: run `xgate login --identity {name}`"
         ),
+    }
+}
+
+/// A refreshed pair the store has not taken yet; dropped while it holds the name (shutdown
+/// gave up), the pair is lost, which is said once at error level.
+struct Unstored(Option<Arc<str>>);
+
+impl Drop for Unstored {
+    fn drop(&mut self) {
+        if let Some(name) = self.0.take() {
+            tracing::error!(identity = %name, "the refreshed token pair was never stored and X has rotated the old one: run `xgate login --identity {name}` once the store can be written");
+        }
     }
 }
 

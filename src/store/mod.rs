@@ -184,7 +184,10 @@ pub trait TokenStore: Send + Sync + fmt::Debug {
     /// the refresh is this caller's, and the way to commit its successor. A store shared by
     /// several processes makes it exclusive among them (a lock in the database) until
     /// committed or dropped; the embedded store, which one proxy process serves from, needs
-    /// no more than the proxy's own one-refresh-per-identity rule.
+    /// no more than the proxy's own one-refresh-per-identity rule. Every backend fails here,
+    /// before X is asked, when it cannot be written now (a read-only or full disk, a database
+    /// that is down): X's answer rotates the refresh token, so a pair that cannot be kept must
+    /// not be asked for.
     fn begin_refresh<'a>(&'a self, identity: &'a str) -> StoreFuture<'a, Box<dyn Refresh>>;
     /// Where the names of identities whose records another process changed arrive (a shared
     /// store's notifications), so a replica drops a rotated access token promptly; `None` for

@@ -522,9 +522,11 @@ impl TokenStore for PostgresStore {
                     )
                     .await
                     .map_err(|e| describe(&e))?;
+                // FOR UPDATE: a database that only reads (a standby, a read-only
+                // transaction default) refuses it here, before X is asked.
                 let data = client
                     .query_opt(
-                        "SELECT data FROM xgate_tokens WHERE identity = $1 AND kind = 'oauth2'",
+                        "SELECT data FROM xgate_tokens WHERE identity = $1 AND kind = 'oauth2' FOR UPDATE",
                         &[&identity],
                     )
                     .await

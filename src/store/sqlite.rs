@@ -282,6 +282,21 @@ impl SqliteStore {
         tx.commit().map_err(|e| self.io_error(&e))
     }
 
+    /// One durable write the size of a commit (a `meta` row, its page journaled like a
+    /// token's): fails now, before a refresh asks X, if the directory is read-only or the disk
+    /// is full (`SQLITE_READONLY`, `SQLITE_FULL`), and changes no token.
+    fn probe_write(&self) -> Result<(), StoreError> {
+        let now = crate::clock::Clock::unix_seconds(&crate::clock::SystemClock);
+        let conn = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
+        conn.execute(
+            "INSERT INTO meta (key, value) VALUES ('refresh_begun_at', ?1)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            [now.to_string().into_bytes()],
+        )
+        .map(drop)
+        .map_err(|e| self.io_error(&e))
+    }
+
     /// [`TokenStore::delete`], on the calling thread.
     pub fn delete_blocking(&self, identity: &str, kind: TokenKind) -> Result<(), StoreError> {
         let conn = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
@@ -335,6 +350,7 @@ impl TokenStore for SqliteStore {
         let identity = identity.to_owned();
         blocking(self, move |s| {
             let stored = s.load_blocking(&identity, TokenKind::Oauth2)?;
+            s.probe_write()?;
             Ok(Box::new(SqliteRefresh {
                 store: s.clone(),
                 identity,

@@ -28,8 +28,12 @@ mod proxy_oauth2;
 #[cfg(test)]
 mod proxy_upstream;
 #[cfg(test)]
+mod sdk_docs;
+#[cfg(test)]
 mod shared_postgres;
 #[cfg(test)]
 mod shared_redis;
+#[cfg(test)]
+mod store_faults;
 #[cfg(test)]
 mod support;

@@ -29,6 +29,13 @@ fn assert_problem(a: &crate::support::http::Answer, status: u16, kind: &str) {
     assert_eq!(v["type"], format!("urn:xgate:problem:{kind}"));
     assert_eq!(v["status"], status);
     assert!(v["title"].is_string() && v["detail"].is_string(), "{v}");
+    // The shapes X's client libraries show (twitter-api-v2: `errors`, xdk: `message`).
+    assert_eq!(v["message"], v["detail"], "{v}");
+    assert_eq!(
+        v["errors"],
+        serde_json::json!([{ "message": v["detail"] }]),
+        "{v}"
+    );
 }
 
 #[tokio::test]

@@ -24,6 +24,18 @@ pub fn spawn(dir: &Path, args: &[&str], stdin: Stdio, extra_env: &[(&str, &str)]
         .unwrap()
 }
 
+/// A child that is killed (and reaped) when dropped, so a failing test leaves no `xgate`
+/// running.
+#[derive(Debug)]
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _killed = self.0.kill();
+        let _reaped = self.0.wait();
+    }
+}
+
 /// The lines of a child's pipe, as they come (a thread reads it).
 pub fn lines(pipe: impl std::io::Read + Send + 'static) -> UnboundedReceiver<String> {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();

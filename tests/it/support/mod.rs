@@ -2,6 +2,7 @@
 //! scratch directories and running the `xgate` binary.
 
 pub mod binary;
+pub mod disk;
 pub mod engines;
 pub mod fake_x;
 pub mod faulty;

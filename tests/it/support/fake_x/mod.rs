@@ -143,10 +143,33 @@ impl Reply {
     }
 }
 
+/// A scripted answer and the requests it is for.
+#[derive(Debug)]
+struct Script {
+    /// Any method when `None`.
+    method: Option<http::Method>,
+    /// The target (path and query) starts with it.
+    prefix: String,
+    /// ... and contains it.
+    contains: Option<String>,
+    reply: Reply,
+}
+
+impl Script {
+    fn matches(&self, method: &http::Method, target: &str) -> bool {
+        self.method.as_ref().is_none_or(|m| m == method)
+            && target.starts_with(self.prefix.as_str())
+            && self
+                .contains
+                .as_ref()
+                .is_none_or(|c| target.contains(c.as_str()))
+    }
+}
+
 #[derive(Debug, Default)]
 struct Shared {
     requests: Mutex<Vec<Recorded>>,
-    scripts: Mutex<Vec<(String, Reply)>>,
+    scripts: Mutex<Vec<Script>>,
     /// Targets whose request was abandoned before the answer was complete.
     cancelled: Mutex<Vec<String>>,
     /// Targets whose streamed body was sent to the end.
@@ -295,11 +318,24 @@ impl FakeX {
 
     /// Answers requests whose target starts with `prefix` with `reply` (latest script wins).
     pub fn script(&self, prefix: &str, reply: Reply) {
-        self.shared
-            .scripts
-            .lock()
-            .unwrap()
-            .push((prefix.to_owned(), reply));
+        self.route(None, prefix, None, reply);
+    }
+
+    /// Answers requests of `method` (any when `None`) whose target starts with `prefix` and
+    /// contains `contains` (when given) with `reply` (latest script wins).
+    pub fn route(
+        &self,
+        method: Option<http::Method>,
+        prefix: &str,
+        contains: Option<&str>,
+        reply: Reply,
+    ) {
+        self.shared.scripts.lock().unwrap().push(Script {
+            method,
+            prefix: prefix.to_owned(),
+            contains: contains.map(str::to_owned),
+            reply,
+        });
     }
 
     pub fn requests(&self) -> Vec<Recorded> {
@@ -504,8 +540,8 @@ async fn serve(
         scripts
             .iter()
             .rev()
-            .find(|(p, _)| target.starts_with(p.as_str()))
-            .map(|(_, r)| r.clone())
+            .find(|s| s.matches(&parts.method, &target))
+            .map(|s| s.reply.clone())
     };
     let reply = if parts.uri.path().starts_with("/oauth/") {
         Some(oauth1_token_reply(parts.uri.path(), &url, &parts.headers))
