@@ -241,6 +241,7 @@ pub async fn run(
                     handshake_timeout: config.server.tls_handshake_timeout,
                     keepalive: config.server.keepalive_timeout,
                     header_read: config.server.header_read_timeout,
+                    stalled: config.server.idle_timeout,
                     stop: stop_rx.clone(),
                 };
                 conns.spawn_on(
@@ -332,6 +333,8 @@ struct Connection {
     handshake_timeout: Duration,
     keepalive: Duration,
     header_read: Duration,
+    /// `server.idle_timeout`: how long a client may take none of its response's bytes.
+    stalled: Duration,
     stop: watch::Receiver<bool>,
 }
 
@@ -375,13 +378,21 @@ impl Connection {
                     conn.as_mut().graceful_shutdown();
                     draining = true;
                 }
-                expired = expiry(&activity, self.header_read, self.keepalive), if !draining => {
-                    if expired == Expiry::SlowHead {
-                        tracing::debug!(%peer, "request head not complete within header_read_timeout: dropped");
-                        return;
+                expired = expiry(&activity, self.header_read, self.keepalive, self.stalled), if !draining => {
+                    match expired {
+                        Expiry::SlowHead => {
+                            tracing::debug!(%peer, "request head not complete within header_read_timeout: dropped");
+                            return;
+                        }
+                        Expiry::Stalled => {
+                            tracing::info!(%peer, "the client read nothing of its response for idle_timeout: connection dropped");
+                            return;
+                        }
+                        Expiry::Idle => {
+                            conn.as_mut().graceful_shutdown();
+                            draining = true;
+                        }
                     }
-                    conn.as_mut().graceful_shutdown();
-                    draining = true;
                 }
             }
         }
@@ -396,16 +407,30 @@ enum Expiry {
     Idle,
     /// A request head that took longer than `header_read_timeout`: dropped unanswered.
     SlowHead,
+    /// The client took none of its response's bytes for `idle_timeout` (a stream it stopped
+    /// reading without closing it): dropped, which ends the upstream exchange too.
+    Stalled,
 }
 
 /// Completes when the connection's time is up: a request head is bounded by
 /// `header_read` from its first byte, a connection that has sent nothing yet by `header_read`,
-/// and the wait between requests by `keepalive`. While a request is in flight, nothing runs
-/// out.
-async fn expiry(activity: &ConnActivity, header_read: Duration, keepalive: Duration) -> Expiry {
+/// the wait between requests by `keepalive`, and a client that takes none of its response's
+/// bytes by `stalled` (`idle_timeout`). While a request is in flight and its response flows,
+/// nothing runs out.
+async fn expiry(
+    activity: &ConnActivity,
+    header_read: Duration,
+    keepalive: Duration,
+    stalled: Duration,
+) -> Expiry {
     loop {
         let deadline = match activity.state() {
-            ConnState::Busy => None,
+            ConnState::Busy {
+                write_blocked: None,
+            } => None,
+            ConnState::Busy {
+                write_blocked: Some(since),
+            } => Some((since + stalled, Expiry::Stalled)),
             ConnState::ReadingHead(since) => Some((since + header_read, Expiry::SlowHead)),
             ConnState::Idle { since, served } => {
                 let limit = if served { keepalive } else { header_read };
@@ -444,6 +469,15 @@ impl<I> Watched<I> {
             activity,
             first: [0; 4],
             seen: 0,
+        }
+    }
+
+    /// A write went through (the client reads) or has to wait (it does not).
+    fn wrote(&self, polled: &std::task::Poll<std::io::Result<usize>>) {
+        match polled {
+            std::task::Poll::Pending => self.activity.write_blocked(),
+            std::task::Poll::Ready(Ok(n)) if *n > 0 => self.activity.wrote(),
+            std::task::Poll::Ready(_) => {}
         }
     }
 
@@ -488,7 +522,10 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
         cx: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        let this = self.get_mut();
+        let polled = std::pin::Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.wrote(&polled);
+        polled
     }
 
     fn poll_flush(
@@ -510,7 +547,10 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
         cx: &mut std::task::Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let polled = std::pin::Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.wrote(&polled);
+        polled
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -576,6 +616,7 @@ mod tests {
             handshake_timeout: config.server.tls_handshake_timeout,
             keepalive: config.server.keepalive_timeout,
             header_read: config.server.header_read_timeout,
+            stalled: config.server.idle_timeout,
             stop,
         };
         let (client, server) = tokio::io::duplex(64 * 1024);

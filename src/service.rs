@@ -172,9 +172,16 @@ pub struct ConnActivity {
     /// When bytes of a request head began to arrive with no request in flight (ms after
     /// `base`), or [`NO_HEAD`].
     head_since_ms: AtomicU64,
-    /// Told when the connection becomes idle or a head begins (for its watchdog).
+    /// When a write to the client began to wait for the client to read (ms after `base`),
+    /// or [`NOT_BLOCKED`].
+    write_blocked_since_ms: AtomicU64,
+    /// Told when the connection becomes idle, a head begins or a write begins to wait (for
+    /// its watchdog).
     changed: tokio::sync::Notify,
 }
+
+/// No write to the client is waiting.
+const NOT_BLOCKED: u64 = u64::MAX;
 
 /// No request head is being read.
 const NO_HEAD: u64 = u64::MAX;
@@ -182,8 +189,12 @@ const NO_HEAD: u64 = u64::MAX;
 /// What a connection is doing, for its timeouts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConnState {
-    /// A request is in flight.
-    Busy,
+    /// A request is in flight; `write_blocked` is when a write to the client began to wait
+    /// for the client to read, if one waits now.
+    Busy {
+        /// Since when the client has taken no bytes.
+        write_blocked: Option<Instant>,
+    },
     /// A request head began to arrive at this instant and is not complete yet.
     ReadingHead(Instant),
     /// Nothing in flight since this instant; `served` once a request was.
@@ -203,6 +214,7 @@ impl Default for ConnActivity {
             idle_since_ms: AtomicU64::new(0),
             started: AtomicU64::new(0),
             head_since_ms: AtomicU64::new(NO_HEAD),
+            write_blocked_since_ms: AtomicU64::new(NOT_BLOCKED),
             changed: tokio::sync::Notify::new(),
         }
     }
@@ -234,7 +246,29 @@ impl ConnActivity {
         }
     }
 
-    /// Completes when the connection became idle or a head began since the last call.
+    /// A write to the client could not go on (its receive window is full): the client reads
+    /// nothing now. The first such write starts the clock.
+    pub fn write_blocked(&self) {
+        let now = self.elapsed_ms();
+        if self
+            .write_blocked_since_ms
+            .compare_exchange(NOT_BLOCKED, now, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            self.changed.notify_one();
+        }
+    }
+
+    /// Bytes reached the client: it reads again (one load per write when it never stopped).
+    pub fn wrote(&self) {
+        if self.write_blocked_since_ms.load(Ordering::Relaxed) != NOT_BLOCKED {
+            self.write_blocked_since_ms
+                .store(NOT_BLOCKED, Ordering::Release);
+        }
+    }
+
+    /// Completes when the connection became idle, a head began or a write began to wait
+    /// since the last call.
     pub async fn changed(&self) {
         self.changed.notified().await;
     }
@@ -251,7 +285,11 @@ impl ConnActivity {
     /// What the connection is doing now.
     pub fn state(&self) -> ConnState {
         let Some(since) = self.idle_since() else {
-            return ConnState::Busy;
+            let blocked = self.write_blocked_since_ms.load(Ordering::Acquire);
+            return ConnState::Busy {
+                write_blocked: (blocked != NOT_BLOCKED)
+                    .then(|| self.base + Duration::from_millis(blocked)),
+            };
         };
         match self.head_since_ms.load(Ordering::Acquire) {
             NO_HEAD => ConnState::Idle {

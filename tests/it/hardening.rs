@@ -288,3 +288,49 @@ async fn a_token_endpoint_dying_mid_answer_loses_nothing() {
         .unwrap();
     assert_eq!(kept, Some(pair));
 }
+
+/// A client that stops reading a stream without closing it (an SDK whose `close()` leaves the
+/// request open) is dropped once it has taken none of the response for `idle_timeout`, and
+/// that ends the upstream stream: X's one stream connection of the App is not held for ever.
+#[tokio::test]
+async fn a_client_that_stops_reading_is_dropped_at_idle_timeout() {
+    use tokio::io::AsyncWriteExt as _;
+    let fake = FakeX::start().await;
+    let chunk = format!("{}\r\n", "x".repeat(64 * 1024));
+    // 64 KiB every millisecond for up to 100 s: the socket buffers fill within a second.
+    fake.script(
+        "/2/tweets/sample/stream",
+        crate::support::fake_x::Reply::stream(
+            &chunk,
+            &chunk,
+            Duration::from_millis(1),
+            100_000,
+            "",
+        ),
+    );
+    let proxy = Proxy::start(
+        &crate::support::proxy::TestConfig::new(&fake.base_url())
+            .server("idle_timeout", "1s")
+            .toml(),
+    )
+    .await;
+    let mut client = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    client
+        .write_all(
+            format!(
+                "GET /2/tweets/sample/stream HTTP/1.1\r\nHost: x\r\nX-Xgate-Key: {KEY}\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    // The client never reads.
+    assert!(
+        fake.wait_until(Duration::from_secs(20), |f| f
+            .was_cancelled("/2/tweets/sample/stream"))
+            .await,
+        "the upstream stream was still open 20 s after the client stopped reading"
+    );
+    assert!(!fake.stream_done("/2/tweets/sample/stream"));
+    drop(client);
+}
