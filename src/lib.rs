@@ -34,6 +34,7 @@ pub mod headers;
 pub mod identity;
 pub mod inbound;
 pub mod limits;
+pub mod metering;
 pub mod metrics;
 pub mod proxy;
 pub mod secret;
