@@ -171,8 +171,30 @@ impl Scanner {
 
     /// Reads the next chunk of the body.
     pub fn feed(&mut self, chunk: &[u8]) {
-        for &b in chunk {
+        let mut rest = chunk;
+        while let Some((&b, tail)) = rest.split_first() {
+            // Most of a body is the inside of strings nobody bills (texts, URLs): skip to the
+            // next quote or backslash at once instead of a byte at a time.
+            if let Lex::Str {
+                capture: Capture::Skip,
+                escaped: false,
+            } = self.lex
+            {
+                match memchr::memchr2(b'"', b'\\', rest) {
+                    Some(at) => {
+                        let (_skipped, from) = rest.split_at(at);
+                        rest = from;
+                        if let Some((&b, tail)) = rest.split_first() {
+                            self.byte(b);
+                            rest = tail;
+                        }
+                        continue;
+                    }
+                    None => return,
+                }
+            }
             self.byte(b);
+            rest = tail;
         }
     }
 
@@ -452,6 +474,14 @@ impl Scanner {
         };
         if self.buf.len() + bytes.len() > limit {
             self.spoiled = true;
+            if capture == Capture::Key {
+                // Too long to be `data` or `id`: the rest is skipped like any string (the
+                // level's key stays `Other`).
+                self.lex = Lex::Str {
+                    capture: Capture::Skip,
+                    escaped: false,
+                };
+            }
         } else {
             self.buf.extend_from_slice(bytes);
         }
