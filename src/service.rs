@@ -235,24 +235,21 @@ impl ConnActivity {
     /// Bytes arrived from the client: with no request in flight, they begin a request head.
     pub fn bytes_read(&self) {
         if self.inflight.load(Ordering::Acquire) == 0 {
-            let now = self.elapsed_ms();
-            if self
-                .head_since_ms
-                .compare_exchange(NO_HEAD, now, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-            {
-                self.changed.notify_one();
-            }
+            self.start_clock(&self.head_since_ms, NO_HEAD);
         }
     }
 
     /// A write to the client could not go on (its receive window is full): the client reads
     /// nothing now. The first such write starts the clock.
     pub fn write_blocked(&self) {
+        self.start_clock(&self.write_blocked_since_ms, NOT_BLOCKED);
+    }
+
+    /// Sets `clock` to now unless it runs already (is not `unset`), and tells the watchdog.
+    fn start_clock(&self, clock: &AtomicU64, unset: u64) {
         let now = self.elapsed_ms();
-        if self
-            .write_blocked_since_ms
-            .compare_exchange(NOT_BLOCKED, now, Ordering::AcqRel, Ordering::Acquire)
+        if clock
+            .compare_exchange(unset, now, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
         {
             self.changed.notify_one();

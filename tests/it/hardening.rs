@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use crate::store_faults::{pair, store_pair, stored_access};
 use crate::support::fake_x::FakeX;
 use crate::support::faulty::Faulty;
 use crate::support::http::{get, metric, raw};
@@ -130,23 +131,7 @@ async fn a_signal_during_a_refresh_waits_for_it_and_keeps_the_new_pair() {
         .unwrap();
         // Due within the 60 s refresh-ahead: the request goes on with it, the refresh runs
         // in the background.
-        let now = xgate::clock::Clock::unix_seconds(&xgate::clock::SystemClock);
-        let stored = xgate::store::SqliteStore::open(&dir.join("xgate.db"), None).unwrap();
-        stored
-            .save_blocking(
-                "bob",
-                &xgate::store::StoredToken::Oauth2 {
-                    access_token: "at-old".into(),
-                    refresh_token: Some("rt-old".into()),
-                    expires_at: Some(now + 30),
-                    scopes: crate::proxy_oauth2::SCOPES
-                        .iter()
-                        .map(|s| (*s).to_owned())
-                        .collect(),
-                },
-            )
-            .unwrap();
-        drop(stored);
+        store_pair(&dir, &pair(crate::proxy_oauth2::now() + 30));
         let (mut child, addr, _stderr) = serve(&dir).await;
         assert_eq!(get_anon(addr, "bob").await.status, 200);
         assert!(
@@ -164,19 +149,11 @@ async fn a_signal_during_a_refresh_waits_for_it_and_keeps_the_new_pair() {
             .await
             .unwrap();
         assert_eq!(exit.code(), Some(0), "{signal}");
-        let store = xgate::store::SqliteStore::open(&dir.join("xgate.db"), None).unwrap();
-        match store
-            .load_blocking("bob", xgate::store::TokenKind::Oauth2)
-            .unwrap()
-        {
-            Some(xgate::store::StoredToken::Oauth2 {
-                ref access_token, ..
-            }) => {
-                assert_eq!(access_token, "at-1", "{signal}: the rotated pair was lost");
-            }
-            other => panic!("{signal}: {other:?}"),
-        }
-        drop(store);
+        assert_eq!(
+            stored_access(&dir).as_deref(),
+            Some("at-1"),
+            "{signal}: the rotated pair was lost"
+        );
         let (mut child, addr, _stderr) = serve(&dir).await;
         let a = get_anon(addr, "bob").await;
         assert_eq!(a.status, 200, "{}", a.text());
@@ -264,20 +241,8 @@ async fn a_token_endpoint_dying_mid_answer_loses_nothing() {
     )
     .await;
     let dir = crate::support::scratch("token-dies");
-    let now = xgate::clock::Clock::unix_seconds(&xgate::clock::SystemClock);
-    let pair = xgate::store::StoredToken::Oauth2 {
-        access_token: "at-old".into(),
-        refresh_token: Some("rt-old".into()),
-        expires_at: Some(now - 10),
-        scopes: crate::proxy_oauth2::SCOPES
-            .iter()
-            .map(|s| (*s).to_owned())
-            .collect(),
-    };
-    xgate::store::SqliteStore::open(&dir.join("xgate.db"), None)
-        .unwrap()
-        .save_blocking("bob", &pair)
-        .unwrap();
+    let pair = pair(crate::proxy_oauth2::now() - 10);
+    store_pair(&dir, &pair);
     let proxy = Proxy::start_in(&config(&upstream.base_url()), &dir).await;
     let a = get(proxy.addr, "/2/users/me", Some("bob")).await;
     assert_eq!(a.status, 502, "{}", a.text());

@@ -7,17 +7,14 @@
 use std::path::Path;
 use std::time::Duration;
 
+use crate::proxy_oauth2::now;
 use crate::support::disk::{Frozen, SmallDisk};
 use crate::support::fake_x::FakeX;
 use crate::support::http::{Answer, get, request, send};
 use crate::support::proxy::{Proxy, TestConfig};
 
-fn now() -> u64 {
-    xgate::clock::Clock::unix_seconds(&xgate::clock::SystemClock)
-}
-
 /// bob's pair `at-old`/`rt-old`, valid until `expires_at`.
-fn pair(expires_at: u64) -> xgate::store::StoredToken {
+pub(crate) fn pair(expires_at: u64) -> xgate::store::StoredToken {
     xgate::store::StoredToken::Oauth2 {
         access_token: "at-old".into(),
         refresh_token: Some("rt-old".into()),
@@ -29,7 +26,7 @@ fn pair(expires_at: u64) -> xgate::store::StoredToken {
     }
 }
 
-fn store_pair(dir: &Path, token: &xgate::store::StoredToken) {
+pub(crate) fn store_pair(dir: &Path, token: &xgate::store::StoredToken) {
     xgate::store::SqliteStore::open(&dir.join("xgate.db"), None)
         .unwrap()
         .save_blocking("bob", token)
@@ -37,7 +34,7 @@ fn store_pair(dir: &Path, token: &xgate::store::StoredToken) {
 }
 
 /// bob's access token in the store now.
-fn stored_access(dir: &Path) -> Option<String> {
+pub(crate) fn stored_access(dir: &Path) -> Option<String> {
     let store = xgate::store::SqliteStore::open(&dir.join("xgate.db"), None).unwrap();
     match store
         .load_blocking("bob", xgate::store::TokenKind::Oauth2)
