@@ -142,10 +142,37 @@ impl Body for UpstreamBody {
 
 // === ProxyBody ===
 
-/// Told once, when a response body is finished or abandoned, how many bytes it relayed.
+/// Told once, when a response body is finished or abandoned, how many bytes it relayed and
+/// what its [`Tap`] made of it.
 pub trait BodyDone: Send + Sync + 'static {
-    /// The body is done; `bytes` of data went to the client.
-    fn done(self: Box<Self>, bytes: u64);
+    /// The body is done; `bytes` of data went to the client; `tapped` is its tap's result.
+    fn done(self: Box<Self>, bytes: u64, tapped: Option<Tapped>);
+}
+
+/// Sees every data chunk of a relayed body as it goes to the client (the metering of the
+/// costs issue), and can end the body early.
+pub trait Tap: Send + Sync + 'static {
+    /// `chunk` is about to go to the client; `false` ends the body after it.
+    fn chunk(&mut self, chunk: &[u8]) -> bool;
+    /// The body is done (finished, failed or dropped).
+    fn finish(self: Box<Self>) -> Tapped;
+}
+
+/// What a [`Tap`] made of a body: a figure known now, or one that needs a round trip.
+pub enum Tapped {
+    /// Known now.
+    Now(u64),
+    /// Known when this completes.
+    Later(Pin<Box<dyn std::future::Future<Output = u64> + Send>>),
+}
+
+impl fmt::Debug for Tapped {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Now(n) => f.debug_tuple("Tapped::Now").field(n).finish(),
+            Self::Later(_) => f.write_str("Tapped::Later"),
+        }
+    }
 }
 
 /// The body of a response sent to the client.
@@ -155,12 +182,17 @@ pub struct ProxyBody {
     bytes: u64,
     /// Told the byte count when the body is dropped.
     done: Option<Box<dyn BodyDone>>,
+    /// Sees the chunks; `None` once it ended the body.
+    tap: Option<Box<dyn Tap>>,
+    /// The tap asked to end the body after the last chunk.
+    ended: bool,
 }
 
 impl Drop for ProxyBody {
     fn drop(&mut self) {
+        let tapped = self.tap.take().map(Tap::finish);
         if let Some(done) = self.done.take() {
-            done.done(self.bytes);
+            done.done(self.bytes, tapped);
         }
     }
 }
@@ -263,6 +295,8 @@ impl ProxyBody {
             kind: Kind::Full(Some(bytes.into())),
             bytes: 0,
             done: None,
+            tap: None,
+            ended: false,
         }
     }
 
@@ -277,12 +311,27 @@ impl ProxyBody {
             kind: Kind::Upstream(first, rest),
             bytes: 0,
             done: None,
+            tap: None,
+            ended: false,
         }
     }
 
     /// Attaches `done`, told the byte count when this body is finished or dropped.
     pub fn on_done(&mut self, done: Box<dyn BodyDone>) {
         self.done = Some(done);
+    }
+
+    /// Attaches `tap`, shown every data chunk before it goes out.
+    pub fn tap(&mut self, tap: Box<dyn Tap>) {
+        self.tap = Some(tap);
+    }
+
+    /// Counts `data` and shows it to the tap.
+    fn relayed(&mut self, data: &[u8]) {
+        self.bytes += data.len() as u64;
+        if let Some(tap) = self.tap.as_mut() {
+            self.ended |= !tap.chunk(data);
+        }
     }
 }
 
@@ -295,6 +344,9 @@ impl Body for ProxyBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
+        if this.ended {
+            return Poll::Ready(None);
+        }
         match &mut this.kind {
             Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| {
                 this.bytes += b.len() as u64;
@@ -302,12 +354,14 @@ impl Body for ProxyBody {
             })),
             Kind::Upstream(first, body) => {
                 if let Some(data) = first.take() {
-                    this.bytes += data.len() as u64;
+                    this.relayed(&data);
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
                 let frame = ready!(Pin::new(body).poll_frame(cx));
-                if let Some(Ok(data)) = frame.as_ref().map(|f| f.as_ref().map(Frame::data_ref)) {
-                    this.bytes += data.map_or(0, |d| d.len() as u64);
+                if let Some(Ok(Some(data))) =
+                    frame.as_ref().map(|f| f.as_ref().map(Frame::data_ref))
+                {
+                    this.relayed(data);
                 }
                 Poll::Ready(frame)
             }
@@ -315,6 +369,9 @@ impl Body for ProxyBody {
     }
 
     fn is_end_stream(&self) -> bool {
+        if self.ended {
+            return true;
+        }
         match &self.kind {
             Kind::Full(b) => b.is_none(),
             Kind::Upstream(first, body) => first.is_none() && body.is_end_stream(),

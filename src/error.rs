@@ -39,6 +39,8 @@ pub enum ErrorKind {
     RateLimited,
     /// 429: the App's usage cap is spent.
     UsageCapped,
+    /// 429: a budget cannot pay the request's worst case (CONTRACT section 11 rule 3).
+    BudgetExhausted,
     /// 502.
     UpstreamUnavailable,
     /// 503: the shared rate-limit state cannot be reached (`on_failure = "refuse"`).
@@ -53,7 +55,7 @@ pub enum ErrorKind {
 
 impl ErrorKind {
     /// Every kind, for tests and documentation.
-    pub const ALL: [Self; 17] = [
+    pub const ALL: [Self; 18] = [
         Self::BadRequest,
         Self::ClientUnauthenticated,
         Self::TokenRefreshFailed,
@@ -66,6 +68,7 @@ impl ErrorKind {
         Self::BodyTooLarge,
         Self::RateLimited,
         Self::UsageCapped,
+        Self::BudgetExhausted,
         Self::UpstreamUnavailable,
         Self::SharedStateUnavailable,
         Self::UpstreamTimeout,
@@ -88,6 +91,7 @@ impl ErrorKind {
             Self::BodyTooLarge => "body-too-large",
             Self::RateLimited => "rate-limited",
             Self::UsageCapped => "usage-capped",
+            Self::BudgetExhausted => "budget-exhausted",
             Self::UpstreamUnavailable => "upstream-unavailable",
             Self::SharedStateUnavailable => "shared-state-unavailable",
             Self::UpstreamTimeout => "upstream-timeout",
@@ -109,7 +113,9 @@ impl ErrorKind {
             Self::PathNotAllowed => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::RateLimited | Self::UsageCapped => StatusCode::TOO_MANY_REQUESTS,
+            Self::RateLimited | Self::UsageCapped | Self::BudgetExhausted => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             Self::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             Self::SharedStateUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -129,7 +135,7 @@ impl ErrorKind {
             Self::PathNotAllowed => "Not Found",
             Self::MethodNotAllowed => "Method Not Allowed",
             Self::BodyTooLarge => "Payload Too Large",
-            Self::RateLimited | Self::UsageCapped => "Too Many Requests",
+            Self::RateLimited | Self::UsageCapped | Self::BudgetExhausted => "Too Many Requests",
             Self::UpstreamUnavailable => "Bad Gateway",
             Self::SharedStateUnavailable => "Service Unavailable",
             Self::UpstreamTimeout => "Gateway Timeout",
@@ -320,6 +326,33 @@ pub enum ProxyError {
         now_ms: u64,
     },
 
+    /// A budget cannot pay the request's worst case (CONTRACT section 11 rule 3).
+    #[error(
+        "budget {budget}: {} of {} USD spent or reserved this {period}; {endpoint} may cost up to {} USD; resets in {} s",
+        crate::config::format_usd(*.used_micros),
+        crate::config::format_usd(*.limit_micros),
+        crate::config::format_usd(*.worst_micros),
+        retry_after_secs(*.reset_ms, *.now_ms)
+    )]
+    BudgetExhausted {
+        /// The budget's name.
+        budget: String,
+        /// `day` or `month`.
+        period: &'static str,
+        /// Endpoint name, or `other`.
+        endpoint: String,
+        /// What the budget has spent and reserved (micro-USD).
+        used_micros: u64,
+        /// Its limit (micro-USD).
+        limit_micros: u64,
+        /// The request's worst case (micro-USD).
+        worst_micros: u64,
+        /// The end of the budget's period (Unix ms).
+        reset_ms: u64,
+        /// Now (Unix ms).
+        now_ms: u64,
+    },
+
     // === credentials ===
     /// The identity has no usable credentials; `hint` tells the operator what to do.
     #[error("identity {identity} has no credentials: {hint}")]
@@ -391,6 +424,7 @@ impl ProxyError {
             Self::ScopeMissing { .. } => ErrorKind::ScopeMissing,
             Self::RateLimited { .. } => ErrorKind::RateLimited,
             Self::UsageCapped { .. } => ErrorKind::UsageCapped,
+            Self::BudgetExhausted { .. } => ErrorKind::BudgetExhausted,
             Self::UpstreamUnavailable { .. }
             | Self::TokenStoreUnwritable { .. }
             | Self::Internal(_) => ErrorKind::UpstreamUnavailable,
@@ -418,6 +452,7 @@ impl ProxyError {
             | Self::ScopeMissing { .. }
             | Self::RateLimited { .. }
             | Self::UsageCapped { .. }
+            | Self::BudgetExhausted { .. }
             | Self::CredentialsMissing { .. }
             | Self::TokenRefreshFailed { .. }
             | Self::TokenStoreUnwritable { .. }
@@ -469,6 +504,9 @@ impl ProxyError {
             Self::UsageCapped {
                 until_ms, now_ms, ..
             } => limited_headers(headers, *until_ms, *now_ms),
+            Self::BudgetExhausted {
+                reset_ms, now_ms, ..
+            } => limited_headers(headers, *reset_ms, *now_ms),
             Self::BadRequest(_)
             | Self::ClientUnauthenticated
             | Self::IdentityForbidden
@@ -529,6 +567,7 @@ mod tests {
             ("body-too-large", 413),
             ("rate-limited", 429),
             ("usage-capped", 429),
+            ("budget-exhausted", 429),
             ("upstream-unavailable", 502),
             ("shared-state-unavailable", 503),
             ("upstream-timeout", 504),
@@ -645,6 +684,19 @@ mod tests {
                 },
                 ErrorKind::UsageCapped,
             ),
+            (
+                ProxyError::BudgetExhausted {
+                    budget: "backend-daily".into(),
+                    period: "day",
+                    endpoint: "GET /2/tweets/search/recent".into(),
+                    used_micros: 24_990_000,
+                    limit_micros: 25_000_000,
+                    worst_micros: 500_000,
+                    reset_ms: 86_400_000,
+                    now_ms: 86_000_000,
+                },
+                ErrorKind::BudgetExhausted,
+            ),
         ];
         let covered: std::collections::HashSet<ErrorKind> =
             cases.iter().map(|(_, kind)| *kind).collect();
@@ -683,6 +735,30 @@ mod tests {
         assert_eq!(h["x-rate-limit-reset"], "1000312");
         assert_eq!(h["retry-after"], "312");
         assert_eq!(h["x-xgate-limited"], "local");
+    }
+
+    #[test]
+    fn budget_exhausted_names_the_budget_and_resets_at_the_period_end() {
+        let err = ProxyError::BudgetExhausted {
+            budget: "backend-daily".into(),
+            period: "day",
+            endpoint: "GET /2/tweets/search/recent".into(),
+            used_micros: 24_990_000,
+            limit_micros: 25_000_000,
+            worst_micros: 500_000,
+            reset_ms: 86_400_000,
+            now_ms: 86_000_000,
+        };
+        assert_eq!(
+            err.to_string(),
+            "budget backend-daily: 24.990000 of 25.000000 USD spent or reserved this day; GET /2/tweets/search/recent may cost up to 0.500000 USD; resets in 400 s"
+        );
+        let resp = err.to_response();
+        assert_eq!(resp.status(), 429);
+        let h = resp.headers();
+        assert_eq!(h["x-xgate-error"], "budget-exhausted");
+        assert_eq!(h["retry-after"], "400");
+        assert_eq!(h["x-rate-limit-reset"], "86400");
     }
 
     #[test]

@@ -18,6 +18,7 @@ use tokio::time::Instant;
 
 use crate::auth::Outbound;
 use crate::body::{ProxyBody, UpstreamBody};
+use crate::costs::Charge;
 use crate::endpoints::EndpointId;
 use crate::error::{ProxyError, UpstreamFailure};
 use crate::headers;
@@ -31,16 +32,34 @@ use crate::upstream::Upstream;
 /// The most of an upstream 429 body read to look for `usage-capped`.
 const MAX_429_BODY: usize = 64 * 1024;
 
-/// Sends `outbound` as `identity` (`id`) on `endpoint`, and returns the client's response.
+/// What the phases before the exchange decided: who, where, and what was reserved.
+#[derive(Debug)]
+pub struct Exchange<'a> {
+    /// The identity, and its id.
+    pub who: (IdentityId, &'a Identity),
+    /// The endpoint; `None` is `other`.
+    pub endpoint: Option<EndpointId>,
+    /// The rate-limit reservation.
+    pub admission: Admission<'a>,
+    /// The price and the budgets' reservation.
+    pub charge: Charge,
+}
+
+/// Sends `outbound` as `identity` (`id`) on `endpoint`, and returns the client's response,
+/// metered as its body streams by.
 pub async fn exchange(
     state: &State,
     upstream: &Upstream,
-    (id, identity): (IdentityId, &Identity),
-    endpoint: Option<EndpointId>,
+    exchange: Exchange<'_>,
     outbound: Outbound,
-    mut admission: Admission<'_>,
     facts: &mut RequestFacts,
 ) -> Result<Response<ProxyBody>, ProxyError> {
+    let Exchange {
+        who: (id, identity),
+        endpoint,
+        mut admission,
+        mut charge,
+    } = exchange;
     let Outbound {
         request,
         generation,
@@ -103,6 +122,7 @@ pub async fn exchange(
     let label = EndpointLabel::of(state.catalogue(), endpoint);
     state.metrics().upstream(label, took);
     facts.upstream = Some((resp.status().as_u16(), took));
+    charge.answered(resp.status().as_u16());
     let (mut parts, body) = resp.into_parts();
     if let (Some(remaining), Some(_)) = (admission.learn(&parts.headers).await, endpoint) {
         state
@@ -131,15 +151,18 @@ pub async fn exchange(
         state
             .metrics()
             .rate_limited(&identity.name, label.name, source);
-        return Ok(Response::from_parts(parts, ProxyBody::full(bytes)));
+        let mut body = ProxyBody::full(bytes);
+        body.tap(Box::new(charge));
+        return Ok(Response::from_parts(parts, body));
     }
-    let body = first_frame(body, state.idle_timeout())
+    let mut body = first_frame(body, state.idle_timeout())
         .await
         .inspect_err(|e| {
             if let Some(failure) = e.upstream_failure() {
                 state.metrics().upstream_error(failure);
             }
         })?;
+    body.tap(Box::new(charge));
     Ok(Response::from_parts(parts, body))
 }
 

@@ -11,6 +11,7 @@
 //! - [`config`]: `proxy.toml` parsed and validated into a [`config::Config`].
 //! - [`auth`]: outbound credentials (Bearer, the OAuth 1.0a signer, clock skew).
 //! - [`limits`]: X's rate limits: the endpoint catalogue, buckets, the auth pre-check.
+//! - [`metering`], [`costs`]: what X's answers bill, budgets, the spend kept in the store.
 //! - [`metrics`]: the Prometheus metrics of a running proxy.
 //! - [`secret`]: the redacting secret types.
 //! - [`store`]: the token store (SQLite, optionally encrypted).
@@ -27,6 +28,7 @@ pub mod client_auth;
 pub mod client_key;
 pub mod clock;
 pub mod config;
+pub mod costs;
 pub mod endpoints;
 pub mod error;
 pub mod forward;

@@ -164,6 +164,14 @@ impl Scanner {
         })
     }
 
+    /// Forgets the ids kept so far (they were settled: a stream's messages); the resources
+    /// counted stay counted.
+    pub fn clear_ids(&mut self) {
+        self.id_bytes.clear();
+        self.id_ends.clear();
+        self.doc_ids = 0;
+    }
+
     /// Resources whose id was not kept (too long, or past [`MAX_IDS`]).
     pub fn ids_dropped(&self) -> u64 {
         self.ids_dropped

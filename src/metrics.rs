@@ -12,8 +12,8 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use prometheus::{
-    Encoder as _, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec,
-    Opts, Registry, TextEncoder,
+    CounterVec, Encoder as _, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::endpoints::{Catalogue, EndpointId};
@@ -79,6 +79,45 @@ pub struct Metrics {
     shared_up: IntGaugeVec,
     shared_errors: IntCounterVec,
     shared_duration: HistogramVec,
+    costs: CostMetrics,
+}
+
+/// The cost metrics of CONTRACT section 11 rule 6 (handles: cloning shares the metrics).
+#[derive(Debug, Clone)]
+pub struct CostMetrics {
+    cost: CounterVec,
+    resources: IntCounterVec,
+    remaining: GaugeVec,
+}
+
+impl CostMetrics {
+    /// `micros` of cost metered for a request of `client` as `identity` on `endpoint`.
+    pub fn cost(&self, client: &str, identity: &str, endpoint: &str, micros: u64) {
+        self.cost
+            .with_label_values(&[client, identity, endpoint])
+            .inc_by(micros as f64 / 1e6);
+    }
+
+    /// Billable resources returned: `new` of them new today for the App, `repeat` repeats.
+    pub fn resources(&self, identity: &str, endpoint: &str, new: u64, repeat: u64) {
+        if new > 0 {
+            self.resources
+                .with_label_values(&[identity, endpoint, "new"])
+                .inc_by(new);
+        }
+        if repeat > 0 {
+            self.resources
+                .with_label_values(&[identity, endpoint, "repeat"])
+                .inc_by(repeat);
+        }
+    }
+
+    /// What `budget` may still spend this period.
+    pub fn budget_remaining(&self, budget: &str, micros: u64) {
+        self.remaining
+            .with_label_values(&[budget])
+            .set(micros as f64 / 1e6);
+    }
 }
 
 /// A metric could not be registered (a programming error: names are fixed).
@@ -169,6 +208,30 @@ impl Metrics {
             .buckets(SHARED_BUCKETS.to_vec()),
             &["backend", "op"],
         )?;
+        let costs = CostMetrics {
+            cost: CounterVec::new(
+                Opts::new(
+                    "xgate_cost_usd_total",
+                    "Metered cost of X's answers (USD; an estimate of X's bill), by client, identity and endpoint.",
+                ),
+                &["client", "identity", "endpoint"],
+            )?,
+            resources: counter(
+                "xgate_billable_resources_total",
+                "Billable resources in X's answers: new today for the App, or a repeat (cost 0).",
+                &["identity", "endpoint", "dedup"],
+            )?,
+            remaining: GaugeVec::new(
+                Opts::new(
+                    "xgate_budget_remaining_usd",
+                    "What a budget may still spend in its period (USD), reservations in flight deducted.",
+                ),
+                &["budget"],
+            )?,
+        };
+        registry.register(Box::new(costs.cost.clone()))?;
+        registry.register(Box::new(costs.resources.clone()))?;
+        registry.register(Box::new(costs.remaining.clone()))?;
         for (_, identity) in identities.iter() {
             if identity.kind == IdentityKind::Oauth2User {
                 for outcome in REFRESH_OUTCOMES {
@@ -208,7 +271,13 @@ impl Metrics {
             shared_up,
             shared_errors,
             shared_duration,
+            costs,
         })
+    }
+
+    /// The cost metrics.
+    pub fn costs(&self) -> CostMetrics {
+        self.costs.clone()
     }
 
     /// `/metrics`: the Prometheus text format.

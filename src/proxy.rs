@@ -10,10 +10,12 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::Response;
 use http_body::Body;
+use http_body_util::{Either, Full};
 
 use crate::auth;
 use crate::body::{BoxError, ProxyBody};
 use crate::client_auth::Clients;
+use crate::costs;
 use crate::endpoints;
 use crate::error::ProxyError;
 use crate::limits::Draw;
@@ -38,7 +40,7 @@ where
     B::Error: Into<BoxError>,
 {
     let (parts, body) = req.into_parts();
-    let admitted = async {
+    let checked = async {
         inbound::check_framing(parts.version, &parts.headers)?; // 400, 501
         inbound::check_method(&parts.method)?; // 405
         let client = state.clients.authenticate(&parts.headers)?; // 401
@@ -55,22 +57,51 @@ where
             .map_or(&identity.scopes[..], |p| &p.scopes[..]);
         endpoints::precheck_at(&state.catalogue, endpoint, identity, granted)?; // 403
         inbound::check_declared_size(&parts.headers, state.max_body_bytes)?; // 413
-        let client = client.rate.as_ref().map(|r| (&*client.name, r));
-        let draw = Draw {
-            identity: id,
-            endpoint,
-            client,
-        };
-        let admission = state.limiter.admit(draw).await?; // 429
-        Ok((
-            (id, identity),
-            endpoint,
-            state.upstream.uri(target)?,
-            admission,
-        ))
+        Ok((client, (id, identity), endpoint, target))
     }
     .await;
-    let (who, endpoint, uri, admission) = match admitted {
+    let (client, who, endpoint, target) = match checked {
+        Ok(checked) => checked,
+        Err(e) => {
+            crate::body::discard_unread(body, &parts.headers);
+            return Err(e);
+        }
+    };
+    // A Post's price depends on whether its text holds a URL: that endpoint's body (a small
+    // JSON document) is read first, bounded by `max_body_bytes`, and sent as read.
+    let url_priced = parts.method == http::Method::POST
+        && endpoint
+            .and_then(|e| state.catalogue.get(e))
+            .is_some_and(|e| e.price.url_micros > 0);
+    let (body, url) = if url_priced {
+        let bytes = auth::read_bounded(body, state.max_body_bytes).await?; // 400, 413
+        let url = costs::post_has_url(&bytes);
+        (Either::Right(Full::new(bytes)), url)
+    } else {
+        (Either::Left(body), None)
+    };
+    let admitted = async {
+        let charge = state
+            .meter
+            .reserve(
+                Arc::clone(&client.name),
+                who.0,
+                endpoint,
+                (&parts.method, &parts.uri),
+                url,
+            )
+            .await?; // 429 budget-exhausted
+        let share = client.rate.as_ref().map(|r| (&*client.name, r));
+        let draw = Draw {
+            identity: who.0,
+            endpoint,
+            client: share,
+        };
+        let admission = state.limiter.admit(draw).await?; // 429
+        Ok((charge, state.upstream.uri(target)?, admission))
+    }
+    .await;
+    let (charge, uri, admission) = match admitted {
         Ok(admitted) => admitted,
         Err(e) => {
             crate::body::discard_unread(body, &parts.headers);
@@ -88,7 +119,13 @@ where
         max_body,
     )
     .await?; // 401, 413
-    forward::exchange(state, upstream, who, endpoint, outbound, admission, facts).await // 502, 504
+    let exchange = forward::Exchange {
+        who,
+        endpoint,
+        admission,
+        charge,
+    };
+    forward::exchange(state, upstream, exchange, outbound, facts).await // 502, 504
 }
 
 #[cfg(test)]

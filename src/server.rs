@@ -291,6 +291,13 @@ pub async fn run(
             "shutdown grace period over with an OAuth 2.0 token refresh still running: its pair may be lost"
         );
     }
+    // The last settlements and the last second of spend reach the store (CONTRACT section 11
+    // rule 4) before the workers that run them stop.
+    let left = config
+        .server
+        .shutdown_grace
+        .saturating_sub(shutting_down.elapsed());
+    state.meter().close(left).await;
     workers.stop().await;
     admin.abort();
     tracing::info!("stopped");

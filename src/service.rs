@@ -24,7 +24,7 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body::Body;
 use tokio::time::Instant;
 
-use crate::body::{BodyDone, BoxError, ProxyBody};
+use crate::body::{BodyDone, BoxError, ProxyBody, Tapped};
 use crate::clock::{NonceSource as _, RandomNonce};
 use crate::error::ErrorKind;
 use crate::headers::REQUEST_ID;
@@ -48,6 +48,9 @@ struct AccessRecord {
     /// Status and time of the response head, once sent.
     head: Option<(u16, Duration)>,
     bytes: u64,
+    /// What metering made of the body, when it was metered (a mutex only to be `Sync`; never
+    /// contended).
+    cost: std::sync::Mutex<Option<Tapped>>,
     /// Released with the record: the connection's and the process's in-flight counts.
     _inflight: (InflightGuard, InflightMetric),
 }
@@ -88,8 +91,9 @@ impl AccessRecord {
 }
 
 impl BodyDone for AccessRecord {
-    fn done(mut self: Box<Self>, bytes: u64) {
+    fn done(mut self: Box<Self>, bytes: u64, tapped: Option<Tapped>) {
         self.bytes = bytes;
+        self.cost = std::sync::Mutex::new(tapped);
     }
 }
 
@@ -104,20 +108,68 @@ impl Drop for AccessRecord {
             self.count(status, took);
             (status, took)
         });
-        let endpoint = self.endpoint_label();
-        access::log(&Access {
-            request_id: &self.request_id,
-            client: self.facts.client.as_deref().unwrap_or("-"),
-            identity: self.facts.identity.as_deref().unwrap_or("-"),
-            endpoint: endpoint.name,
-            method: self.method.as_str(),
-            path: &self.path,
+        let endpoint = self.endpoint_label().name.to_owned();
+        let line = Line {
+            request_id: std::mem::take(&mut self.request_id),
+            client: self.facts.client.clone(),
+            identity: self.facts.identity.clone(),
+            endpoint,
+            method: self.method.clone(),
+            path: std::mem::take(&mut self.path),
             status,
-            upstream_status: self.facts.upstream.map(|(status, _)| status),
-            duration: to_head,
-            upstream: self.facts.upstream.map(|(_, took)| took),
+            upstream: self.facts.upstream,
+            to_head,
             bytes: self.bytes,
             total: self.start.elapsed(),
+        };
+        let cost = self
+            .cost
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        match cost {
+            None => line.log(0),
+            Some(Tapped::Now(cost)) => line.log(cost),
+            // The cost needs a round trip to Redis (deduplication across replicas): the line
+            // is written when it is known.
+            Some(Tapped::Later(cost)) => {
+                drop(tokio::spawn(async move { line.log(cost.await) }));
+            }
+        }
+    }
+}
+
+/// An access line, owned, so that it can be written after the record is gone.
+struct Line {
+    request_id: String,
+    client: Option<Arc<str>>,
+    identity: Option<Arc<str>>,
+    endpoint: String,
+    method: Method,
+    path: String,
+    status: u16,
+    upstream: Option<(u16, Duration)>,
+    to_head: Duration,
+    bytes: u64,
+    total: Duration,
+}
+
+impl Line {
+    fn log(&self, cost_micros: u64) {
+        access::log(&Access {
+            request_id: &self.request_id,
+            client: self.client.as_deref().unwrap_or("-"),
+            identity: self.identity.as_deref().unwrap_or("-"),
+            endpoint: &self.endpoint,
+            method: self.method.as_str(),
+            path: &self.path,
+            status: self.status,
+            upstream_status: self.upstream.map(|(status, _)| status),
+            duration: self.to_head,
+            upstream: self.upstream.map(|(_, took)| took),
+            bytes: self.bytes,
+            total: self.total,
+            cost_micros,
         });
     }
 }
@@ -381,6 +433,7 @@ where
                 facts: RequestFacts::default(),
                 head: None,
                 bytes: 0,
+                cost: std::sync::Mutex::new(None),
                 _inflight: inflight,
             });
             let handled = proxy::handle(&state, &upstream, req, &mut record.facts).await;

@@ -14,6 +14,7 @@ use crate::auth::{BadCredential, Credentials};
 use crate::client_auth::Clients;
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
+use crate::costs::Meter;
 use crate::endpoints::{Catalogue, CatalogueError};
 use crate::identity::{self, Identities, IdentitiesError, IdentityKind, Resolved};
 use crate::limits::Limiter;
@@ -30,6 +31,7 @@ pub struct State {
     pub(crate) clients: Clients,
     pub(crate) catalogue: Arc<Catalogue>,
     pub(crate) limiter: Limiter,
+    pub(crate) meter: Arc<Meter>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) oauth2: Arc<Oauth2Users>,
     pub(crate) upstream: Arc<Upstream>,
@@ -63,6 +65,9 @@ pub enum SetupError {
     /// The shared buckets' Redis client could not be made (`[shared]`).
     #[error("shared.redis_url: {0}")]
     Shared(String),
+    /// The meter could not read the day's spend from the store.
+    #[error("costs: {0}")]
+    Costs(String),
 }
 
 impl SetupError {
@@ -75,7 +80,8 @@ impl SetupError {
             | Self::Catalogue(_)
             | Self::Metrics(_)
             | Self::Upstream(_)
-            | Self::Shared(_) => false,
+            | Self::Shared(_)
+            | Self::Costs(_) => false,
         }
     }
 }
@@ -92,14 +98,13 @@ impl State {
     /// user without a token pair).
     pub async fn with_clock(config: &Config, clock: Arc<dyn Clock>) -> Result<Self, SetupError> {
         let identities = Arc::new(Identities::from_config(config)?);
-        let catalogue = Arc::new(Catalogue::new(&config.limits.overrides)?);
+        let catalogue =
+            Arc::new(Catalogue::new(&config.limits.overrides)?.priced(&config.costs.overrides)?);
         let metrics = Arc::new(Metrics::new(&catalogue, &identities)?);
         let observer: Arc<dyn Observer> = Arc::clone(&metrics) as Arc<dyn Observer>;
-        let store = if identity::needs_store(config) {
-            Some(store::open(&config.store, &observer).await?)
-        } else {
-            None
-        };
+        // The store keeps the metered spend (CONTRACT section 11 rule 4), so a proxy always
+        // opens it, whether or not an identity's credentials live there.
+        let store = Some(store::open(&config.store, &observer).await?);
         // What credential each identity has now, read once: the credentials and the OAuth 2.0
         // users' pairs are both made from it.
         let mut resolved = Vec::with_capacity(identities.len());
@@ -118,6 +123,17 @@ impl State {
         )
         .await
         .map_err(SetupError::Shared)?;
+        let meter = Meter::new(
+            config,
+            Arc::clone(&catalogue),
+            Arc::clone(&identities),
+            &metrics,
+            store.clone(),
+            Arc::clone(&clock),
+        )
+        .await
+        .map_err(SetupError::Costs)?;
+        tokio::spawn(Meter::flush_every_second(Arc::downgrade(&meter)));
         let upstream = Arc::new(Upstream::new(
             &config.upstream,
             config.server.request_timeout,
@@ -164,6 +180,7 @@ impl State {
             clients,
             catalogue,
             limiter,
+            meter,
             metrics,
             oauth2,
             upstream,
@@ -192,6 +209,11 @@ impl State {
     /// The rate limits.
     pub fn limiter(&self) -> &Limiter {
         &self.limiter
+    }
+
+    /// The meter: prices, budgets, spend.
+    pub fn meter(&self) -> &Arc<Meter> {
+        &self.meter
     }
 
     /// The identities' credentials.

@@ -246,7 +246,7 @@ fn is_form(headers: &HeaderMap) -> bool {
 }
 
 /// Reads a whole body, at most `limit` bytes (413 past it).
-async fn read_bounded<B>(body: B, limit: u64) -> Result<bytes::Bytes, ProxyError>
+pub async fn read_bounded<B>(body: B, limit: u64) -> Result<bytes::Bytes, ProxyError>
 where
     B: http_body::Body<Data = bytes::Bytes>,
     B::Error: Into<BoxError>,

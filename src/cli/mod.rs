@@ -10,6 +10,7 @@ mod key;
 mod login;
 mod serve;
 mod sign;
+mod usage;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -92,6 +93,65 @@ pub enum Command {
     /// POST {upstream.base_url}/oauth2/token with grant_type=client_credentials and the App's
     /// consumer key and secret. The stored token is used when apps.APP.bearer_token is not set.
     Bearer(BearerArgs),
+
+    /// Print the metered spend kept in the token store (an estimate of X's bill).
+    ///
+    /// A table of requests, billable resources, repeats (resources already metered that UTC
+    /// day for the App: X bills them once), Posts read and cost in USD, by client, identity or
+    /// endpoint, for the UTC days --from to --to (default: today). --reconcile also asks X's
+    /// GET /2/usage/tweets with the App's Bearer and prints X's daily Post count beside
+    /// xgate's, with the difference.
+    Usage(UsageArgs),
+}
+
+/// `xgate usage`.
+#[derive(Debug, Args)]
+pub struct UsageArgs {
+    /// First UTC day (YYYY-MM-DD; default today).
+    #[arg(long, value_name = "DATE")]
+    pub from: Option<String>,
+
+    /// Last UTC day (YYYY-MM-DD; default today).
+    #[arg(long, value_name = "DATE")]
+    pub to: Option<String>,
+
+    /// What each line of the table is.
+    #[arg(long, value_enum, default_value_t = UsageBy::Client)]
+    pub by: UsageBy,
+
+    /// One JSON document instead of the table.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Also print X's daily Post consumption (GET /2/usage/tweets) beside xgate's count.
+    #[arg(long)]
+    pub reconcile: bool,
+
+    /// The App whose Bearer asks X (--reconcile; default: the only App).
+    #[arg(long, value_name = "APP")]
+    pub app: Option<String>,
+}
+
+/// `xgate usage --by`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum UsageBy {
+    /// One line per client.
+    Client,
+    /// One line per identity.
+    Identity,
+    /// One line per endpoint.
+    Endpoint,
+}
+
+impl UsageBy {
+    /// The flag's value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Client => "client",
+            Self::Identity => "identity",
+            Self::Endpoint => "endpoint",
+        }
+    }
 }
 
 /// `xgate login`.
@@ -288,6 +348,7 @@ pub fn execute(
             out,
         ),
         Command::Bearer(args) => login::bearer(&load(cli, env)?, &args.app, args.invalidate, out),
+        Command::Usage(args) => usage::run(&load(cli, env)?, args, out),
     }
 }
 

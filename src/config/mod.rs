@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use units::{Rate, figure, format_duration, parse_duration};
+pub use units::{Rate, figure, format_duration, format_usd, parse_duration, parse_usd};
 pub use validate::{is_valid_name, parse_sha256_hex};
 
 use crate::secret::{SecretString, StoreKey};
@@ -115,6 +115,10 @@ pub struct Config {
     pub clients: Vec<Client>,
     /// `[limits]`.
     pub limits: Limits,
+    /// `[costs]`.
+    pub costs: Costs,
+    /// `[[budgets]]`, in file order.
+    pub budgets: Vec<Budget>,
     /// Things that work but deserve the operator's attention (`xgate check` prints them).
     pub warnings: Vec<Problem>,
 }
@@ -426,6 +430,74 @@ pub struct EndpointPattern {
     pub path: String,
     /// The path with each parameter segment replaced by `{}`: what matching compares.
     pub shape: String,
+}
+
+/// `[costs]` (CONTRACT section 11).
+#[derive(Debug, Clone, Default)]
+pub struct Costs {
+    /// User identities that own their App: X's Owned Reads price on their own lists.
+    pub owned_reads: Vec<String>,
+    /// `[[costs.override]]`, in file order.
+    pub overrides: Vec<CostOverride>,
+    /// Resource ids remembered per App and UTC day for deduplication; past it, ids are
+    /// metered as new.
+    pub dedup_max_ids: usize,
+}
+
+/// The default of `costs.dedup_max_ids`.
+pub const DEDUP_MAX_IDS: usize = 2_000_000;
+
+/// How an override prices its endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PriceUnit {
+    /// `per_resource`.
+    PerResource,
+    /// `per_request`.
+    PerRequest,
+}
+
+/// `[[costs.override]]`: replaces the built-in price of one endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CostOverride {
+    /// Method and path pattern.
+    pub endpoint: EndpointPattern,
+    /// Per resource or per request.
+    pub unit: PriceUnit,
+    /// The price, micro-USD.
+    pub micros: u64,
+}
+
+/// What a budget covers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BudgetScope {
+    /// Every request of this client.
+    Client(String),
+    /// Every request acting as this identity.
+    Identity(String),
+    /// Every request of this App's identities (the App itself and its users).
+    App(String),
+}
+
+/// A budget's period, in UTC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Period {
+    /// `/1d`: a UTC day.
+    Day,
+    /// `/1mo`: a calendar month.
+    Month,
+}
+
+/// `[[budgets]]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Budget {
+    /// Its name, in metrics and problems.
+    pub name: String,
+    /// What it covers.
+    pub scope: BudgetScope,
+    /// The most it may spend per period, micro-USD.
+    pub limit_micros: u64,
+    /// Per UTC day or calendar month.
+    pub period: Period,
 }
 
 impl fmt::Display for EndpointPattern {

@@ -25,6 +25,35 @@ pub(super) struct RawConfig {
     pub(super) users: BTreeMap<String, RawUser>,
     pub(super) clients: Vec<RawClient>,
     pub(super) limits: RawLimits,
+    pub(super) costs: RawCosts,
+    pub(super) budgets: Vec<RawBudget>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(super) struct RawCosts {
+    pub(super) owned_reads: Option<Vec<String>>,
+    pub(super) dedup_max_ids: Option<u64>,
+    #[serde(rename = "override")]
+    pub(super) overrides: Vec<RawCostOverride>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(super) struct RawCostOverride {
+    pub(super) endpoint: Option<String>,
+    pub(super) per_resource: Option<f64>,
+    pub(super) per_request: Option<f64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(super) struct RawBudget {
+    pub(super) name: Option<String>,
+    pub(super) client: Option<String>,
+    pub(super) identity: Option<String>,
+    pub(super) app: Option<String>,
+    pub(super) limit: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

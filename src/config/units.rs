@@ -87,6 +87,27 @@ pub fn figure(limit: u32, window: Duration) -> String {
     }
 }
 
+/// `"25.00"` USD → 25,000,000 micro-USD: digits, then at most six decimals after a point.
+pub fn parse_usd(s: &str) -> Result<u64, String> {
+    let bad = || format!(r#"invalid amount "{s}": expected USD such as "25" or "0.005""#);
+    let (whole, frac) = s.trim().split_once('.').unwrap_or((s.trim(), ""));
+    let digits = |t: &str| t.bytes().all(|b| b.is_ascii_digit());
+    if whole.is_empty() || !digits(whole) || !digits(frac) || frac.len() > 6 {
+        return Err(bad());
+    }
+    let whole: u64 = whole.parse().map_err(|_overflow| bad())?;
+    let frac: u64 = format!("{frac:0<6}").parse().map_err(|_overflow| bad())?;
+    whole
+        .checked_mul(1_000_000)
+        .and_then(|w| w.checked_add(frac))
+        .ok_or_else(bad)
+}
+
+/// 25,000,000 micro-USD → `"25.000000"`.
+pub fn format_usd(micros: u64) -> String {
+    format!("{}.{:06}", micros / 1_000_000, micros % 1_000_000)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

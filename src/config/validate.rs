@@ -97,6 +97,8 @@ pub(super) fn validate(text: &str, base_dir: &Path, env: &dyn Env) -> Result<Con
         .collect();
     let clients = v.clients(raw.clients, &apps, &users, &server);
     let limits = v.limits(raw.limits);
+    let costs = v.costs(raw.costs, &users);
+    let budgets = v.budgets(raw.budgets, &apps, &users, &clients);
 
     if !v.problems.is_empty() {
         return Err(ConfigError {
@@ -114,9 +116,13 @@ pub(super) fn validate(text: &str, base_dir: &Path, env: &dyn Env) -> Result<Con
         users,
         clients,
         limits,
+        costs,
+        budgets,
         warnings: v.warnings,
     })
 }
+
+mod costs;
 
 impl Validator<'_> {
     fn problem(&mut self, path: impl Into<String>, message: impl Into<String>) {

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use http::Method;
 
-use crate::config::{EndpointPattern, Override, Rate};
+use crate::config::{CostOverride, EndpointPattern, Override, PriceUnit, Rate};
 use crate::error::ProxyError;
 use crate::identity::{Identity, IdentityKind};
 
@@ -39,6 +39,85 @@ pub(crate) struct Row {
     pub(crate) user: &'static [(u32, u32)],
     /// False for the documented endpoints the spec lacks.
     pub(crate) in_spec: bool,
+    /// What X bills for it.
+    pub(crate) price: Price,
+}
+
+/// How X bills an endpoint (CONTRACT section 11 rule 1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unit {
+    /// A read: per resource of the answer's top-level `data`.
+    PerResource,
+    /// A write or action: per request answered 2xx.
+    PerRequest,
+    /// X publishes no price: it costs 0 (and `xgate check` lists it).
+    Unpriced,
+}
+
+/// [`Unit::PerResource`], as the generated table writes it.
+pub(crate) const PER_RESOURCE: Unit = Unit::PerResource;
+/// [`Unit::PerRequest`], as the generated table writes it.
+pub(crate) const PER_REQUEST: Unit = Unit::PerRequest;
+/// [`Unit::Unpriced`], as the generated table writes it.
+pub(crate) const UNPRICED: Unit = Unit::Unpriced;
+
+/// An endpoint's price, in micro-USD (1 USD = 1,000,000), and what the worst case of one of
+/// its requests is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Price {
+    /// How it is billed.
+    pub unit: Unit,
+    /// X's category (`"Posts: Read"`), or `"override"` for `[[costs.override]]`.
+    pub category: &'static str,
+    /// Per resource or per request.
+    pub micros: u64,
+    /// The price of a `POST /2/tweets` whose text holds a URL; 0 for every other endpoint.
+    pub url_micros: u64,
+    /// Owned Reads may apply (`GET /2/users/:id/<owned list>`).
+    pub owned: bool,
+    /// The most resources one answer holds (its largest page; 1 for one object or a stream
+    /// message).
+    pub page: u32,
+    /// The query parameter listing what is asked for (`ids`, `usernames`), whose item count
+    /// bounds the page; empty when there is none.
+    pub list_param: &'static str,
+    /// Why this price: the generator's rule (`R4: data is [Post]`), or `"costs.override"`.
+    pub basis: &'static str,
+}
+
+/// A row's price, as the generated table writes it.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one argument per column of the generated table"
+)]
+pub(crate) const fn price(
+    unit: Unit,
+    category: &'static str,
+    micros: u32,
+    url_micros: u32,
+    owned: bool,
+    page: u32,
+    list_param: &'static str,
+    basis: &'static str,
+) -> Price {
+    Price {
+        unit,
+        category,
+        micros: micros as u64,
+        url_micros: url_micros as u64,
+        owned,
+        page,
+        list_param,
+        basis,
+    }
+}
+
+impl Price {
+    /// What an endpoint the catalogue does not price costs: nothing.
+    pub const NONE: Self = price(UNPRICED, "", 0, 0, false, 1, "", "not in the catalogue");
+
+    /// X's Owned Reads price per resource (micro-USD).
+    pub const OWNED_READS_MICROS: u64 = table::OWNED_READS_MICROS as u64;
 }
 
 /// A rate of the table: `(limit, window in seconds)`.
@@ -111,6 +190,8 @@ pub struct Endpoint {
     /// In X's OpenAPI document (false: a documented endpoint the spec lacks, or one added by
     /// an override).
     pub in_spec: bool,
+    /// What X bills for it (`[[costs.override]]` applied).
+    pub price: Price,
 }
 
 /// Index of an endpoint in the [`Catalogue`].
@@ -215,6 +296,7 @@ impl Catalogue {
                     overridden: false,
                 },
                 in_spec: row.in_spec,
+                price: row.price,
             })
             .collect();
         for o in overrides {
@@ -229,6 +311,7 @@ impl Catalogue {
                         app: Figure::default(),
                         user: Figure::default(),
                         in_spec: false,
+                        price: Price::NONE,
                     });
                     endpoints.len() - 1
                 }
@@ -268,6 +351,40 @@ impl Catalogue {
                 .map_err(|err| CatalogueError(format!("{}: {err}", e.name)))?;
         }
         Ok(Self { endpoints, routers })
+    }
+
+    /// The catalogue with `overrides` (`[[costs.override]]`) replacing their endpoints' prices;
+    /// an override naming an endpoint the catalogue lacks is an error.
+    pub fn priced(mut self, overrides: &[CostOverride]) -> Result<Self, CatalogueError> {
+        for (n, o) in overrides.iter().enumerate() {
+            let i = find(&self.endpoints, &o.endpoint).ok_or_else(|| {
+                CatalogueError(format!(
+                    "costs.override[{n}].endpoint: {} is not an endpoint of the catalogue (add it with [[limits.override]] first)",
+                    o.endpoint
+                ))
+            })?;
+            if let Some(e) = self.endpoints.get_mut(i) {
+                let page = e.price.page;
+                e.price = Price {
+                    unit: match o.unit {
+                        PriceUnit::PerResource => Unit::PerResource,
+                        PriceUnit::PerRequest => Unit::PerRequest,
+                    },
+                    category: "override",
+                    micros: o.micros,
+                    url_micros: 0,
+                    owned: e.price.owned,
+                    page: if o.unit == PriceUnit::PerResource {
+                        page.max(1)
+                    } else {
+                        1
+                    },
+                    list_param: e.price.list_param,
+                    basis: "costs.override",
+                };
+            }
+        }
+        Ok(self)
     }
 
     /// The endpoint a request calls; `None` is `other`. `HEAD` counts as the `GET` it

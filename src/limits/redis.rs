@@ -89,7 +89,7 @@ impl fmt::Debug for Inner {
 
 /// The Redis client for `shared`: a connection manager that reconnects by itself, each
 /// attempt and each answer bounded by `shared.timeout`. Nothing is sent until it is used.
-fn connect(shared: &Shared) -> Result<ConnectionManager, String> {
+pub(crate) fn connect(shared: &Shared) -> Result<ConnectionManager, String> {
     let client = ::redis::Client::open(shared.redis.url.expose())
         .map_err(|e| format!("not a Redis URL ({:?})", e.kind()))?;
     let config = ConnectionManagerConfig::new()

@@ -195,6 +195,39 @@ pub trait TokenStore: Send + Sync + fmt::Debug {
     fn changes(&self) -> Option<Changes> {
         None
     }
+    /// Adds `rows` to the spend kept per UTC day, client, identity and endpoint, in one
+    /// transaction (CONTRACT section 11 rule 4): each figure of a row already stored grows by
+    /// the new row's.
+    fn add_spend<'a>(&'a self, rows: &'a [SpendRow]) -> StoreFuture<'a, ()>;
+    /// Every spend row of the UTC days `from` to `to` (`YYYY-MM-DD`, both included).
+    fn spend<'a>(&'a self, from: &'a str, to: &'a str) -> StoreFuture<'a, Vec<SpendRow>>;
+    /// A value of the store's metadata (not a secret: an identity's X user id).
+    fn load_meta<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<String>>;
+    /// Sets a value of the store's metadata.
+    fn save_meta<'a>(&'a self, key: &'a str, value: &'a str) -> StoreFuture<'a, ()>;
+}
+
+/// Metered spend of one UTC day, client, identity and endpoint.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpendRow {
+    /// `YYYY-MM-DD`, UTC.
+    pub day: String,
+    /// The client's name.
+    pub client: String,
+    /// The identity's name.
+    pub identity: String,
+    /// The endpoint (`GET /2/tweets/:id`), or `other`.
+    pub endpoint: String,
+    /// Requests metered.
+    pub requests: u64,
+    /// Billable resources returned, repeats of the day included.
+    pub resources: u64,
+    /// Of them, repeats of a resource already metered that day for the App (cost 0).
+    pub repeats: u64,
+    /// Posts read (what X's `GET /2/usage/tweets` counts): new resources of "Posts: Read".
+    pub posts: u64,
+    /// The metered cost, micro-USD.
+    pub micros: u64,
 }
 
 /// A refresh begun with [`TokenStore::begin_refresh`]. Dropped without [`Refresh::commit`],

@@ -27,14 +27,15 @@ use tokio::task::AbortHandle;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::{
-    Changes, KeyCheck, Refresh, Sealer, StoreError, StoreFuture, StoredToken, TokenKind, TokenStore,
+    Changes, KeyCheck, Refresh, Sealer, SpendRow, StoreError, StoreFuture, StoredToken, TokenKind,
+    TokenStore,
 };
 use crate::config::EngineUrl;
 use crate::secret::StoreKey;
 use crate::shared::{Engine, Health, Observer};
 
 /// The newest schema version this build writes.
-const SCHEMA_VERSION: i32 = 1;
+const SCHEMA_VERSION: i32 = 2;
 
 /// Connections in the pool: token operations are rare (logins, refreshes, adoptions).
 const POOL_SIZE: usize = 4;
@@ -258,6 +259,18 @@ impl PostgresStore {
                          data BYTEA NOT NULL,
                          updated_at BIGINT NOT NULL,
                          PRIMARY KEY (identity, kind)
+                     );
+                     CREATE TABLE IF NOT EXISTS xgate_spend (
+                         day TEXT NOT NULL,
+                         client TEXT NOT NULL,
+                         identity TEXT NOT NULL,
+                         endpoint TEXT NOT NULL,
+                         requests BIGINT NOT NULL,
+                         resources BIGINT NOT NULL,
+                         repeats BIGINT NOT NULL,
+                         posts BIGINT NOT NULL,
+                         micros BIGINT NOT NULL,
+                         PRIMARY KEY (day, client, identity, endpoint)
                      );",
                 )
                 .await
@@ -428,7 +441,136 @@ fn notify(identity: &str) -> String {
     format!("NOTIFY {CHANNEL}, '{}'", identity.replace('\'', "''"))
 }
 
+/// A figure as PostgreSQL stores it (`BIGINT`).
+fn int(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// Adds a day's figures to what is stored (the row's key taken from `$1`–`$4`).
+const ADD_SPEND: &str = "INSERT INTO xgate_spend
+         (day, client, identity, endpoint, requests, resources, repeats, posts, micros)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+     ON CONFLICT (day, client, identity, endpoint) DO UPDATE SET
+         requests = xgate_spend.requests + excluded.requests,
+         resources = xgate_spend.resources + excluded.resources,
+         repeats = xgate_spend.repeats + excluded.repeats,
+         posts = xgate_spend.posts + excluded.posts,
+         micros = xgate_spend.micros + excluded.micros";
+
 impl TokenStore for PostgresStore {
+    fn add_spend<'a>(&'a self, rows: &'a [SpendRow]) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            self.timed("add_spend", async {
+                let mut client = self.client().await?;
+                let tx = client.transaction().await.map_err(|e| describe(&e))?;
+                for r in rows {
+                    tx.execute(
+                        ADD_SPEND,
+                        &[
+                            &r.day,
+                            &r.client,
+                            &r.identity,
+                            &r.endpoint,
+                            &int(r.requests),
+                            &int(r.resources),
+                            &int(r.repeats),
+                            &int(r.posts),
+                            &int(r.micros),
+                        ],
+                    )
+                    .await
+                    .map_err(|e| describe(&e))?;
+                }
+                tx.commit().await.map_err(|e| describe(&e))
+            })
+            .await
+        })
+    }
+
+    fn spend<'a>(&'a self, from: &'a str, to: &'a str) -> StoreFuture<'a, Vec<SpendRow>> {
+        Box::pin(async move {
+            if !self.schema {
+                return Ok(Vec::new());
+            }
+            self.timed("spend", async {
+                let client = self.client().await?;
+                let exists: bool = client
+                    .query_one("SELECT to_regclass('xgate_spend') IS NOT NULL", &[])
+                    .await
+                    .and_then(|r| r.try_get(0))
+                    .map_err(|e| describe(&e))?;
+                if !exists {
+                    return Ok(Vec::new());
+                }
+                let rows = client
+                    .query(
+                        "SELECT day, client, identity, endpoint, requests, resources, repeats, posts, micros
+                         FROM xgate_spend WHERE day >= $1 AND day <= $2
+                         ORDER BY day, client, identity, endpoint",
+                        &[&from, &to],
+                    )
+                    .await
+                    .map_err(|e| describe(&e))?;
+                let uint = |v: i64| u64::try_from(v).unwrap_or(0);
+                rows.iter()
+                    .map(|r| {
+                        Ok(SpendRow {
+                            day: r.try_get(0)?,
+                            client: r.try_get(1)?,
+                            identity: r.try_get(2)?,
+                            endpoint: r.try_get(3)?,
+                            requests: uint(r.try_get(4)?),
+                            resources: uint(r.try_get(5)?),
+                            repeats: uint(r.try_get(6)?),
+                            posts: uint(r.try_get(7)?),
+                            micros: uint(r.try_get(8)?),
+                        })
+                    })
+                    .collect::<Result<Vec<_>, tokio_postgres::Error>>()
+                    .map_err(|e| describe(&e))
+            })
+            .await
+        })
+    }
+
+    fn load_meta<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<String>> {
+        Box::pin(async move {
+            if !self.schema {
+                return Ok(None);
+            }
+            self.timed("load_meta", async {
+                let client = self.client().await?;
+                client
+                    .query_opt("SELECT value FROM xgate_meta WHERE key = $1", &[&key])
+                    .await
+                    .map_err(|e| describe(&e))?
+                    .map(|row| row.try_get::<_, Vec<u8>>(0))
+                    .transpose()
+                    .map(|v| v.map(|v| String::from_utf8_lossy(&v).into_owned()))
+                    .map_err(|e| describe(&e))
+            })
+            .await
+        })
+    }
+
+    fn save_meta<'a>(&'a self, key: &'a str, value: &'a str) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            self.timed("save_meta", async {
+                let client = self.client().await?;
+                client
+                    .execute(
+                        "INSERT INTO xgate_meta (key, value) VALUES ($1, $2)
+                         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                        &[&key, &value.as_bytes()],
+                    )
+                    .await
+                    .map(drop)
+                    .map_err(|e| describe(&e))
+            })
+            .await
+        })
+    }
+
     fn load<'a>(
         &'a self,
         identity: &'a str,

@@ -10,12 +10,13 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use super::{
-    KeyCheck, Refresh, Sealer, StoreError, StoreFuture, StoredToken, TokenKind, TokenStore,
+    KeyCheck, Refresh, Sealer, SpendRow, StoreError, StoreFuture, StoredToken, TokenKind,
+    TokenStore,
 };
 use crate::secret::StoreKey;
 
 /// The newest schema version this build writes.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 /// How often, 10 ms apart, opening a store retries a step SQLite answers "busy" or "locked":
 /// another process setting up the same new store (switching it to WAL, creating the schema)
@@ -218,6 +219,31 @@ fn migrate(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
             }
         })?;
     }
+    if version < 2 {
+        // Version 2: the metered spend (CONTRACT section 11 rule 4).
+        conn.execute_batch(
+            "BEGIN IMMEDIATE;
+             CREATE TABLE IF NOT EXISTS spend (
+                 day TEXT NOT NULL,
+                 client TEXT NOT NULL,
+                 identity TEXT NOT NULL,
+                 endpoint TEXT NOT NULL,
+                 requests INTEGER NOT NULL,
+                 resources INTEGER NOT NULL,
+                 repeats INTEGER NOT NULL,
+                 posts INTEGER NOT NULL,
+                 micros INTEGER NOT NULL,
+                 PRIMARY KEY (day, client, identity, endpoint)
+             );
+             PRAGMA user_version = 2;
+             COMMIT;",
+        )
+        .inspect_err(|_| {
+            if !conn.is_autocommit() {
+                let _rolled_back = conn.execute_batch("ROLLBACK");
+            }
+        })?;
+    }
     if version > SCHEMA_VERSION {
         return Err(rusqlite::Error::InvalidParameterName(format!(
             "schema version {version} is newer than this xgate understands ({SCHEMA_VERSION}): upgrade xgate"
@@ -309,6 +335,112 @@ impl SqliteStore {
     }
 }
 
+/// A figure as SQLite stores it (a signed 64-bit integer).
+fn int(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+impl SqliteStore {
+    /// [`TokenStore::add_spend`], on the calling thread.
+    pub fn add_spend_blocking(&self, rows: &[SpendRow]) -> Result<(), StoreError> {
+        let mut conn = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(|e| self.io_error(&e))?;
+        for r in rows {
+            tx.execute(
+                "INSERT INTO spend (day, client, identity, endpoint, requests, resources, repeats, posts, micros)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                 ON CONFLICT (day, client, identity, endpoint) DO UPDATE SET
+                     requests = requests + excluded.requests,
+                     resources = resources + excluded.resources,
+                     repeats = repeats + excluded.repeats,
+                     posts = posts + excluded.posts,
+                     micros = micros + excluded.micros",
+                rusqlite::params![
+                    r.day,
+                    r.client,
+                    r.identity,
+                    r.endpoint,
+                    int(r.requests),
+                    int(r.resources),
+                    int(r.repeats),
+                    int(r.posts),
+                    int(r.micros)
+                ],
+            )
+            .map_err(|e| self.io_error(&e))?;
+        }
+        tx.commit().map_err(|e| self.io_error(&e))
+    }
+
+    /// [`TokenStore::spend`], on the calling thread.
+    pub fn spend_blocking(&self, from: &str, to: &str) -> Result<Vec<SpendRow>, StoreError> {
+        let conn = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
+        if !has_table(&conn, "spend").map_err(|e| self.io_error(&e))? {
+            // A store a read-only open found at version 1: nothing was metered yet.
+            return Ok(Vec::new());
+        }
+        let mut stmt = conn
+            .prepare(
+                "SELECT day, client, identity, endpoint, requests, resources, repeats, posts, micros
+                 FROM spend WHERE day >= ?1 AND day <= ?2 ORDER BY day, client, identity, endpoint",
+            )
+            .map_err(|e| self.io_error(&e))?;
+        let uint = |v: i64| u64::try_from(v).unwrap_or(0);
+        stmt.query_map([from, to], |r| {
+            Ok(SpendRow {
+                day: r.get(0)?,
+                client: r.get(1)?,
+                identity: r.get(2)?,
+                endpoint: r.get(3)?,
+                requests: uint(r.get(4)?),
+                resources: uint(r.get(5)?),
+                repeats: uint(r.get(6)?),
+                posts: uint(r.get(7)?),
+                micros: uint(r.get(8)?),
+            })
+        })
+        .and_then(Iterator::collect)
+        .map_err(|e| self.io_error(&e))
+    }
+
+    /// [`TokenStore::load_meta`], on the calling thread.
+    pub fn load_meta_blocking(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let conn = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
+        conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| {
+            r.get::<_, Vec<u8>>(0)
+        })
+        .map(|v| Some(String::from_utf8_lossy(&v).into_owned()))
+        .or_else(|e| match e {
+            rusqlite::Error::QueryReturnedNoRows => Ok(None),
+            e => Err(e),
+        })
+        .map_err(|e| self.io_error(&e))
+    }
+
+    /// [`TokenStore::save_meta`], on the calling thread.
+    pub fn save_meta_blocking(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        let conn = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
+        conn.execute(
+            "INSERT INTO meta (key, value) VALUES (?1, ?2)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            rusqlite::params![key, value.as_bytes()],
+        )
+        .map(drop)
+        .map_err(|e| self.io_error(&e))
+    }
+}
+
+fn has_table(conn: &rusqlite::Connection, name: &str) -> rusqlite::Result<bool> {
+    conn.query_row(
+        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?1",
+        [name],
+        |r| r.get::<_, i64>(0),
+    )
+    .map(|n| n > 0)
+}
+
 /// Runs a blocking store call on the runtime's blocking pool (SQLite calls block on disk).
 fn blocking<T: Send + 'static>(
     store: &SqliteStore,
@@ -357,6 +489,26 @@ impl TokenStore for SqliteStore {
                 stored,
             }) as Box<dyn Refresh>)
         })
+    }
+
+    fn add_spend<'a>(&'a self, rows: &'a [SpendRow]) -> StoreFuture<'a, ()> {
+        let rows = rows.to_vec();
+        blocking(self, move |s| s.add_spend_blocking(&rows))
+    }
+
+    fn spend<'a>(&'a self, from: &'a str, to: &'a str) -> StoreFuture<'a, Vec<SpendRow>> {
+        let (from, to) = (from.to_owned(), to.to_owned());
+        blocking(self, move |s| s.spend_blocking(&from, &to))
+    }
+
+    fn load_meta<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<String>> {
+        let key = key.to_owned();
+        blocking(self, move |s| s.load_meta_blocking(&key))
+    }
+
+    fn save_meta<'a>(&'a self, key: &'a str, value: &'a str) -> StoreFuture<'a, ()> {
+        let (key, value) = (key.to_owned(), value.to_owned());
+        blocking(self, move |s| s.save_meta_blocking(&key, &value))
     }
 }
 

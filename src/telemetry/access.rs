@@ -73,6 +73,8 @@ pub struct Access<'a> {
     pub bytes: u64,
     /// Arrival to the end of the response body.
     pub total: Duration,
+    /// What X's answer costs, as metered (micro-USD; an estimate of X's bill).
+    pub cost_micros: u64,
 }
 
 /// Writes one access record, if `xgate::access` is enabled at `info`.
@@ -95,6 +97,7 @@ pub fn log(a: &Access<'_>) {
             upstream_ms = a.upstream.map(|d| tracing::field::display(Millis(d))),
             bytes = a.bytes,
             total_ms = %Millis(a.total),
+            cost_usd = %Usd(a.cost_micros),
             "request"
         );
         return;
@@ -129,6 +132,16 @@ impl std::fmt::Display for Millis {
     }
 }
 
+/// USD with six decimals, from micro-USD (no float formatting).
+#[derive(Debug, Clone, Copy)]
+struct Usd(u64);
+
+impl std::fmt::Display for Usd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{:06}", self.0 / 1_000_000, self.0 % 1_000_000)
+    }
+}
+
 /// `2026-12-01T08:00:00.123456Z`, as tracing-subscriber prints it.
 struct Timestamp(Duration);
 
@@ -137,16 +150,7 @@ impl std::fmt::Display for Timestamp {
         let secs = self.0.as_secs();
         let days = i64::try_from(secs / 86_400).unwrap_or(0);
         let rem = secs % 86_400;
-        // Howard Hinnant's days-to-civil.
-        let z = days + 719_468;
-        let era = z.div_euclid(146_097);
-        let doe = z.rem_euclid(146_097);
-        let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-        let mp = (5 * doy + 2) / 153;
-        let day = doy - (153 * mp + 2) / 5 + 1;
-        let month = if mp < 10 { mp + 3 } else { mp - 9 };
-        let year = yoe + era * 400 + i64::from(month <= 2);
+        let (year, month, day) = crate::clock::civil_from_days(days);
         write!(
             f,
             "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
@@ -187,7 +191,13 @@ fn text(out: &mut String, now: Duration, a: &Access<'_>) -> std::fmt::Result {
     if let Some(d) = a.upstream {
         write!(out, " upstream_ms={}", Millis(d))?;
     }
-    writeln!(out, " bytes={} total_ms={}", a.bytes, Millis(a.total))
+    writeln!(
+        out,
+        " bytes={} total_ms={} cost_usd={}",
+        a.bytes,
+        Millis(a.total),
+        Usd(a.cost_micros)
+    )
 }
 
 /// A JSON string (escaped by serde_json).
@@ -224,9 +234,10 @@ fn json(out: &mut String, now: Duration, a: &Access<'_>) -> std::fmt::Result {
     }
     writeln!(
         out,
-        r#","bytes":{},"total_ms":{},"target":"xgate::access"}}"#,
+        r#","bytes":{},"total_ms":{},"cost_usd":{},"target":"xgate::access"}}"#,
         a.bytes,
-        Millis(a.total)
+        Millis(a.total),
+        Usd(a.cost_micros)
     )
 }
 
@@ -248,6 +259,7 @@ mod tests {
             upstream: Some(Duration::from_micros(1_000)),
             bytes: 35,
             total: Duration::from_micros(1_300_007),
+            cost_micros: 5_000,
         }
     }
 
@@ -273,7 +285,7 @@ mod tests {
         text(&mut s, NOW, &sample()).unwrap();
         assert_eq!(
             s,
-            "2024-02-29T12:34:56.789012Z  INFO request request_id=req-1 client=\"backend\" identity=\"main\" endpoint=\"GET /2/tweets/:id\" method=GET path=/2/tweets/20 status=200 upstream_status=200 duration_ms=1.234 upstream_ms=1.000 bytes=35 total_ms=1300.007\n"
+            "2024-02-29T12:34:56.789012Z  INFO request request_id=req-1 client=\"backend\" identity=\"main\" endpoint=\"GET /2/tweets/:id\" method=GET path=/2/tweets/20 status=200 upstream_status=200 duration_ms=1.234 upstream_ms=1.000 bytes=35 total_ms=1300.007 cost_usd=0.005000\n"
         );
         let mut s = String::new();
         let local = Access {
@@ -302,5 +314,6 @@ mod tests {
         assert_eq!(v["level"], "INFO");
         assert_eq!(v["timestamp"], "2024-02-29T12:34:56.789012Z");
         assert_eq!(v["endpoint"], "GET /2/tweets/:id");
+        assert_eq!(v["cost_usd"], 0.005);
     }
 }

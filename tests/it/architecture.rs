@@ -13,7 +13,7 @@ const LAYERS: &[&[&str]] = &[
     &["identity", "inbound", "upstream"],
     &["endpoints"],
     &["limits", "metrics", "telemetry"],
-    &["client_auth", "auth"],
+    &["client_auth", "auth", "costs"],
     &["state"],
     &["forward"],
     &["proxy"],

@@ -129,7 +129,10 @@ async fn an_empty_database_is_migrated_and_bearer_stores_into_it() {
     let bearer = run(&dir, &["bearer", "--app", "solo", "--config", "proxy.toml"]).await;
     assert_eq!(bearer.code, 0, "{bearer:?}");
     assert_eq!(bearer.stdout.trim(), "stored Bearer token for solo");
-    assert_eq!(tables(&db).await, ["xgate_meta", "xgate_tokens"]);
+    assert_eq!(
+        tables(&db).await,
+        ["xgate_meta", "xgate_spend", "xgate_tokens"]
+    );
     let client = db.client().await;
     let version: Vec<u8> = client
         .query_one(
@@ -139,7 +142,7 @@ async fn an_empty_database_is_migrated_and_bearer_stores_into_it() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(version, b"1");
+    assert_eq!(version, b"2");
     // Opening it again (a second replica starting) migrates nothing and reads the record.
     let store = open(&db, None).await;
     assert!(matches!(
