@@ -12,6 +12,8 @@ mod architecture;
 #[cfg(test)]
 mod cli;
 #[cfg(test)]
+mod costs;
+#[cfg(test)]
 mod hardening;
 #[cfg(test)]
 mod observability;

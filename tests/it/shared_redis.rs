@@ -313,11 +313,11 @@ async fn keys_follow_the_layout_and_all_expire() {
     assert_eq!(
         keys,
         [
+            // The answers' ids, deduplicated for the App and the UTC day (CONTRACT section 11).
+            format!("{prefix}{{budgets}}:seen:main:{}", today()),
             format!("{prefix}{{main}}:alice:GET /2/tweets/:id:900000"),
             format!("{prefix}{{main}}:main:GET /2/tweets/:id:3600000"),
             format!("{prefix}{{main}}:share:narrow"),
-            // The answers' ids, deduplicated for the App and the UTC day (CONTRACT section 11).
-            format!("{prefix}{{budgets}}:seen:main:{}", today()),
         ]
     );
     for key in &keys {
@@ -641,4 +641,81 @@ async fn a_later_answer_with_fewer_remaining_lowers_the_bucket_for_all() {
     let a = get(proxies[0].addr, path, Some("main")).await;
     assert_eq!(a.status, 429, "{}", a.text());
     assert_eq!(fake.requests_to(path).len(), 3);
+}
+
+/// CONTRACT section 11 with `[shared]`: one budget for every replica (a burst over three
+/// forwards exactly what it can pay), and a resource one replica metered costs nothing when
+/// another returns it the same day.
+#[tokio::test]
+async fn replicas_draw_from_one_budget_and_deduplicate_together() {
+    let Some(World { fake, proxies, .. }) = world(|c| {
+        c.top(
+            "budgets",
+            toml::Value::Array(vec![toml::Value::Table(crate::support::proxy::table([
+                ("name", "narrow-daily".into()),
+                ("client", "narrow".into()),
+                ("limit", "0.05/1d".into()),
+            ]))]),
+        )
+    })
+    .await
+    else {
+        return;
+    };
+    for i in 0..30 {
+        fake.script(
+            &format!("/2/tweets/{}", 300 + i),
+            Reply::json(200, &format!(r#"{{"data":{{"id":"{}"}}}}"#, 300 + i))
+                .delay(Duration::from_millis(300)),
+        );
+    }
+    let next = std::sync::atomic::AtomicUsize::new(300);
+    let statuses = burst(&proxies, 30, |addr| {
+        let id = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        async move {
+            let req = request("GET", &format!("/2/tweets/{id}"))
+                .header("x-xgate-key", NARROW_KEY)
+                .header("x-xgate-identity", "main")
+                .body(Full::<Bytes>::default())
+                .unwrap();
+            send(addr, req).await
+        }
+    })
+    .await;
+    assert_eq!(count(&statuses, 200), 10, "{statuses:?}");
+    assert_eq!(count(&statuses, 429), 20, "{statuses:?}");
+    assert_eq!(fake.requests().len(), 10);
+
+    // Deduplication across replicas: replica 0 meters ten Posts, replica 1 returns the same
+    // ten and five more: five are new.
+    let page = |from: u32, n: u32| {
+        let items: Vec<String> = (from..from + n)
+            .map(|i| format!(r#"{{"id":"{i}","text":"x"}}"#))
+            .collect();
+        format!(r#"{{"data":[{}]}}"#, items.join(","))
+    };
+    fake.script("/2/tweets/search/recent", Reply::json(200, &page(10, 10)));
+    get(
+        proxies[0].addr,
+        "/2/tweets/search/recent?query=a",
+        Some("main"),
+    )
+    .await;
+    fake.script("/2/tweets/search/recent", Reply::json(200, &page(10, 15)));
+    get(
+        proxies[1].addr,
+        "/2/tweets/search/recent?query=a",
+        Some("main"),
+    )
+    .await;
+    let line = r#"xgate_billable_resources_total{dedup="new",endpoint="GET /2/tweets/search/recent",identity="main"} "#;
+    let mut new = 0.0;
+    for _ in 0..200 {
+        new = metric(&metrics(&proxies[1]).await, line);
+        if new > 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(new, 5.0);
 }

@@ -135,6 +135,12 @@ impl TestConfig {
         self
     }
 
+    /// Sets the top-level `key` (an array of tables such as `[[budgets]]`).
+    pub fn top(mut self, key: &str, value: toml::Value) -> Self {
+        self.sections.insert(key.to_owned(), value);
+        self
+    }
+
     /// `[shared]` on the Redis at `url`, keys under `prefix`.
     pub fn shared(self, url: &str, prefix: &str) -> Self {
         self.section("shared", "redis_url", url)
