@@ -88,6 +88,7 @@ pub struct CostMetrics {
     cost: CounterVec,
     resources: IntCounterVec,
     remaining: GaugeVec,
+    limit: GaugeVec,
 }
 
 impl CostMetrics {
@@ -110,6 +111,13 @@ impl CostMetrics {
                 .with_label_values(&[identity, endpoint, "repeat"])
                 .inc_by(repeat);
         }
+    }
+
+    /// `budget`'s limit per period (set once at start).
+    pub fn budget_limit(&self, budget: &str, micros: u64) {
+        self.limit
+            .with_label_values(&[budget])
+            .set(micros as f64 / 1e6);
     }
 
     /// What `budget` may still spend this period.
@@ -228,10 +236,18 @@ impl Metrics {
                 ),
                 &["budget"],
             )?,
+            limit: GaugeVec::new(
+                Opts::new(
+                    "xgate_budget_limit_usd",
+                    "A budget's limit per period (USD), as configured: for alerts on the share spent.",
+                ),
+                &["budget"],
+            )?,
         };
         registry.register(Box::new(costs.cost.clone()))?;
         registry.register(Box::new(costs.resources.clone()))?;
         registry.register(Box::new(costs.remaining.clone()))?;
+        registry.register(Box::new(costs.limit.clone()))?;
         for (_, identity) in identities.iter() {
             if identity.kind == IdentityKind::Oauth2User {
                 for outcome in REFRESH_OUTCOMES {

@@ -3,8 +3,10 @@
 use std::io::Write;
 
 use super::{CliError, io_error};
-use crate::config::{ClientAuth, Config, StoreLocation, UserAuth, format_duration};
-use crate::endpoints::Catalogue;
+use crate::config::{
+    BudgetScope, ClientAuth, Config, Period, StoreLocation, UserAuth, format_duration, format_usd,
+};
+use crate::endpoints::{Catalogue, Unit};
 use crate::identity::{self, Resolved};
 use crate::store;
 
@@ -91,6 +93,10 @@ pub(super) fn run(
         }
     }
     summary(config, &catalogue, out).map_err(|e| io_error(&e))?;
+    let priced = Catalogue::new(&config.limits.overrides)?
+        .priced(&config.costs.overrides)
+        .map_err(|e| CliError::Usage(e.to_string()))?;
+    costs(config, &priced, out).map_err(|e| io_error(&e))?;
     if !engines.is_empty() {
         writeln!(out, "shared state:").map_err(|e| io_error(&e))?;
     }
@@ -144,6 +150,51 @@ fn shown_store(location: &StoreLocation) -> String {
         StoreLocation::File(path) => path.display().to_string(),
         StoreLocation::Postgres(url) => url.shown.clone(),
     }
+}
+
+/// The price table in use, the budgets, and every endpoint X does not price that no
+/// `[[costs.override]]` covers (CONTRACT section 11 rule 1).
+fn costs(c: &Config, catalogue: &Catalogue, out: &mut dyn Write) -> std::io::Result<()> {
+    let unpriced: Vec<&str> = catalogue
+        .endpoints()
+        .iter()
+        .filter(|e| e.price.unit == Unit::Unpriced)
+        .map(|e| e.name.as_str())
+        .collect();
+    writeln!(
+        out,
+        "costs: {} endpoints priced (X's pay-per-use table; {} overridden), {} unpriced",
+        catalogue.endpoints().len() - unpriced.len(),
+        c.costs.overrides.len(),
+        unpriced.len()
+    )?;
+    for b in &c.budgets {
+        let (scope, who) = match &b.scope {
+            BudgetScope::Client(n) => ("client", n),
+            BudgetScope::Identity(n) => ("identity", n),
+            BudgetScope::App(n) => ("app", n),
+        };
+        let per = match b.period {
+            Period::Day => "UTC day",
+            Period::Month => "calendar month (UTC)",
+        };
+        writeln!(
+            out,
+            "  budget {}: {scope} {who}, {} USD per {per}",
+            b.name,
+            format_usd(b.limit_micros)
+        )?;
+    }
+    if !unpriced.is_empty() {
+        writeln!(
+            out,
+            "  unpriced (metered at 0 USD; add a [[costs.override]] if X bills one):"
+        )?;
+        for name in unpriced {
+            writeln!(out, "    {name}")?;
+        }
+    }
+    Ok(())
 }
 
 fn summary(c: &Config, catalogue: &Catalogue, out: &mut dyn Write) -> std::io::Result<()> {

@@ -198,6 +198,10 @@ impl Meter {
             settling: AtomicUsize::new(0),
             settled: tokio::sync::Notify::new(),
         };
+        for rule in &meter.rules {
+            meter.metrics.budget_limit(&rule.name, rule.limit);
+            meter.metrics.budget_remaining(&rule.name, rule.limit);
+        }
         meter.seed().await?;
         Ok(Arc::new(meter))
     }

@@ -350,3 +350,220 @@ fn the_generator_reproduces_the_committed_table() {
         "src/endpoints/table.rs differs from the generator's output: run `python3 scripts/gen_catalogue.py`"
     );
 }
+
+/// The reference's price table (x-api-v2.md section 9): category → micro-USD, and the Owned
+/// Reads price; `None` where the reference is not beside the clone (outside CI).
+fn reference_prices() -> Option<(BTreeMap<String, u64>, u64)> {
+    let path = reference_dir().join("x-api-v2.md");
+    let Ok(md) = std::fs::read_to_string(&path) else {
+        assert!(
+            std::env::var_os("XGATE_REQUIRE_SPEC").is_none(),
+            "XGATE_REQUIRE_SPEC is set but {} is missing",
+            path.display()
+        );
+        eprintln!("SKIPPED: {} is not here", path.display());
+        return None;
+    };
+    let section = md
+        .split("## 9.")
+        .nth(1)
+        .unwrap()
+        .split("\n## ")
+        .next()
+        .unwrap();
+    let micros = |usd: &str| crate::config::parse_usd(usd).unwrap();
+    let mut prices = BTreeMap::new();
+    for line in section.lines() {
+        let cells: Vec<&str> = line
+            .trim()
+            .trim_matches('|')
+            .split('|')
+            .map(str::trim)
+            .collect();
+        if let [name, usd] = cells[..] {
+            if usd.chars().next().is_some_and(|c| c.is_ascii_digit()) {
+                prices.insert(name.to_owned(), micros(usd));
+            }
+        }
+    }
+    let owned = section
+        .split("**Owned Reads**: ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .map(micros)
+        .unwrap();
+    Some((prices, owned))
+}
+
+/// CONTRACT section 11 rule 1: every price of the generated table is the reference's price of
+/// its category; reads are priced per resource and writes per request; Owned Reads is on the
+/// owned lists only; and samples of each mapping rule land where the PRICING notes say.
+#[test]
+fn prices_agree_with_the_reference_table() {
+    let Some((prices, owned)) = reference_prices() else {
+        return;
+    };
+    assert_eq!(Price::OWNED_READS_MICROS, owned);
+    let rows = Catalogue::rows();
+    for r in rows {
+        let name = format!("{} {}", r.method, r.path);
+        let p = r.price;
+        match p.unit {
+            Unit::Unpriced => assert_eq!((p.micros, p.category), (0, ""), "{name}"),
+            Unit::PerResource | Unit::PerRequest => {
+                assert_eq!(
+                    prices.get(p.category),
+                    Some(&p.micros),
+                    "{name}: {}",
+                    p.category
+                );
+            }
+        }
+        if p.unit == Unit::PerResource {
+            assert_eq!(
+                r.method, "GET",
+                "{name}: only reads are priced per resource"
+            );
+            assert!(p.page >= 1, "{name}");
+        }
+        if p.url_micros > 0 {
+            assert_eq!(name, "POST /2/tweets");
+            assert_eq!(Some(&p.url_micros), prices.get("Post: Create (with URL)"));
+        }
+        let owned_list = r.path.strip_prefix("/2/users/:id/").is_some_and(|l| {
+            [
+                "tweets",
+                "mentions",
+                "liked_tweets",
+                "bookmarks",
+                "followers",
+                "following",
+                "blocking",
+                "muting",
+                "owned_lists",
+                "followed_lists",
+                "list_memberships",
+                "pinned_lists",
+            ]
+            .contains(&l)
+        });
+        assert_eq!(p.owned, owned_list && r.method == "GET", "{name}");
+        assert!(!p.basis.is_empty(), "{name}: no basis recorded");
+    }
+    let price = |name: &str| {
+        rows.iter()
+            .find(|r| format!("{} {}", r.method, r.path) == name)
+            .unwrap_or_else(|| panic!("{name}"))
+            .price
+    };
+    for (name, category, page) in [
+        ("GET /2/tweets/search/recent", "Posts: Read", 100),
+        ("GET /2/tweets/search/all", "Posts: Read", 500),
+        ("GET /2/tweets", "Posts: Read", 100),
+        ("GET /2/tweets/:id", "Posts: Read", 1),
+        ("GET /2/tweets/search/stream", "Posts: Read", 1),
+        (
+            "GET /2/users/:id/followers",
+            "Following/Followers: Read",
+            1000,
+        ),
+        ("GET /2/users/by", "User: Read", 100),
+        ("GET /2/dm_events", "DM Event: Read", 100),
+        ("GET /2/tweets/:id/liking_users", "Like: Read", 100),
+        ("GET /2/users/:id/muting", "Mute: Read", 1000),
+        ("GET /2/tweets/counts/recent", "Counts: Recent", 100),
+        ("POST /2/tweets", "Post: Create", 1),
+        ("POST /2/users/:id/likes", "User Interaction: Create", 1),
+        (
+            "DELETE /2/users/:id/likes/:tweet_id",
+            "Interaction: Delete",
+            1,
+        ),
+        (
+            "DELETE /2/users/:source_user_id/muting/:target_user_id",
+            "Mute: Delete",
+            1,
+        ),
+        ("DELETE /2/tweets/:id", "Content: Manage", 1),
+        ("PUT /2/tweets/:tweet_id/hidden", "Content: Manage", 1),
+        ("POST /2/lists", "List: Create", 1),
+        ("POST /2/users/:id/bookmarks", "Bookmark", 1),
+        (
+            "POST /2/dm_conversations/with/:participant_id/messages",
+            "DM Interaction: Create",
+            1,
+        ),
+    ] {
+        let p = price(name);
+        assert_eq!((p.category, p.page), (category, page), "{name}");
+    }
+    for unpriced in [
+        "GET /2/usage/tweets",
+        "GET /2/compliance/jobs",
+        "POST /2/media/upload",
+    ] {
+        assert_eq!(price(unpriced).unit, Unit::Unpriced, "{unpriced}");
+    }
+}
+
+/// The R4 rows against the spec: what the basis says `data` is, the spec's 200 answer says.
+#[test]
+fn read_prices_follow_the_specs_response_schemas() {
+    let path = reference_dir().join("x-openapi.json");
+    let Ok(bytes) = std::fs::read(&path) else {
+        assert!(
+            std::env::var_os("XGATE_REQUIRE_SPEC").is_none(),
+            "XGATE_REQUIRE_SPEC is set but {} is missing",
+            path.display()
+        );
+        return;
+    };
+    let spec: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    fn resolve<'a>(
+        spec: &'a serde_json::Value,
+        mut v: &'a serde_json::Value,
+    ) -> &'a serde_json::Value {
+        while let Some(r) = v.get("$ref").and_then(|r| r.as_str()) {
+            let mut at = spec;
+            for part in r.trim_start_matches("#/").split('/') {
+                at = &at[part];
+            }
+            v = at;
+        }
+        v
+    }
+    let mut checked = 0;
+    for r in Catalogue::rows()
+        .iter()
+        .filter(|r| r.in_spec && r.price.basis.starts_with("R4"))
+    {
+        let spec_path = r
+            .path
+            .split('/')
+            .map(|s| {
+                s.strip_prefix(':')
+                    .map_or_else(|| s.to_owned(), |p| format!("{{{p}}}"))
+            })
+            .collect::<Vec<_>>()
+            .join("/");
+        let op = &spec["paths"][&spec_path][r.method.to_lowercase()];
+        let resp = resolve(&spec, &op["responses"]["200"]);
+        let schema = resolve(&spec, &resp["content"]["application/json"]["schema"]);
+        let data = &schema["properties"]["data"];
+        let item = data["items"]["$ref"]
+            .as_str()
+            .or(data["$ref"].as_str())
+            .unwrap_or_default();
+        let name = item.rsplit('/').next().unwrap_or_default();
+        assert!(
+            r.price.basis.contains(&format!("[{name}]"))
+                || r.price.basis.ends_with(&format!(" {name}")),
+            "{} {}: basis {:?}, spec data {name}",
+            r.method,
+            r.path,
+            r.price.basis
+        );
+        checked += 1;
+    }
+    assert!(checked > 50, "only {checked} R4 rows");
+}

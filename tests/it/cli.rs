@@ -494,3 +494,66 @@ fn help_and_usage_errors() {
     assert_eq!(run.code, 2);
     assert!(run.stderr.contains("invalid log filter"), "{}", run.stderr);
 }
+
+/// CONTRACT section 11 rule 1: `check` lists the endpoints X does not price, except those a
+/// `[[costs.override]]` prices, with the budgets; a cost override of an unknown endpoint is a
+/// configuration error.
+#[test]
+fn check_lists_unpriced_endpoints_that_no_override_covers() {
+    let dir = scratch("cli-costs");
+    let base = r#"
+[apps.main]
+bearer_token = "t"
+[[clients]]
+name = "backend"
+anonymous = true
+identities = ["main"]
+[[budgets]]
+name = "daily"
+client = "backend"
+limit = "25.00/1d"
+[[costs.override]]
+endpoint = "GET /2/media/:media_key"
+per_resource = 0.004
+"#;
+    std::fs::write(dir.join("proxy.toml"), base).unwrap();
+    let run = xgate(&dir, &["check"], &[]);
+    assert_eq!(run.code, 0, "{run:?}");
+    for needle in [
+        "costs: 96 endpoints priced (X's pay-per-use table; 1 overridden), 85 unpriced",
+        "budget daily: client backend, 25.000000 USD per UTC day",
+        "    GET /2/compliance/jobs\n",
+        "    GET /2/usage/tweets\n",
+    ] {
+        assert!(
+            run.stdout.contains(needle),
+            "missing {needle:?} in\n{}",
+            run.stdout
+        );
+    }
+    assert!(
+        !run.stdout.contains("    GET /2/media/:media_key\n"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        !run.stdout.contains("    GET /2/tweets/search/recent\n"),
+        "{}",
+        run.stdout
+    );
+
+    std::fs::write(
+        dir.join("proxy.toml"),
+        base.replace("GET /2/media/:media_key", "GET /2/nothing/here"),
+    )
+    .unwrap();
+    let run = xgate(&dir, &["check"], &[]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(
+        run.stderr.contains(
+            "costs.override[0].endpoint: GET /2/nothing/here is not an endpoint of the catalogue"
+        ),
+        "{}",
+        run.stderr
+    );
+}

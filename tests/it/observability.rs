@@ -82,9 +82,32 @@ async fn one_user_lookup_an_hour(fake: &FakeX) -> Proxy {
     Proxy::start(
         &TestConfig::new(&fake.base_url())
             .limit_override("GET /2/users/:id", &["1/1h"], &[])
+            .top(
+                "budgets",
+                toml::Value::Array(vec![toml::Value::Table(crate::support::proxy::table([
+                    ("name", "backend-daily".into()),
+                    ("client", "backend".into()),
+                    ("limit", "100/1d".into()),
+                ]))]),
+            )
             .toml(),
     )
     .await
+}
+
+/// A scrape once the cost of the requests made so far is settled (as their bodies end, just
+/// after the client has read them): bounded.
+async fn scrape_settled(admin: SocketAddr) -> String {
+    for _ in 0..200 {
+        let text = scrape(admin).await;
+        if text.contains("xgate_cost_usd_total{")
+            && text.contains("xgate_billable_resources_total{")
+        {
+            return text;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("no cost was metered")
 }
 
 #[tokio::test]
@@ -112,7 +135,7 @@ async fn a_live_scrape_after_traffic_has_every_metric_with_its_type_and_labels()
     assert_eq!(no_key.status, 401);
     assert_eq!(get(proxy.addr, "/nowhere", None).await.status, 404);
 
-    let text = scrape(proxy.admin).await;
+    let text = scrape_settled(proxy.admin).await;
     let want_types = [
         ("xgate_requests_total", "counter"),
         ("xgate_request_duration_seconds", "histogram"),
@@ -123,6 +146,10 @@ async fn a_live_scrape_after_traffic_has_every_metric_with_its_type_and_labels()
         ("xgate_upstream_errors_total", "counter"),
         ("xgate_inflight_requests", "gauge"),
         ("xgate_build_info", "gauge"),
+        ("xgate_cost_usd_total", "counter"),
+        ("xgate_billable_resources_total", "counter"),
+        ("xgate_budget_remaining_usd", "gauge"),
+        ("xgate_budget_limit_usd", "gauge"),
     ];
     let got = types(&text);
     for (name, kind) in want_types {
@@ -205,14 +232,14 @@ async fn the_dashboard_queries_only_metrics_xgate_exports() {
     assert_eq!(get(proxy.addr, "/2/tweets/20", None).await.status, 200);
     assert_eq!(get(proxy.addr, "/2/users/1", None).await.status, 200);
     assert_eq!(get(proxy.addr, "/2/users/1", None).await.status, 429);
-    let exported: BTreeSet<String> = types(&scrape(proxy.admin).await)
+    let exported: BTreeSet<String> = types(&scrape_settled(proxy.admin).await)
         .into_iter()
         .map(|(name, _)| name)
         .collect();
     let dashboard: serde_json::Value =
         serde_json::from_slice(&std::fs::read(repo("deploy/grafana/xgate.json")).unwrap()).unwrap();
     let panels = dashboard["panels"].as_array().unwrap();
-    assert!(panels.len() >= 7);
+    assert!(panels.len() >= 12);
     let mut queried = BTreeSet::new();
     for panel in panels {
         for target in panel["targets"].as_array().unwrap() {
@@ -241,6 +268,9 @@ async fn the_dashboard_queries_only_metrics_xgate_exports() {
         "xgate_rate_limit_remaining",
         "xgate_token_refreshes_total",
         "xgate_inflight_requests",
+        "xgate_cost_usd_total",
+        "xgate_budget_remaining_usd",
+        "xgate_billable_resources_total",
     ] {
         assert!(queried.contains(needed), "no panel shows {needed}");
     }
