@@ -27,6 +27,18 @@ pub const MAX_ID_BYTES: usize = 64;
 /// The most ids kept per body.
 pub const MAX_IDS: usize = 100_000;
 
+/// The bytes that matter inside a container nothing in is billed: a string's start and the
+/// brackets.
+static STRUCTURAL: [bool; 256] = {
+    let mut t = [false; 256];
+    t[b'"' as usize] = true;
+    t[b'{' as usize] = true;
+    t[b'}' as usize] = true;
+    t[b'[' as usize] = true;
+    t[b']' as usize] = true;
+    t
+};
+
 /// The longest key decoded: only `data` and `id` matter.
 const MAX_KEY_BYTES: usize = 4;
 
@@ -201,6 +213,18 @@ impl Scanner {
                     None => return,
                 }
             }
+            // Inside a container nothing in is billed (`entities`, `public_metrics`,
+            // `includes`, `meta`): only strings and brackets matter, so skip to the next one.
+            if self.untracked > 0 && self.lex == Lex::Between && !STRUCTURAL[usize::from(b)] {
+                match rest.iter().position(|&c| STRUCTURAL[usize::from(c)]) {
+                    Some(at) => {
+                        let (_skipped, from) = rest.split_at(at);
+                        rest = from;
+                        continue;
+                    }
+                    None => return,
+                }
+            }
             self.byte(b);
             rest = tail;
         }
@@ -350,7 +374,9 @@ impl Scanner {
     }
 
     fn open(&mut self, array: bool, role: Role) {
-        if self.untracked > 0 || self.stack.len() >= MAX_TRACKED_DEPTH {
+        // Nothing inside a container of no billing role is billed: it is only counted through
+        // (and skipped fast by `feed`), like the levels past the tracked depth.
+        if self.untracked > 0 || role == Role::Other || self.stack.len() >= MAX_TRACKED_DEPTH {
             self.untracked += 1;
             return;
         }

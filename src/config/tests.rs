@@ -757,3 +757,119 @@ fn a_syntax_error_never_echoes_the_line_it_is_on() {
     let p = problems("[server]\nmax_body_bytes = = 1\n");
     assert!(has(&p, "server.max_body_bytes"), "{p:?}");
 }
+
+const COSTS_BASE: &str = r#"
+[apps.main]
+bearer_token = "t"
+consumer_key = "k"
+consumer_secret = "s"
+[users.alice]
+app = "main"
+auth = "oauth1"
+token = "a"
+token_secret = "b"
+[[clients]]
+name = "backend"
+anonymous = true
+identities = ["main", "alice"]
+"#;
+
+#[test]
+fn costs_and_budgets_become_typed_values() {
+    let c = parse(&format!(
+        r#"{COSTS_BASE}
+[costs]
+owned_reads = ["alice"]
+dedup_max_ids = 1000
+[[costs.override]]
+endpoint = "GET /2/tweets/search/recent"
+per_resource = 0.004
+[[costs.override]]
+endpoint = "POST /2/tweets"
+per_request = 0.02
+[[budgets]]
+name = "daily"
+client = "backend"
+limit = "25.00/1d"
+[[budgets]]
+name = "monthly"
+app = "main"
+limit = "500/1mo"
+"#
+    ))
+    .unwrap();
+    assert_eq!(c.costs.owned_reads, ["alice"]);
+    assert_eq!(c.costs.dedup_max_ids, 1000);
+    assert_eq!(c.costs.overrides[0].unit, PriceUnit::PerResource);
+    assert_eq!(c.costs.overrides[0].micros, 4_000);
+    assert_eq!(c.costs.overrides[1].unit, PriceUnit::PerRequest);
+    assert_eq!(c.costs.overrides[1].micros, 20_000);
+    assert_eq!(
+        c.budgets,
+        [
+            Budget {
+                name: "daily".into(),
+                scope: BudgetScope::Client("backend".into()),
+                limit_micros: 25_000_000,
+                period: Period::Day,
+            },
+            Budget {
+                name: "monthly".into(),
+                scope: BudgetScope::App("main".into()),
+                limit_micros: 500_000_000,
+                period: Period::Month,
+            },
+        ]
+    );
+    let defaults = parse(COSTS_BASE).unwrap();
+    assert_eq!(defaults.costs.dedup_max_ids, super::DEDUP_MAX_IDS);
+    assert!(defaults.budgets.is_empty());
+}
+
+#[test]
+fn costs_and_budget_mistakes_are_all_reported() {
+    let p = problems(&format!(
+        r#"{COSTS_BASE}
+[costs]
+owned_reads = ["main", "ghost"]
+[[costs.override]]
+endpoint = "GET /2/tweets/:id"
+[[costs.override]]
+endpoint = "GET /2/users/:id"
+per_resource = -1.0
+[[budgets]]
+name = "a"
+client = "nobody"
+limit = "10/1w"
+[[budgets]]
+name = "a"
+client = "backend"
+identity = "main"
+limit = "1/1d"
+[[budgets]]
+name = "b"
+identity = "ghost"
+limit = "0/1d"
+[[budgets]]
+name = "c"
+app = "alice"
+limit = "1.2345678/1mo"
+"#
+    ));
+    for needle in [
+        r#"costs.owned_reads[0]: "main" is not a user identity"#,
+        r#"costs.owned_reads[1]: "ghost" is not a user identity"#,
+        "costs.override[0]: needs exactly one of per_resource or per_request",
+        "costs.override[1].per_resource: must be between 0 and",
+        "budgets[0].client: no [[clients]] is named \"nobody\"",
+        r#"budgets[0].limit: invalid "10/1w""#,
+        "budgets[1].name: \"a\" is also budgets[0]'s name",
+        "budgets[1]: needs exactly one of client, identity or app",
+        "budgets[2].identity: no identity is named \"ghost\"",
+        "budgets[2].limit: must be more than 0 USD",
+        "budgets[3].app: no [apps.alice]",
+        r#"budgets[3].limit: invalid amount "1.2345678""#,
+    ] {
+        assert!(has(&p, needle), "missing {needle:?} in {p:#?}");
+    }
+}

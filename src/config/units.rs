@@ -90,9 +90,17 @@ pub fn figure(limit: u32, window: Duration) -> String {
 /// `"25.00"` USD → 25,000,000 micro-USD: digits, then at most six decimals after a point.
 pub fn parse_usd(s: &str) -> Result<u64, String> {
     let bad = || format!(r#"invalid amount "{s}": expected USD such as "25" or "0.005""#);
-    let (whole, frac) = s.trim().split_once('.').unwrap_or((s.trim(), ""));
+    let (whole, frac, point) = match s.trim().split_once('.') {
+        Some((w, f)) => (w, f, true),
+        None => (s.trim(), "", false),
+    };
     let digits = |t: &str| t.bytes().all(|b| b.is_ascii_digit());
-    if whole.is_empty() || !digits(whole) || !digits(frac) || frac.len() > 6 {
+    if whole.is_empty()
+        || !digits(whole)
+        || !digits(frac)
+        || frac.len() > 6
+        || (point && frac.is_empty())
+    {
         return Err(bad());
     }
     let whole: u64 = whole.parse().map_err(|_overflow| bad())?;
@@ -111,6 +119,28 @@ pub fn format_usd(micros: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn usd_amounts_are_exact_micro_dollars() {
+        assert_eq!(parse_usd("25.00"), Ok(25_000_000));
+        assert_eq!(parse_usd("25"), Ok(25_000_000));
+        assert_eq!(parse_usd("0.005"), Ok(5_000));
+        assert_eq!(parse_usd("0.000001"), Ok(1));
+        for bad in [
+            "",
+            ".5",
+            "1.",
+            "-1",
+            "1e3",
+            "0.0000001",
+            "1,5",
+            "99999999999999999999",
+        ] {
+            assert!(parse_usd(bad).is_err(), "{bad}");
+        }
+        assert_eq!(format_usd(25_000_000), "25.000000");
+        assert_eq!(format_usd(5_000), "0.005000");
+    }
 
     #[test]
     fn durations() {

@@ -534,3 +534,49 @@ async fn usage_names_a_bad_date() {
     assert_eq!(e.exit_code(), 2);
     assert!(e.to_string().contains("--from 2026-13-01"), "{e}");
 }
+
+/// Rule 4: a crash loses at most the last second. The real binary meters three answers; the
+/// spend reaches the store within the flush interval, without a shutdown, and `kill -9` then
+/// loses none of it.
+#[tokio::test]
+async fn spend_reaches_the_store_every_second_and_survives_kill_9() {
+    let fake = FakeX::start().await;
+    let dir = crate::support::scratch("costs-kill");
+    let path = write_config(&dir, &TestConfig::new(&fake.base_url()).toml());
+    let served = crate::support::binary::serve(&dir, &[], &[]).await;
+    let mut child = crate::support::binary::KillOnDrop(served.child);
+    for i in 0..3 {
+        fake.script(
+            "/2/tweets/search/recent",
+            Reply::json(200, &page(40_000 + i * 10, 10)),
+        );
+        let a = get(
+            served.addr,
+            "/2/tweets/search/recent?query=x",
+            Some("alice"),
+        )
+        .await;
+        assert_eq!(a.status, 200);
+    }
+    let total = |json: &str| -> f64 {
+        let doc: serde_json::Value = serde_json::from_str(json).unwrap();
+        doc["total"]["cost_usd"].as_f64().unwrap()
+    };
+    let mut stored = 0.0;
+    // Bounded: 100 × 50 ms; the flusher writes every second.
+    for _ in 0..100 {
+        let (result, json) = usage(&path, &["--json"]).await;
+        result.unwrap();
+        stored = total(&json);
+        if (stored - 0.15).abs() < 1e-9 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!((stored - 0.15).abs() < 1e-9, "stored {stored}");
+    child.0.kill().unwrap();
+    child.0.wait().unwrap();
+    let (result, json) = usage(&path, &["--json"]).await;
+    result.unwrap();
+    assert!((total(&json) - 0.15).abs() < 1e-9, "{json}");
+}

@@ -645,3 +645,68 @@ async fn a_replica_killed_while_it_waits_for_the_lock_changes_nothing() {
         kill(&mut replicas[i].0);
     }
 }
+
+/// CONTRACT section 11 rule 4 on PostgreSQL: spend rows add up per day, client, identity and
+/// endpoint (as several replicas write them), and are read back by day range.
+#[tokio::test]
+async fn spend_rows_add_up_in_the_shared_store() {
+    let Some(db) = Database::create().await else {
+        return;
+    };
+    let store = open(&db, None).await;
+    let row = |day: &str, client: &str, micros: u64| xgate::store::SpendRow {
+        day: day.to_owned(),
+        client: client.to_owned(),
+        identity: "main".to_owned(),
+        endpoint: "GET /2/tweets/:id".to_owned(),
+        requests: 1,
+        resources: 2,
+        repeats: 1,
+        posts: 1,
+        micros,
+    };
+    // Two replicas' flushes of the same day and key, and other keys.
+    store
+        .add_spend(&[
+            row("2026-12-01", "backend", 5_000),
+            row("2026-12-02", "backend", 7),
+        ])
+        .await
+        .unwrap();
+    store
+        .add_spend(&[
+            row("2026-12-01", "backend", 10_000),
+            row("2026-12-01", "other", 1),
+        ])
+        .await
+        .unwrap();
+    let rows = store.spend("2026-12-01", "2026-12-01").await.unwrap();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    let backend = rows.iter().find(|r| r.client == "backend").unwrap();
+    assert_eq!(
+        (
+            backend.requests,
+            backend.resources,
+            backend.repeats,
+            backend.posts,
+            backend.micros
+        ),
+        (2, 4, 2, 2, 15_000)
+    );
+    assert_eq!(
+        store.spend("2026-12-02", "2026-12-31").await.unwrap().len(),
+        1
+    );
+    assert!(
+        store
+            .spend("2026-11-01", "2026-11-30")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    store.save_meta("x_user_id:alice", "42").await.unwrap();
+    assert_eq!(
+        store.load_meta("x_user_id:alice").await.unwrap().as_deref(),
+        Some("42")
+    );
+}

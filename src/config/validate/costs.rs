@@ -97,14 +97,20 @@ impl Validator<'_> {
         clients: &[Client],
     ) -> Vec<Budget> {
         let mut out: Vec<Budget> = Vec::with_capacity(raw.len());
+        let mut names: Vec<Option<String>> = Vec::with_capacity(raw.len());
         for (i, b) in raw.into_iter().enumerate() {
+            names.push(b.name.clone());
             let at = |key: &str| format!("budgets[{i}].{key}");
             let Some(name) = b.name else {
                 self.problem(at("name"), "missing");
                 continue;
             };
             self.name(&at("name"), &name);
-            if let Some(j) = out.iter().position(|o| o.name == name) {
+            if let Some(j) = names
+                .iter()
+                .position(|n| n.as_deref() == Some(&*name))
+                .filter(|&j| j < i)
+            {
                 self.problem(
                     at("name"),
                     format!("\"{name}\" is also budgets[{j}]'s name"),
