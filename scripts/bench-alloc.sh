@@ -12,7 +12,9 @@
 # memory the allocator keeps).
 #
 # Usage: scripts/bench-alloc.sh [--rounds 3] [--duration 10] [--spike-conns 5000]
-#          [--spikes 2] [--settle 10] NAME=COMMAND ...
+#          [--spikes 2] [--settle 10] [--append NAME=FILE]... NAME=COMMAND ...
+#   --append adds FILE's TOML to variant NAME's config (a `[[budgets]]`, say); --spikes 0
+#   measures CPU per request only.
 #   COMMAND runs `COMMAND serve --config FILE` (bash word splitting, so an environment
 #   prefix works), e.g.
 #     glibc=target/alloc-glibc/xgate  mimalloc=target/release/xgate
@@ -25,8 +27,10 @@ REPO="$(cd "$HERE/.." && pwd)"
 BENCH="${BENCH:-$REPO/../shared/bench}"
 ROUNDS=3 DURATION=10 SPIKE_CONNS=5000 SPIKES=2 SETTLE=10
 VARIANTS=()
+declare -A APPEND
 while [ $# -gt 0 ]; do
   case "$1" in
+    --append) APPEND["${2%%=*}"]="${2#*=}"; shift 2 ;;
     --rounds) ROUNDS="$2"; shift 2 ;;
     --duration) DURATION="$2"; shift 2 ;;
     --spike-conns) SPIKE_CONNS="$2"; shift 2 ;;
@@ -59,6 +63,7 @@ for v in "${VARIANTS[@]}"; do
   sed -e "s#127.0.0.1:18083#127.0.0.1:$port#; s#127.0.0.1:19093#127.0.0.1:$admin#" \
       -e "s#/tmp/xbench-xgate.db#$TMP/$name.db#" \
       -e 's#^allowed_prefixes = .*#&\npool_idle_timeout = "2s"#' "$BENCH/xgate-bench.toml" > "$TMP/$name.toml"
+  if [ -n "${APPEND[$name]:-}" ]; then cat "${APPEND[$name]}" >> "$TMP/$name.toml"; fi
   # exec: the PID measured is xgate's own.
   XGATE_LOG=warn bash -c "exec $cmd serve --config $TMP/$name.toml" 2>"$TMP/$name.log" &
   PIDS+=($!); PID[$name]=$!; URL[$name]="http://127.0.0.1:$port"

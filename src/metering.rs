@@ -18,8 +18,10 @@
 
 use std::fmt;
 
-/// Levels of nesting whose role is tracked; deeper levels cannot hold billed resources.
-pub const MAX_TRACKED_DEPTH: usize = 64;
+/// Levels of nesting whose role is tracked: a document's top-level object, the array `data`
+/// is and a resource in it. Every other container is only counted through (nothing in it is
+/// billed), so the tracked levels live in a fixed array: no allocation per body.
+pub const MAX_TRACKED_DEPTH: usize = 3;
 
 /// The longest `id` kept (X's ids are at most 19 digits).
 pub const MAX_ID_BYTES: usize = 64;
@@ -27,17 +29,10 @@ pub const MAX_ID_BYTES: usize = 64;
 /// The most ids kept per body.
 pub const MAX_IDS: usize = 100_000;
 
-/// The bytes that matter inside a container nothing in is billed: a string's start and the
-/// brackets.
-static STRUCTURAL: [bool; 256] = {
-    let mut t = [false; 256];
-    t[b'"' as usize] = true;
-    t[b'{' as usize] = true;
-    t[b'}' as usize] = true;
-    t[b'[' as usize] = true;
-    t[b']' as usize] = true;
-    t
-};
+/// Whether `b` matters inside a container nothing in is billed: a string's start, a bracket.
+const fn structural(b: u8) -> bool {
+    matches!(b, b'"' | b'{' | b'}' | b'[' | b']')
+}
 
 /// The longest key decoded: only `data` and `id` matter.
 const MAX_KEY_BYTES: usize = 4;
@@ -74,6 +69,97 @@ struct Level {
     id_kept: bool,
 }
 
+/// The tracked levels, innermost last.
+#[derive(Debug, Clone, Copy)]
+struct Stack {
+    levels: [Level; MAX_TRACKED_DEPTH],
+    len: usize,
+}
+
+impl Default for Stack {
+    fn default() -> Self {
+        let level = Level {
+            array: false,
+            role: Role::Other,
+            expect_key: false,
+            key: Key::Other,
+            id_kept: false,
+        };
+        Self {
+            levels: [level; MAX_TRACKED_DEPTH],
+            len: 0,
+        }
+    }
+}
+
+impl Stack {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn last(&self) -> Option<&Level> {
+        self.len.checked_sub(1).and_then(|i| self.levels.get(i))
+    }
+
+    fn last_mut(&mut self) -> Option<&mut Level> {
+        self.len.checked_sub(1).and_then(|i| self.levels.get_mut(i))
+    }
+
+    /// Pushes `level`; `false` when full (the caller checks the depth first).
+    fn push(&mut self, level: Level) -> bool {
+        match self.levels.get_mut(self.len) {
+            Some(slot) => {
+                *slot = level;
+                self.len += 1;
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn pop(&mut self) {
+        self.len = self.len.saturating_sub(1);
+    }
+}
+
+/// The decoded bytes of a captured string (a key, or an id of at most [`MAX_ID_BYTES`]).
+#[derive(Debug, Clone, Copy)]
+struct Buf {
+    bytes: [u8; MAX_ID_BYTES],
+    len: usize,
+}
+
+impl Default for Buf {
+    fn default() -> Self {
+        Self {
+            bytes: [0; MAX_ID_BYTES],
+            len: 0,
+        }
+    }
+}
+
+impl Buf {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn clear(&mut self) {
+        self.len = 0;
+    }
+
+    /// Appends `more`; the caller keeps the total within [`MAX_ID_BYTES`].
+    fn extend(&mut self, more: &[u8]) {
+        if let Some(dst) = self.bytes.get_mut(self.len..self.len + more.len()) {
+            dst.copy_from_slice(more);
+            self.len += more.len();
+        }
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        self.bytes.get(..self.len).unwrap_or_default()
+    }
+}
+
 /// What a string being read is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Capture {
@@ -106,7 +192,7 @@ enum Lex {
 #[derive(Clone)]
 pub struct Scanner {
     lex: Lex,
-    stack: Vec<Level>,
+    stack: Stack,
     /// Levels past [`MAX_TRACKED_DEPTH`].
     untracked: usize,
     resources: u64,
@@ -117,7 +203,7 @@ pub struct Scanner {
     id_bytes: String,
     id_ends: Vec<usize>,
     /// The string being captured (a key or an id), decoded.
-    buf: Vec<u8>,
+    buf: Buf,
     /// `buf` grew past what its capture may hold, or held an escape it cannot decode.
     spoiled: bool,
     /// A high surrogate waiting for its low half.
@@ -146,14 +232,14 @@ impl Scanner {
     pub fn new() -> Self {
         Self {
             lex: Lex::Between,
-            stack: Vec::new(),
+            stack: Stack::default(),
             untracked: 0,
             resources: 0,
             doc_resources: 0,
             doc_ids: 0,
             id_bytes: String::new(),
             id_ends: Vec::new(),
-            buf: Vec::new(),
+            buf: Buf::default(),
             spoiled: false,
             high: None,
             ids_dropped: 0,
@@ -215,8 +301,8 @@ impl Scanner {
             }
             // Inside a container nothing in is billed (`entities`, `public_metrics`,
             // `includes`, `meta`): only strings and brackets matter, so skip to the next one.
-            if self.untracked > 0 && self.lex == Lex::Between && !STRUCTURAL[usize::from(b)] {
-                match rest.iter().position(|&c| STRUCTURAL[usize::from(c)]) {
+            if self.untracked > 0 && self.lex == Lex::Between && !structural(b) {
+                match rest.iter().position(|&c| structural(c)) {
                     Some(at) => {
                         let (_skipped, from) = rest.split_at(at);
                         rest = from;
@@ -380,7 +466,7 @@ impl Scanner {
             self.untracked += 1;
             return;
         }
-        self.stack.push(Level {
+        let _fits = self.stack.push(Level {
             array,
             role,
             expect_key: !array,
@@ -517,7 +603,7 @@ impl Scanner {
                 };
             }
         } else {
-            self.buf.extend_from_slice(bytes);
+            self.buf.extend(bytes);
         }
     }
 
@@ -537,7 +623,7 @@ impl Scanner {
             }
             Capture::Id => {
                 let id = if whole {
-                    std::str::from_utf8(&self.buf).ok()
+                    std::str::from_utf8(self.buf.as_slice()).ok()
                 } else {
                     None
                 };

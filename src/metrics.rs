@@ -91,25 +91,42 @@ pub struct CostMetrics {
     limit: GaugeVec,
 }
 
-impl CostMetrics {
-    /// `micros` of cost metered for a request of `client` as `identity` on `endpoint`.
-    pub fn cost(&self, client: &str, identity: &str, endpoint: &str, micros: u64) {
-        self.cost
-            .with_label_values(&[client, identity, endpoint])
-            .inc_by(micros as f64 / 1e6);
-    }
+/// One (client, identity, endpoint)'s cost metrics, resolved once: counting through them
+/// hashes no labels.
+#[derive(Debug, Clone)]
+pub struct CostHandles {
+    cost: prometheus::Counter,
+    new: prometheus::IntCounter,
+    repeat: prometheus::IntCounter,
+}
 
-    /// Billable resources returned: `new` of them new today for the App, `repeat` repeats.
-    pub fn resources(&self, identity: &str, endpoint: &str, new: u64, repeat: u64) {
+impl CostHandles {
+    /// `micros` of cost, `new` new resources and `repeat` repeats.
+    pub fn count(&self, micros: u64, new: u64, repeat: u64) {
+        if micros > 0 {
+            self.cost.inc_by(micros as f64 / 1e6);
+        }
         if new > 0 {
-            self.resources
-                .with_label_values(&[identity, endpoint, "new"])
-                .inc_by(new);
+            self.new.inc_by(new);
         }
         if repeat > 0 {
-            self.resources
-                .with_label_values(&[identity, endpoint, "repeat"])
-                .inc_by(repeat);
+            self.repeat.inc_by(repeat);
+        }
+    }
+}
+
+impl CostMetrics {
+    /// The handles of `client` as `identity` on `endpoint` (the cost series appears at once,
+    /// at 0).
+    pub fn handles(&self, client: &str, identity: &str, endpoint: &str) -> CostHandles {
+        CostHandles {
+            cost: self.cost.with_label_values(&[client, identity, endpoint]),
+            new: self
+                .resources
+                .with_label_values(&[identity, endpoint, "new"]),
+            repeat: self
+                .resources
+                .with_label_values(&[identity, endpoint, "repeat"]),
         }
     }
 

@@ -35,7 +35,7 @@ use crate::endpoints::{Catalogue, EndpointId, Price, Unit};
 use crate::error::ProxyError;
 use crate::identity::{Identities, IdentityId};
 use crate::metering::Scanner;
-use crate::metrics::{CostMetrics, Metrics};
+use crate::metrics::{CostHandles, CostMetrics, Metrics};
 use crate::store::{SpendRow, TokenStore};
 
 pub use ledger::fingerprint;
@@ -104,8 +104,35 @@ fn period_name(period: Period) -> &'static str {
     }
 }
 
-/// The key of a pending spend row.
-type RowKey = (Day, Arc<str>, IdentityId, Option<EndpointId>);
+/// Who was metered where: a client, an identity, an endpoint (`None`: `other`).
+type Who = (Arc<str>, IdentityId, Option<EndpointId>);
+
+/// One [`Who`]'s cost metrics, resolved once, and its spend rows not written yet (one per UTC
+/// day, so rarely more than one).
+#[derive(Debug)]
+struct Entry {
+    handles: CostHandles,
+    rows: Vec<(Day, SpendRow)>,
+}
+
+impl Entry {
+    /// The row of `day`, made from `blank` when there is none.
+    fn row(&mut self, day: Day, blank: impl FnOnce() -> SpendRow) -> Option<&mut SpendRow> {
+        if !self.rows.iter().any(|(d, _)| *d == day) {
+            self.rows.push((day, blank()));
+        }
+        self.rows
+            .iter_mut()
+            .find(|(d, _)| *d == day)
+            .map(|(_, row)| row)
+    }
+}
+
+/// Everything metered and not written yet: one hash lookup per settlement.
+#[derive(Debug, Default)]
+struct Book {
+    entries: HashMap<Who, Entry>,
+}
 
 /// Prices requests, holds the budgets, meters answers and keeps the spend.
 pub struct Meter {
@@ -119,7 +146,7 @@ pub struct Meter {
     owned: Vec<Option<OnceLock<String>>>,
     local: ledger::Ledger,
     shared: Option<Arc<redis::SharedLedger>>,
-    pending: Mutex<HashMap<RowKey, SpendRow>>,
+    pending: Mutex<Book>,
     store: Option<Arc<dyn TokenStore>>,
     /// Settlements still waiting on Redis.
     settling: AtomicUsize,
@@ -193,7 +220,7 @@ impl Meter {
             rules,
             owned,
             shared,
-            pending: Mutex::new(HashMap::new()),
+            pending: Mutex::new(Book::default()),
             store,
             settling: AtomicUsize::new(0),
             settled: tokio::sync::Notify::new(),
@@ -426,47 +453,50 @@ impl Meter {
             .and_then(|e| self.catalogue.get(e))
             .map_or("other", |e| e.name.as_str());
         let identity = &self.identities.get(charge.identity).name;
-        {
-            let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
-            let row = pending
-                .entry((
-                    charge.day,
-                    Arc::clone(&charge.client),
-                    charge.identity,
-                    charge.endpoint,
-                ))
-                .or_insert_with(|| SpendRow {
-                    day: date_of_days(charge.day),
-                    client: charge.client.to_string(),
-                    identity: identity.to_string(),
-                    endpoint: endpoint_name.to_owned(),
-                    ..SpendRow::default()
-                });
-            if !charge.finished {
-                row.requests += 1;
+        let blank = || SpendRow {
+            day: date_of_days(charge.day),
+            client: charge.client.to_string(),
+            identity: identity.to_string(),
+            endpoint: endpoint_name.to_owned(),
+            ..SpendRow::default()
+        };
+        let handles = {
+            let mut book = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+            let who = (Arc::clone(&charge.client), charge.identity, charge.endpoint);
+            let entry = book.entries.entry(who).or_insert_with(|| Entry {
+                handles: self
+                    .metrics
+                    .handles(&charge.client, identity, endpoint_name),
+                rows: Vec::new(),
+            });
+            if let Some(row) = entry.row(charge.day, blank) {
+                if !charge.finished {
+                    row.requests += 1;
+                }
+                row.resources += resources;
+                row.repeats += resources - new.min(resources);
+                if charge.price.category == POSTS_READ {
+                    row.posts += new;
+                }
+                row.micros += cost;
             }
-            row.resources += resources;
-            row.repeats += resources - new.min(resources);
-            if charge.price.category == POSTS_READ {
-                row.posts += new;
-            }
-            row.micros += cost;
-        }
-        self.metrics
-            .cost(&charge.client, identity, endpoint_name, cost);
-        self.metrics
-            .resources(identity, endpoint_name, new, resources.saturating_sub(new));
+            entry.handles.clone()
+        };
+        handles.count(cost, new, resources.saturating_sub(new));
     }
 
     /// The spend rows not yet written, taken.
     fn take_pending(&self) -> Vec<SpendRow> {
-        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
-        pending.drain().map(|(_, row)| row).collect()
+        let mut book = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        book.entries
+            .values_mut()
+            .flat_map(|e| e.rows.drain(..).map(|(_, row)| row))
+            .collect()
     }
 
     /// Puts rows that could not be written back, to be written with the next ones.
     fn put_back(&self, rows: Vec<SpendRow>) {
-        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut book = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
         for r in rows {
             let identity = self.identities.find(&r.identity);
             let endpoint = self
@@ -477,19 +507,25 @@ impl Meter {
             let (Some(identity), Some(day)) = (identity, crate::clock::days_of_date(&r.day)) else {
                 continue;
             };
-            let key = (day, Arc::from(r.client.as_str()), identity, endpoint);
-            let row = pending.entry(key).or_insert_with(|| SpendRow {
+            let who = (Arc::from(r.client.as_str()), identity, endpoint);
+            let entry = book.entries.entry(who).or_insert_with(|| Entry {
+                handles: self.metrics.handles(&r.client, &r.identity, &r.endpoint),
+                rows: Vec::new(),
+            });
+            let blank = || SpendRow {
                 day: r.day.clone(),
                 client: r.client.clone(),
                 identity: r.identity.clone(),
                 endpoint: r.endpoint.clone(),
                 ..SpendRow::default()
-            });
-            row.requests += r.requests;
-            row.resources += r.resources;
-            row.repeats += r.repeats;
-            row.posts += r.posts;
-            row.micros += r.micros;
+            };
+            if let Some(row) = entry.row(day, blank) {
+                row.requests += r.requests;
+                row.resources += r.resources;
+                row.repeats += r.repeats;
+                row.posts += r.posts;
+                row.micros += r.micros;
+            }
         }
     }
 
@@ -617,7 +653,7 @@ pub struct Charge {
     reserved: u64,
     /// X's status, once it answered.
     answered: Option<u16>,
-    scanner: Option<Box<Scanner>>,
+    scanner: Option<Scanner>,
     /// Resources of a stream already settled.
     billed: u64,
     /// The cost settled so far (shared with settlements that finish later).
@@ -647,7 +683,7 @@ impl Charge {
         self.answered = Some(status);
         let metered = (200..300).contains(&status) && self.price.unit == Unit::PerResource;
         if metered {
-            self.scanner = Some(Box::default());
+            self.scanner = Some(Scanner::new());
         }
         metered
     }
@@ -757,6 +793,7 @@ impl Charge {
                         new
                     }
                 };
+                let new = new.min(part.resources);
                 let cost = part.cost(new);
                 if count {
                     meter.account(&snapshot, part.resources, new, cost);
@@ -765,7 +802,8 @@ impl Charge {
                 snapshot.cost.fetch_add(cost, Ordering::AcqRel) + cost
             }));
         }
-        let new = meter.local.dedup(part.app, part.day, &part.prints) + part.without;
+        let new = (meter.local.dedup(part.app, part.day, &part.prints) + part.without)
+            .min(part.resources);
         let cost = part.cost(new);
         let figures = meter
             .local
@@ -831,8 +869,11 @@ struct Part {
 }
 
 impl Part {
+    /// The cost when `new` of its resources are new (never more than it has: an id whose
+    /// resource was settled in an earlier part, a stream's message cut between chunks, is not
+    /// billed twice).
     fn cost(&self, new: u64) -> u64 {
-        self.base + new * self.unit_micros
+        self.base + new.min(self.resources) * self.unit_micros
     }
 
     fn new_without_dedup(&self) -> u64 {
