@@ -151,6 +151,9 @@ impl Ledger {
         cost: u64,
         release: u64,
     ) -> Vec<u64> {
+        if budgets.is_empty() {
+            return Vec::new();
+        }
         let mut figures = self.figures.lock().unwrap_or_else(PoisonError::into_inner);
         budgets
             .iter()
