@@ -302,17 +302,6 @@ impl fmt::Debug for Resolved {
     }
 }
 
-/// Whether an identity's credential can come only from the token store.
-pub fn needs_store(config: &Config) -> bool {
-    config.users.values().any(|u| match &u.auth {
-        UserAuth::Oauth2 { .. } => true,
-        UserAuth::Oauth1 { token } => token.is_none(),
-    }) || config
-        .apps
-        .values()
-        .any(|a| a.bearer_token.is_none() && a.consumer.is_some())
-}
-
 /// What credential the identity `name` has now: proxy.toml's, else the one `store` holds (an
 /// App's Bearer from `xgate bearer`, an OAuth 1.0a pair from `xgate login --oauth1`, an OAuth
 /// 2.0 pair from `xgate login`). `None` when no identity has that name.

@@ -3,7 +3,7 @@
 //!
 //! Owns [`State`] (identities, credentials, clients, the catalogue, the limiter, metrics, the
 //! OAuth 2.0 users' pairs, the upstream client, the clock every phase reads) and building it
-//! ([`State::from_config`], which opens the token store when an identity needs it), with its
+//! ([`State::from_config`], which opens the token store: it holds tokens and the spend), with its
 //! typed failure, [`SetupError`].
 
 use std::sync::Arc;
@@ -93,9 +93,8 @@ impl State {
     }
 
     /// Builds the shared state with every reader of time (rate limits, client shares, token
-    /// expiry, OAuth 1.0a timestamps, clock skew) reading `clock`. Opens the token store when
-    /// an identity needs it (an OAuth 2.0 user, an App without `bearer_token`, an OAuth 1.0a
-    /// user without a token pair).
+    /// expiry, OAuth 1.0a timestamps, clock skew, budgets' periods) reading `clock`. Opens the
+    /// token store, which holds the tokens X handed out and the metered spend.
     pub async fn with_clock(config: &Config, clock: Arc<dyn Clock>) -> Result<Self, SetupError> {
         let identities = Arc::new(Identities::from_config(config)?);
         let catalogue =
