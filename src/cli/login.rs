@@ -365,6 +365,21 @@ pub(super) fn oauth2(
             .map_err(CliError::Store)?;
         writeln!(out, "stored token for {identity}").map_err(|e| io_error(&e))?;
         writeln!(out, "scopes: {granted}").map_err(|e| io_error(&e))?;
+        // Owned Reads needs the user's X id: asked once, now, for the identities that use it
+        // (a User read X bills); a failure only delays it to the identity's first
+        // `GET /2/users/me` through the proxy.
+        if config.costs.owned_reads.iter().any(|o| o == identity) {
+            if let StoredToken::Oauth2 { access_token, .. } = &stored {
+                match users_me(&upstream, access_token).await {
+                    Ok(user_id) => keep_user_id(&*store, identity, &user_id, Some(out)).await?,
+                    Err(why) => writeln!(
+                        out,
+                        "warning: the X user id of {identity} is not known yet ({why}); its first GET /2/users/me through xgate teaches it"
+                    )
+                    .map_err(|e| io_error(&e))?,
+                }
+            }
+        }
         Ok(())
     })
 }
@@ -551,8 +566,60 @@ pub(super) fn oauth1(
             .get("screen_name")
             .map(|n| format!(" (@{n})"))
             .unwrap_or_default();
-        writeln!(out, "stored token for {identity}{who}").map_err(|e| io_error(&e))
+        writeln!(out, "stored token for {identity}{who}").map_err(|e| io_error(&e))?;
+        // X names the user in its answer: kept for Owned Reads (CONTRACT section 11 rule 1),
+        // and said when the identity uses them.
+        if let Some(user_id) = reply.get("user_id").filter(|id| is_user_id(id)) {
+            let owned = config.costs.owned_reads.iter().any(|o| o == identity);
+            keep_user_id(&*store, identity, user_id, owned.then_some(out)).await?;
+        }
+        Ok(())
     })
+}
+
+/// Whether `id` looks like an X user id (digits only, as X's are).
+fn is_user_id(id: &str) -> bool {
+    (1..=32).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// Keeps `identity`'s X user id in the store's metadata, where the proxy reads it to price
+/// the identity's own lists at Owned Reads.
+async fn keep_user_id(
+    store: &dyn store::TokenStore,
+    identity: &str,
+    user_id: &str,
+    out: Option<&mut dyn Write>,
+) -> Result<(), CliError> {
+    store
+        .save_meta(&crate::costs::user_id_key(identity), user_id)
+        .await
+        .map_err(CliError::Store)?;
+    match out {
+        Some(out) => writeln!(out, "X user id of {identity}: {user_id} (for Owned Reads)")
+            .map_err(|e| io_error(&e)),
+        None => Ok(()),
+    }
+}
+
+/// `GET /2/users/me` with a new OAuth 2.0 access token: the user's X id, for Owned Reads.
+async fn users_me(upstream: &Upstream, access_token: &str) -> Result<String, String> {
+    let uri: http::Uri = format!("{}/2/users/me", upstream.base())
+        .parse()
+        .map_err(|e| format!("{e}"))?;
+    let mut req = Request::new(UpstreamBody::Full(None));
+    *req.uri_mut() = uri;
+    let mut auth = http::HeaderValue::try_from(format!("Bearer {access_token}"))
+        .map_err(|_invalid| "the access token cannot be sent in a header".to_owned())?;
+    auth.set_sensitive(true);
+    req.headers_mut().insert(header::AUTHORIZATION, auth);
+    let (status, body) = exchange_bytes(upstream, req)
+        .await
+        .map_err(|e| e.to_string())?;
+    let doc: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    match doc.pointer("/data/id").and_then(serde_json::Value::as_str) {
+        Some(id) if status.is_success() && is_user_id(id) => Ok(id.to_owned()),
+        _ => Err(format!("X answered {status} without a user id")),
+    }
 }
 
 /// A POST to `path` with an OAuth 1.0a header carrying `extra` protocol parameters.

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use xgate::store::{SqliteStore, StoredToken, TokenKind};
 
-use crate::support::fake_x::{FakeX, ISSUED_BEARER, PIN, REQUEST_TOKEN};
+use crate::support::fake_x::{FakeX, ISSUED_BEARER, PIN, REQUEST_TOKEN, Reply};
 use crate::support::http::{Answer, get, request, send};
 use crate::support::proxy::{Proxy, config, table};
 use crate::support::{scratch, xgate};
@@ -839,4 +839,65 @@ async fn a_client_that_leaves_during_a_refresh_does_not_cancel_it() {
     );
     assert_eq!(bearers(&fake, "/2/users/me"), ["Bearer at-1"]);
     assert_eq!(fake.oauth_calls().0, 1);
+}
+
+/// CONTRACT section 11 rule 1, Owned Reads learnt at login: `xgate login` keeps the user's X
+/// id (from the OAuth 1.0a answer; for OAuth 2.0 by one `GET /2/users/me` with the new token,
+/// for an identity in `costs.owned_reads` only), and the proxy then prices that identity's own
+/// lists at Owned Reads from its first request.
+#[tokio::test]
+async fn login_learns_the_user_id_that_owned_reads_need() {
+    let fake = FakeX::start().await;
+    let dir = scratch("login-owned");
+    let port = free_port();
+    let toml = binary_config(&fake.base_url(), port, None, true)
+        + "\n[costs]\nowned_reads = [\"bob\", \"carol\"]\n";
+    std::fs::write(dir.join("proxy.toml"), &toml).unwrap();
+    let (_url, status, rest) = browser_login(&dir, port, &fake).await;
+    assert_eq!(status.code(), Some(0), "{rest:?}");
+    // FakeX's /2/users/me answers id 20, asked with the new access token.
+    assert_eq!(
+        rest.last().map(String::as_str),
+        Some("X user id of bob: 20 (for Owned Reads)"),
+        "{rest:?}"
+    );
+    assert_eq!(bearers(&fake, "/2/users/me"), ["Bearer at-1"]);
+    let (code, stdout, stderr) = pin_login(&dir).await;
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(
+        stdout.contains("X user id of carol: 111 (for Owned Reads)"),
+        "{stdout}"
+    );
+
+    let proxy = Proxy::start_in(&toml, &dir).await;
+    let page = |from: u32| {
+        let items: Vec<String> = (from..from + 10)
+            .map(|i| format!(r#"{{"id":"{i}"}}"#))
+            .collect();
+        format!(r#"{{"data":[{}]}}"#, items.join(","))
+    };
+    let cost = |identity: &str| {
+        format!(
+            r#"xgate_cost_usd_total{{client="backend",endpoint="GET /2/users/:id/tweets",identity="{identity}"}} "#
+        )
+    };
+    for (identity, own_id, first) in [("bob", "20", 100), ("carol", "111", 200)] {
+        fake.script(
+            &format!("/2/users/{own_id}/tweets"),
+            Reply::json(200, &page(first)),
+        );
+        let a = get_anon_path(proxy.addr, &format!("/2/users/{own_id}/tweets"), identity).await;
+        assert_eq!(a.status, 200, "{}", a.text());
+        // Ten Posts of its own list at 0.001 USD: 0.01 (at the usual price it would be 0.05).
+        let mut seen = 0.0;
+        for _ in 0..200 {
+            let text = get(proxy.admin, "/metrics", None).await.text();
+            seen = crate::support::http::metric(&text, &cost(identity));
+            if seen > 0.0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!((seen - 0.01).abs() < 1e-9, "{identity}: {seen}");
+    }
 }
