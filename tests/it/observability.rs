@@ -431,6 +431,8 @@ async fn access_records_carry_the_request_id_endpoint_and_bytes() {
         "upstream_status=200",
         "duration_ms=",
         "upstream_ms=",
+        // One Post, the first of the day for the App (CONTRACT section 11 rule 6).
+        "cost_usd=0.005000",
     ] {
         assert!(line.contains(field), "no {field} in {line}");
     }
