@@ -104,6 +104,15 @@ impl Ledger {
         }
     }
 
+    /// Budget `i`'s figure in `period` is `used`, as the shared figure was last seen (the
+    /// fallback, and the seed of a budget Redis lost, start from it).
+    pub(super) fn mirror(&self, i: usize, period: Day, used: u64) {
+        let mut figures = self.figures.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(f) = figures.get_mut(i) {
+            *f = Figure { period, used };
+        }
+    }
+
     /// Budget `i`'s figure in `period` (0 for a period it has not reached).
     pub(super) fn used(&self, i: usize, period: Day) -> u64 {
         let figures = self.figures.lock().unwrap_or_else(PoisonError::into_inner);

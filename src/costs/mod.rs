@@ -397,7 +397,12 @@ impl Meter {
             })
             .collect();
         let refused = match &self.shared {
-            Some(shared) => match shared.reserve(&self.rules, &budgets, worst).await {
+            Some(shared) => match shared
+                .reserve(&self.rules, &budgets, worst, |i, period| {
+                    self.local.used(i, period)
+                })
+                .await
+            {
                 Ok(outcome) => outcome,
                 Err(e) => match shared.on_failure() {
                     OnFailure::Local => {
@@ -411,6 +416,9 @@ impl Meter {
         };
         match refused {
             ledger::Reserved::Ok(figures) => {
+                if self.shared.is_some() {
+                    self.mirror(&budgets, &figures);
+                }
                 self.show_budgets(&budgets, &figures);
                 charge.budgets = budgets;
                 charge.reserved = worst;
@@ -432,6 +440,13 @@ impl Meter {
                     now_ms: self.now_ms(),
                 })
             }
+        }
+    }
+
+    /// Keeps Redis's figures of `budgets` here too (the fallback and a lost key's seed).
+    fn mirror(&self, budgets: &[(usize, Day)], figures: &[u64]) {
+        for (&(i, period), &used) in budgets.iter().zip(figures) {
+            self.local.mirror(i, period, used);
         }
     }
 
@@ -777,7 +792,16 @@ impl Charge {
             return Tapped::Later(Box::pin(async move {
                 let new = match fut.await {
                     Ok((new, figures)) => {
-                        meter.show_budgets(&budgets, &figures);
+                        // A budget Redis lost keeps its last figure here.
+                        let seen: Vec<(usize, Day)> = budgets
+                            .iter()
+                            .zip(&figures)
+                            .filter(|(_, f)| f.is_some())
+                            .map(|(b, _)| *b)
+                            .collect();
+                        let figures: Vec<u64> = figures.into_iter().flatten().collect();
+                        meter.mirror(&seen, &figures);
+                        meter.show_budgets(&seen, &figures);
                         new
                     }
                     Err(e) => {
@@ -841,13 +865,10 @@ impl Charge {
     /// Whether every budget covering this request still has room (a stream goes on).
     fn budgets_have_room(&self) -> bool {
         self.budgets.iter().all(|&(i, period)| {
-            self.meter.rules.get(i).is_none_or(|rule| {
-                let used = match &self.meter.shared {
-                    Some(shared) => shared.last_known(&rule.name, period),
-                    None => self.meter.local.used(i, period),
-                };
-                used < rule.limit
-            })
+            self.meter
+                .rules
+                .get(i)
+                .is_none_or(|rule| self.meter.local.used(i, period) < rule.limit)
         })
     }
 }

@@ -12,9 +12,8 @@
 //! million). A replica that dies with requests in flight leaves their reservations counted
 //! until the period ends: budgets err towards refusing, never towards overspending.
 
-use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ::redis::Script;
@@ -27,16 +26,20 @@ use crate::config::{OnFailure, Period, Shared};
 use crate::shared::{Engine, Observer};
 
 const RESERVE: &str = r"
--- KEYS: the budgets' keys. ARGV[1]: the worst case; then per key its limit and its TTL (ms).
+-- KEYS: the budgets' keys. ARGV[1]: the worst case; then per key its limit, its TTL (ms) and
+-- the figure to start from when the key is missing (Redis lost it: the caller's last known).
 local worst = tonumber(ARGV[1])
 for i, k in ipairs(KEYS) do
+  if redis.call('EXISTS', k) == 0 then
+    redis.call('SET', k, ARGV[3 * i + 1], 'PX', ARGV[3 * i])
+  end
   local v = tonumber(redis.call('GET', k) or '0')
-  if v + worst > tonumber(ARGV[2 * i]) then return {i, v} end
+  if v + worst > tonumber(ARGV[3 * i - 1]) then return {i, v} end
 end
 local out = {0}
 for i, k in ipairs(KEYS) do
   out[i + 1] = redis.call('INCRBY', k, worst)
-  redis.call('PEXPIRE', k, ARGV[2 * i + 1])
+  redis.call('PEXPIRE', k, ARGV[3 * i])
 end
 return out
 ";
@@ -64,12 +67,17 @@ end
 local delta = tonumber(ARGV[3]) + new * tonumber(ARGV[4]) - tonumber(ARGV[5])
 local out = {new}
 for i = 2, #KEYS do
-  local v = redis.call('INCRBY', KEYS[i], delta)
-  if v < 0 then
-    redis.call('SET', KEYS[i], 0, 'KEEPTTL')
-    v = 0
+  -- A budget Redis lost is not made again from this settlement alone (-1): the next
+  -- reservation seeds it from the last figure a replica saw.
+  local v = -1
+  if redis.call('EXISTS', KEYS[i]) == 1 then
+    v = redis.call('INCRBY', KEYS[i], delta)
+    if v < 0 then
+      redis.call('SET', KEYS[i], 0, 'KEEPTTL')
+      v = 0
+    end
+    redis.call('PEXPIRE', KEYS[i], ARGV[5 + i])
   end
-  redis.call('PEXPIRE', KEYS[i], ARGV[5 + i])
   out[i] = v
 end
 return out
@@ -85,8 +93,6 @@ pub(super) struct SharedLedger {
     on_failure: OnFailure,
     max_ids: usize,
     observer: Arc<dyn Observer>,
-    /// Each budget's figure as Redis last answered, per period (a stream checks it).
-    known: Mutex<HashMap<(Arc<str>, Day), u64>>,
 }
 
 impl std::fmt::Debug for SharedLedger {
@@ -130,7 +136,6 @@ impl SharedLedger {
             on_failure: shared.on_failure,
             max_ids,
             observer,
-            known: Mutex::new(HashMap::new()),
         })
     }
 
@@ -153,21 +158,6 @@ impl SharedLedger {
             self.prefix,
             date_of_days(day)
         )
-    }
-
-    fn remember(&self, rules: &[Rule], budgets: &[(usize, Day)], figures: &[u64]) {
-        let mut known = self.known.lock().unwrap_or_else(PoisonError::into_inner);
-        for (&(i, period), &used) in budgets.iter().zip(figures) {
-            if let Some(rule) = rules.get(i) {
-                known.insert((Arc::clone(&rule.name), period), used);
-            }
-        }
-    }
-
-    /// Budget `name`'s figure in `period`, as Redis last answered.
-    pub(super) fn last_known(&self, name: &Arc<str>, period: Day) -> u64 {
-        let known = self.known.lock().unwrap_or_else(PoisonError::into_inner);
-        known.get(&(Arc::clone(name), period)).copied().unwrap_or(0)
     }
 
     /// Sets budget `name`'s figure for the period starting `period` to `spent` unless Redis
@@ -194,12 +184,14 @@ impl SharedLedger {
         }
     }
 
-    /// Reserves `worst` in every budget of `budgets`, or in none.
+    /// Reserves `worst` in every budget of `budgets`, or in none; a budget Redis has lost
+    /// starts again from `seed(index, period)`, the caller's last known figure.
     pub(super) async fn reserve(
         &self,
         rules: &[Rule],
         budgets: &[(usize, Day)],
         worst: u64,
+        seed: impl Fn(usize, Day) -> u64,
     ) -> Result<Reserved, String> {
         let mut call = self.reserve.prepare_invoke();
         call.arg(worst);
@@ -207,7 +199,9 @@ impl SharedLedger {
             let Some(rule) = rules.get(i) else { continue };
             let (_, end_ms) = period_of(rule.period, period);
             call.key(self.budget_key(&rule.name, period));
-            call.arg(rule.limit).arg(ttl_ms(end_ms, BUDGET_LINGER_MS));
+            call.arg(rule.limit)
+                .arg(ttl_ms(end_ms, BUDGET_LINGER_MS))
+                .arg(seed(i, period));
         }
         let mut conn = self.conn.clone();
         let started = tokio::time::Instant::now();
@@ -223,10 +217,7 @@ impl SharedLedger {
         );
         let answer = answer?;
         match answer.as_slice() {
-            [0, figures @ ..] => {
-                self.remember(rules, budgets, figures);
-                Ok(Reserved::Ok(figures.to_vec()))
-            }
+            [0, figures @ ..] => Ok(Reserved::Ok(figures.to_vec())),
             [i, used] => {
                 let index = usize::try_from(*i).unwrap_or(1).saturating_sub(1);
                 let budget = budgets.get(index).map_or(0, |b| b.0);
@@ -242,14 +233,14 @@ impl SharedLedger {
     }
 
     /// Deduplicates and settles `part` in every budget of `budgets`: how many of its
-    /// resources were new, and the budgets' figures after.
+    /// resources were new, and the budgets' figures after (`None` for a budget Redis lost).
     pub(super) fn settle(
         self: &Arc<Self>,
         rules: &[Rule],
         budgets: &[(usize, Day)],
         part: &Part,
         app: &str,
-    ) -> impl Future<Output = Result<(u64, Vec<u64>), String>> + Send + 'static {
+    ) -> impl Future<Output = Result<(u64, Vec<Option<u64>>), String>> + Send + 'static {
         let (_, day_end) = period_of(Period::Day, part.day);
         let mut keys = vec![self.seen_key(app, part.day)];
         let mut args: Vec<u64> = vec![
@@ -260,13 +251,11 @@ impl SharedLedger {
             part.release,
             part.without,
         ];
-        let mut named = Vec::with_capacity(budgets.len());
         for &(i, period) in budgets {
             let Some(rule) = rules.get(i) else { continue };
             let (_, end_ms) = period_of(rule.period, period);
             keys.push(self.budget_key(&rule.name, period));
             args.push(ttl_ms(end_ms, BUDGET_LINGER_MS));
-            named.push((Arc::clone(&rule.name), period));
         }
         args.extend(&part.prints);
         let this = Arc::clone(self);
@@ -281,7 +270,7 @@ impl SharedLedger {
             let mut conn = this.conn.clone();
             let started = tokio::time::Instant::now();
             let answer =
-                tokio::time::timeout(this.timeout, call.invoke_async::<Vec<u64>>(&mut conn))
+                tokio::time::timeout(this.timeout, call.invoke_async::<Vec<i64>>(&mut conn))
                     .await
                     .map_err(|_elapsed| format!("no answer within {:?}", this.timeout))
                     .and_then(|r| r.map_err(|e| e.to_string()));
@@ -295,11 +284,8 @@ impl SharedLedger {
             let (new, figures) = answer
                 .split_first()
                 .ok_or_else(|| "empty answer from the settle script".to_owned())?;
-            let mut known = this.known.lock().unwrap_or_else(PoisonError::into_inner);
-            for (key, &used) in named.into_iter().zip(figures) {
-                known.insert(key, used);
-            }
-            Ok((*new, figures.to_vec()))
+            let figures = figures.iter().map(|&v| u64::try_from(v).ok()).collect();
+            Ok((u64::try_from(*new).unwrap_or(0), figures))
         }
     }
 }

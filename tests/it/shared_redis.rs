@@ -309,7 +309,15 @@ async fn keys_follow_the_layout_and_all_expire() {
         .body(Full::<Bytes>::default())
         .unwrap();
     assert_eq!(send(proxies[1].addr, req).await.status, 200);
-    let keys = engines::redis_keys(&url, &prefix).await;
+    // The ids' set is written as the answers' bodies end, just after the client read them.
+    let mut keys = Vec::new();
+    for _ in 0..200 {
+        keys = engines::redis_keys(&url, &prefix).await;
+        if keys.iter().any(|k| k.contains("{budgets}:seen:")) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert_eq!(
         keys,
         [
@@ -718,4 +726,79 @@ async fn replicas_draw_from_one_budget_and_deduplicate_together() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(new, 5.0);
+}
+
+/// A budget whose key Redis lost (a restart with nothing on disk, an eviction) starts again
+/// from the last figure the replica saw, not from nothing: it still refuses what the period
+/// has already spent.
+#[tokio::test]
+async fn a_budget_redis_lost_starts_again_from_the_last_figure_seen() {
+    let Some(World {
+        url,
+        fake,
+        prefix,
+        proxies,
+    }) = world(|c| {
+        c.top(
+            "budgets",
+            toml::Value::Array(vec![toml::Value::Table(crate::support::proxy::table([
+                ("name", "narrow-daily".into()),
+                ("client", "narrow".into()),
+                ("limit", "0.05/1d".into()),
+            ]))]),
+        )
+    })
+    .await
+    else {
+        return;
+    };
+    let narrow = |addr: SocketAddr, id: u32| async move {
+        let req = request("GET", &format!("/2/tweets/{id}"))
+            .header("x-xgate-key", NARROW_KEY)
+            .header("x-xgate-identity", "main")
+            .body(Full::<Bytes>::default())
+            .unwrap();
+        send(addr, req).await
+    };
+    // Six Posts, one request at a time through replica 0: 0.03 of 0.05 spent.
+    for id in 600..606 {
+        fake.script(
+            &format!("/2/tweets/{id}"),
+            Reply::json(200, &format!(r#"{{"data":{{"id":"{id}"}}}}"#)),
+        );
+        assert_eq!(narrow(proxies[0].addr, id).await.status, 200);
+    }
+    let line = r#"xgate_budget_remaining_usd{budget="narrow-daily"} "#;
+    let mut left = 0.0;
+    for _ in 0..200 {
+        left = metric(&metrics(&proxies[0]).await, line);
+        if (left - 0.02).abs() < 1e-9 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!((left - 0.02).abs() < 1e-9, "{left}");
+    // Redis loses the budget.
+    let budget = engines::redis_keys(&url, &prefix)
+        .await
+        .into_iter()
+        .find(|k| k.contains("{budgets}:budget:narrow-daily:"))
+        .unwrap();
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let _deleted: i64 = redis::cmd("DEL")
+        .arg(&budget)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    // Five more: four fit in what is left, the fifth is refused.
+    let mut statuses = Vec::new();
+    for id in 606..611 {
+        fake.script(
+            &format!("/2/tweets/{id}"),
+            Reply::json(200, &format!(r#"{{"data":{{"id":"{id}"}}}}"#)),
+        );
+        statuses.push(narrow(proxies[0].addr, id).await.status.as_u16());
+    }
+    assert_eq!(statuses, [200, 200, 200, 200, 429]);
 }
