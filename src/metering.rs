@@ -299,6 +299,26 @@ impl Scanner {
                     None => return,
                 }
             }
+            // A key or an id read whole from this chunk when it holds the string's end and no
+            // escape: one search, one copy, instead of a byte at a time.
+            if let Lex::Str {
+                capture: capture @ (Capture::Key | Capture::Id),
+                escaped: false,
+            } = self.lex
+            {
+                if self.buf.len() == 0 && !self.spoiled && self.high.is_none() {
+                    if let Some(at) = memchr::memchr2(b'"', b'\\', rest) {
+                        let (text, from) = rest.split_at(at);
+                        if let Some((&b'"', after)) = from.split_first() {
+                            self.push_decoded(capture, text);
+                            self.lex = Lex::Between;
+                            self.string_ends(capture);
+                            rest = after;
+                            continue;
+                        }
+                    }
+                }
+            }
             // Inside a container nothing in is billed (`entities`, `public_metrics`,
             // `includes`, `meta`): only strings and brackets matter, so skip to the next one.
             if self.untracked > 0 && self.lex == Lex::Between && !structural(b) {
