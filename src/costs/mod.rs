@@ -862,13 +862,14 @@ impl Charge {
         }
     }
 
-    /// Whether every budget covering this request still has room (a stream goes on).
+    /// Whether every budget covering this request can pay its next message (a stream goes
+    /// on): the figure holds the stream's one-message reservation, so it may reach the limit.
     fn budgets_have_room(&self) -> bool {
         self.budgets.iter().all(|&(i, period)| {
             self.meter
                 .rules
                 .get(i)
-                .is_none_or(|rule| self.meter.local.used(i, period) < rule.limit)
+                .is_none_or(|rule| self.meter.local.used(i, period) <= rule.limit)
         })
     }
 }

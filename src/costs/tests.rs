@@ -465,3 +465,32 @@ fn fingerprints_are_stable_and_tell_kinds_apart() {
         fingerprint("Posts: Read", "20")
     );
 }
+
+#[tokio::test]
+async fn a_stream_is_billed_per_message_and_ended_when_its_budget_is_spent() {
+    let w = world(BUDGETS).await;
+    // daily: 0.05 USD; each delivered Post 0.005: the tenth spends it.
+    let mut charge = w
+        .reserve("main", "GET", "/2/tweets/search/stream")
+        .await
+        .unwrap();
+    assert!(charge.answered(200));
+    let mut delivered = 0;
+    for id in 0..20 {
+        let message =
+            format!(r#"{{"data":{{"id":"{id}","text":"m"}},"matching_rules":[]}}"#) + "\r\n";
+        delivered += 1;
+        // Keep-alives between messages bill nothing.
+        assert!(charge.chunk(b"\r\n"));
+        if !charge.chunk(message.as_bytes()) {
+            break;
+        }
+    }
+    assert_eq!(delivered, 10, "the stream went on past its budget");
+    match Box::new(charge).finish() {
+        Tapped::Now(cost) => assert_eq!(cost, 50_000),
+        Tapped::Later(_) => panic!("the local meter settles at once"),
+    }
+    // Everything reserved for the stream was settled or given back.
+    assert_eq!(w.used(0), 50_000);
+}
