@@ -146,13 +146,10 @@ def usd_micros(text, where):
 
 def price_table(md):
     """Section 9's two tables: {category: micro-USD}, reads and writes."""
-    section = md.split("## 9.", 1)
-    if len(section) != 2:
-        fail("x-api-v2.md has no section 9")
-    body = section[1].split("\n## ", 1)[0]
+    body = section_body(md, "## 9.", "section 9")
     prices = {}
     for line in body.splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        cells = table_cells(line)
         if len(cells) == 2 and re.fullmatch(r"\d+\.\d+", cells[1]):
             prices[cells[0]] = usd_micros(cells[1], f"x-api-v2.md section 9, {cells[0]}")
     for needed in set(READ_BY_SCHEMA.values()) | {r[3] for r in PATH_RULES} | {"Post: Create (with URL)"}:
@@ -264,15 +261,25 @@ def parse_limits(cell, where):
     return out
 
 
+def section_body(md, marker, name):
+    """The text of the fact sheet after `marker` up to the next top-level section."""
+    section = md.split(marker, 1)
+    if len(section) != 2:
+        fail(f"x-api-v2.md has no {name}")
+    return section[1].split("\n## ", 1)[0]
+
+
+def table_cells(line):
+    """'| a | b |' -> ['a', 'b']."""
+    return [c.strip() for c in line.strip().strip("|").split("|")]
+
+
 def fact_sheet_rows(md):
     """(METHOD, spec path) -> (app limits, user limits) from section 4.5's tables."""
-    section = md.split("### 4.5", 1)
-    if len(section) != 2:
-        fail("x-api-v2.md has no section 4.5")
-    body = section[1].split("\n## ", 1)[0]
+    body = section_body(md, "### 4.5", "section 4.5")
     rows = {}
     for line in body.splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        cells = table_cells(line)
         if len(cells) != 7 or cells[0] not in ("GET", "POST", "PUT", "DELETE", "PATCH"):
             continue
         method, path = cells[0], cells[1].strip("`")

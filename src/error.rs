@@ -684,19 +684,7 @@ mod tests {
                 },
                 ErrorKind::UsageCapped,
             ),
-            (
-                ProxyError::BudgetExhausted {
-                    budget: "backend-daily".into(),
-                    period: "day",
-                    endpoint: "GET /2/tweets/search/recent".into(),
-                    used_micros: 24_990_000,
-                    limit_micros: 25_000_000,
-                    worst_micros: 500_000,
-                    reset_ms: 86_400_000,
-                    now_ms: 86_000_000,
-                },
-                ErrorKind::BudgetExhausted,
-            ),
+            (budget_exhausted(), ErrorKind::BudgetExhausted),
         ];
         let covered: std::collections::HashSet<ErrorKind> =
             cases.iter().map(|(_, kind)| *kind).collect();
@@ -737,9 +725,9 @@ mod tests {
         assert_eq!(h["x-xgate-limited"], "local");
     }
 
-    #[test]
-    fn budget_exhausted_names_the_budget_and_resets_at_the_period_end() {
-        let err = ProxyError::BudgetExhausted {
+    /// A daily budget of 25 USD with 0.01 left, 400 s before midnight.
+    fn budget_exhausted() -> ProxyError {
+        ProxyError::BudgetExhausted {
             budget: "backend-daily".into(),
             period: "day",
             endpoint: "GET /2/tweets/search/recent".into(),
@@ -748,7 +736,12 @@ mod tests {
             worst_micros: 500_000,
             reset_ms: 86_400_000,
             now_ms: 86_000_000,
-        };
+        }
+    }
+
+    #[test]
+    fn budget_exhausted_names_the_budget_and_resets_at_the_period_end() {
+        let err = budget_exhausted();
         assert_eq!(
             err.to_string(),
             "budget backend-daily: 24.990000 of 25.000000 USD spent or reserved this day; GET /2/tweets/search/recent may cost up to 0.500000 USD; resets in 400 s"

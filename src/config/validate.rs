@@ -967,17 +967,8 @@ impl Validator<'_> {
         let mut overrides: Vec<Override> = Vec::new();
         for (i, o) in raw.overrides.into_iter().enumerate() {
             if let Some(o) = self.override_(i, o) {
-                if let Some(j) = overrides.iter().position(|p| {
-                    p.endpoint.method == o.endpoint.method && p.endpoint.shape == o.endpoint.shape
-                }) {
-                    self.problem(
-                        format!("limits.override[{i}].endpoint"),
-                        format!(
-                            "{} is the same endpoint as limits.override[{j}]",
-                            o.endpoint
-                        ),
-                    );
-                } else {
+                let earlier = overrides.iter().map(|p| &p.endpoint);
+                if self.unique_endpoint("limits.override", i, &o.endpoint, earlier) {
                     overrides.push(o);
                 }
             }
@@ -990,17 +981,44 @@ impl Validator<'_> {
         }
     }
 
+    /// An override's `endpoint` at `path`, parsed; `example` shows the shape when missing.
+    fn endpoint(
+        &mut self,
+        path: String,
+        value: Option<String>,
+        example: &str,
+    ) -> Option<EndpointPattern> {
+        let Some(e) = value else {
+            self.problem(path, format!(r#"missing: e.g. "{example}""#));
+            return None;
+        };
+        EndpointPattern::parse(&e)
+            .map_err(|m| self.problem(path, m))
+            .ok()
+    }
+
+    /// Whether `endpoint`, of `table[i]`, names no endpoint an earlier entry names (by method
+    /// and shape); reported when it does.
+    fn unique_endpoint<'e>(
+        &mut self,
+        table: &str,
+        i: usize,
+        endpoint: &EndpointPattern,
+        mut earlier: impl Iterator<Item = &'e EndpointPattern>,
+    ) -> bool {
+        let same = earlier.position(|p| p.method == endpoint.method && p.shape == endpoint.shape);
+        if let Some(j) = same {
+            self.problem(
+                format!("{table}[{i}].endpoint"),
+                format!("{endpoint} is the same endpoint as {table}[{j}]"),
+            );
+        }
+        same.is_none()
+    }
+
     fn override_(&mut self, i: usize, raw: RawOverride) -> Option<Override> {
         let at = |key: &str| format!("limits.override[{i}].{key}");
-        let endpoint = match raw.endpoint {
-            None => {
-                self.problem(at("endpoint"), r#"missing: e.g. "GET /2/tweets/:id""#);
-                None
-            }
-            Some(e) => EndpointPattern::parse(&e)
-                .map_err(|m| self.problem(at("endpoint"), m))
-                .ok(),
-        };
+        let endpoint = self.endpoint(at("endpoint"), raw.endpoint, "GET /2/tweets/:id");
         let mut rates = |key: &str, value: Option<raw::OneOrMany>| -> Vec<Rate> {
             let list = value.map(|v| v.0).unwrap_or_default();
             let mut out: Vec<Rate> = Vec::with_capacity(list.len());

@@ -31,7 +31,7 @@ use http::{Method, Uri};
 use crate::body::{Tap, Tapped};
 use crate::clock::{Clock, civil_from_days, date_of_days, days_from_civil};
 use crate::config::{BudgetScope, Config, OnFailure, Period};
-use crate::endpoints::{Catalogue, EndpointId, Price, Unit};
+use crate::endpoints::{Catalogue, Endpoint, EndpointId, Price, Unit};
 use crate::error::ProxyError;
 use crate::identity::{Identities, IdentityId};
 use crate::metering::Scanner;
@@ -322,10 +322,8 @@ impl Meter {
     }
 
     /// The price of a request to `endpoint` as `identity`: Owned Reads applied.
-    fn price_for(&self, endpoint: Option<EndpointId>, identity: IdentityId, uri: &Uri) -> Price {
-        let mut price = endpoint
-            .and_then(|e| self.catalogue.get(e))
-            .map_or(Price::NONE, |e| e.price);
+    fn price_for(&self, endpoint: Option<&Endpoint>, identity: IdentityId, uri: &Uri) -> Price {
+        let mut price = endpoint.map_or(Price::NONE, |e| e.price);
         if price.owned && price.basis != "costs.override" {
             let path_id = uri.path().split('/').nth(3);
             if path_id.is_some() && path_id == self.owned_user_id(identity) {
@@ -347,18 +345,18 @@ impl Meter {
         request: (&Method, &Uri),
         url: Option<bool>,
     ) -> Result<Charge, ProxyError> {
-        let price = self.price_for(endpoint, identity, request.1);
-        let stream = endpoint
-            .and_then(|e| self.catalogue.get(e))
-            .is_some_and(|e| e.stream);
+        let matched = endpoint.and_then(|e| self.catalogue.get(e));
+        let price = self.price_for(matched, identity, request.1);
+        let stream = matched.is_some_and(|e| e.stream);
         let worst = worst_case(&price, request.1, stream, url);
         let day = self.today();
-        let covering: Vec<usize> = self
+        // The budgets that cover the request, each with the period it is in now.
+        let budgets: Vec<(usize, Day)> = self
             .rules
             .iter()
             .enumerate()
             .filter(|(_, r)| r.covers(&client, identity, &self.identities))
-            .map(|(i, _)| i)
+            .map(|(i, r)| (i, period_of(r.period, day).0))
             .collect();
         let mut charge = Charge {
             meter: Arc::clone(self),
@@ -377,25 +375,12 @@ impl Meter {
             cost: Arc::new(AtomicU64::new(0)),
             finished: false,
             done: false,
-            learn_me: endpoint
-                .and_then(|e| self.catalogue.get(e))
-                .is_some_and(|e| e.name == "GET /2/users/me")
-                && self.needs_user_id(identity),
+            learn_me: self.needs_user_id(identity)
+                && matched.is_some_and(|e| e.name == "GET /2/users/me"),
         };
-        if covering.is_empty() || worst == 0 {
+        if budgets.is_empty() || worst == 0 {
             return Ok(charge);
         }
-        let budgets: Vec<(usize, Day)> = covering
-            .iter()
-            .map(|&i| {
-                (
-                    i,
-                    self.rules
-                        .get(i)
-                        .map_or(day, |r| period_of(r.period, day).0),
-                )
-            })
-            .collect();
         let refused = match &self.shared {
             Some(shared) => match shared
                 .reserve(&self.rules, &budgets, worst, |i, period| {
@@ -430,9 +415,7 @@ impl Meter {
                 Err(ProxyError::BudgetExhausted {
                     budget: rule.map_or_else(String::new, |r| r.name.to_string()),
                     period: period_name(rule.map_or(Period::Day, |r| r.period)),
-                    endpoint: endpoint
-                        .and_then(|e| self.catalogue.get(e))
-                        .map_or_else(|| "other".to_owned(), |e| e.name.clone()),
+                    endpoint: matched.map_or_else(|| "other".to_owned(), |e| e.name.clone()),
                     used_micros: used,
                     limit_micros: rule.map_or(0, |r| r.limit),
                     worst_micros: worst,

@@ -139,6 +139,23 @@ impl SharedLedger {
         })
     }
 
+    /// Runs a script invocation within `shared.timeout`, observed as `op`.
+    async fn run(
+        &self,
+        op: &'static str,
+        call: &::redis::ScriptInvocation<'_>,
+    ) -> Result<Vec<i64>, String> {
+        let mut conn = self.conn.clone();
+        let started = tokio::time::Instant::now();
+        let answer = tokio::time::timeout(self.timeout, call.invoke_async::<Vec<i64>>(&mut conn))
+            .await
+            .map_err(|_elapsed| format!("no answer within {:?}", self.timeout))
+            .and_then(|r| r.map_err(|e| e.to_string()));
+        self.observer
+            .op(Engine::Redis, op, started.elapsed(), answer.is_ok());
+        answer
+    }
+
     /// `shared.on_failure`.
     pub(super) fn on_failure(&self) -> OnFailure {
         self.on_failure
@@ -203,27 +220,20 @@ impl SharedLedger {
                 .arg(ttl_ms(end_ms, BUDGET_LINGER_MS))
                 .arg(seed(i, period));
         }
-        let mut conn = self.conn.clone();
-        let started = tokio::time::Instant::now();
-        let answer = tokio::time::timeout(self.timeout, call.invoke_async::<Vec<u64>>(&mut conn))
-            .await
-            .map_err(|_elapsed| format!("no answer within {:?}", self.timeout))
-            .and_then(|r| r.map_err(|e| e.to_string()));
-        self.observer.op(
-            Engine::Redis,
-            "budget_reserve",
-            started.elapsed(),
-            answer.is_ok(),
-        );
-        let answer = answer?;
+        let answer = self.run("budget_reserve", &call).await?;
         match answer.as_slice() {
-            [0, figures @ ..] => Ok(Reserved::Ok(figures.to_vec())),
+            [0, figures @ ..] => Ok(Reserved::Ok(
+                figures
+                    .iter()
+                    .map(|&v| u64::try_from(v).unwrap_or(0))
+                    .collect(),
+            )),
             [i, used] => {
                 let index = usize::try_from(*i).unwrap_or(1).saturating_sub(1);
                 let budget = budgets.get(index).map_or(0, |b| b.0);
                 Ok(Reserved::Refused {
                     budget,
-                    used: *used,
+                    used: u64::try_from(*used).unwrap_or(0),
                 })
             }
             other => Err(format!(
@@ -267,20 +277,7 @@ impl SharedLedger {
             for a in &args {
                 call.arg(a);
             }
-            let mut conn = this.conn.clone();
-            let started = tokio::time::Instant::now();
-            let answer =
-                tokio::time::timeout(this.timeout, call.invoke_async::<Vec<i64>>(&mut conn))
-                    .await
-                    .map_err(|_elapsed| format!("no answer within {:?}", this.timeout))
-                    .and_then(|r| r.map_err(|e| e.to_string()));
-            this.observer.op(
-                Engine::Redis,
-                "budget_settle",
-                started.elapsed(),
-                answer.is_ok(),
-            );
-            let answer = answer?;
+            let answer = this.run("budget_settle", &call).await?;
             let (new, figures) = answer
                 .split_first()
                 .ok_or_else(|| "empty answer from the settle script".to_owned())?;

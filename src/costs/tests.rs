@@ -119,10 +119,7 @@ impl World {
                 assert!(charge.chunk(piece));
             }
         }
-        match Box::new(charge).finish() {
-            Tapped::Now(cost) => cost,
-            Tapped::Later(_) => panic!("the local meter settles at once"),
-        }
+        finish_now(charge)
     }
 
     fn used(&self, budget: usize) -> u64 {
@@ -130,6 +127,14 @@ impl World {
         self.meter
             .local
             .used(budget, period_of(rule.period, self.meter.today()).0)
+    }
+}
+
+/// The settled cost of a charge whose body ended (the local meter settles at once).
+fn finish_now(charge: Charge) -> u64 {
+    match Box::new(charge).finish() {
+        Tapped::Now(cost) => cost,
+        Tapped::Later(_) => panic!("the local meter settles at once"),
     }
 }
 
@@ -363,7 +368,7 @@ async fn a_budget_refuses_what_it_cannot_pay_and_resets_at_its_periods_end() {
         if i < 5 {
             assert!(c.answered(200));
             assert!(c.chunk(br#"{"errors":[]}"#));
-            let _tapped = Box::new(c).finish();
+            let _cost = finish_now(c);
         }
     }
     assert_eq!(w.used(0), 0);
@@ -487,10 +492,7 @@ async fn a_stream_is_billed_per_message_and_ended_when_its_budget_is_spent() {
         }
     }
     assert_eq!(delivered, 10, "the stream went on past its budget");
-    match Box::new(charge).finish() {
-        Tapped::Now(cost) => assert_eq!(cost, 50_000),
-        Tapped::Later(_) => panic!("the local meter settles at once"),
-    }
+    assert_eq!(finish_now(charge), 50_000);
     // Everything reserved for the stream was settled or given back.
     assert_eq!(w.used(0), 50_000);
 }

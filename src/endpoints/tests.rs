@@ -163,23 +163,31 @@ fn reference_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/reference")
 }
 
-/// The committed table against X's OpenAPI document: same SHA-256, and every operation with
-/// the same auth kinds, scopes and stream flag. CI has `../shared` beside its clone.
-#[test]
-fn the_table_agrees_with_the_spec() {
-    let path = reference_dir().join("x-openapi.json");
-    let Ok(bytes) = std::fs::read(&path) else {
-        // CI sets XGATE_REQUIRE_SPEC (`.ci/run`), where the spec is always beside the clone:
-        // there a missing spec fails instead of skipping.
+/// The reference file `name` (`../shared/reference/NAME`), or `None` where it is not beside
+/// the clone. CI sets XGATE_REQUIRE_SPEC (`.ci/run`), where it always is: there a missing
+/// file fails instead of skipping.
+fn reference_file(name: &str) -> Option<Vec<u8>> {
+    let path = reference_dir().join(name);
+    let read = std::fs::read(&path);
+    if read.is_err() {
         assert!(
             std::env::var_os("XGATE_REQUIRE_SPEC").is_none(),
             "XGATE_REQUIRE_SPEC is set but {} is missing",
             path.display()
         );
         eprintln!(
-            "SKIPPED the_table_agrees_with_the_spec: {} is not here (it is in CI, beside the clone)",
+            "SKIPPED: {} is not here (it is in CI, beside the clone)",
             path.display()
         );
+    }
+    read.ok()
+}
+
+/// The committed table against X's OpenAPI document: same SHA-256, and every operation with
+/// the same auth kinds, scopes and stream flag. CI has `../shared` beside its clone.
+#[test]
+fn the_table_agrees_with_the_spec() {
+    let Some(bytes) = reference_file("x-openapi.json") else {
         return;
     };
     let (version, sha) = Catalogue::spec();
@@ -354,16 +362,7 @@ fn the_generator_reproduces_the_committed_table() {
 /// The reference's price table (x-api-v2.md section 9): category → micro-USD, and the Owned
 /// Reads price; `None` where the reference is not beside the clone (outside CI).
 fn reference_prices() -> Option<(BTreeMap<String, u64>, u64)> {
-    let path = reference_dir().join("x-api-v2.md");
-    let Ok(md) = std::fs::read_to_string(&path) else {
-        assert!(
-            std::env::var_os("XGATE_REQUIRE_SPEC").is_none(),
-            "XGATE_REQUIRE_SPEC is set but {} is missing",
-            path.display()
-        );
-        eprintln!("SKIPPED: {} is not here", path.display());
-        return None;
-    };
+    let md = String::from_utf8(reference_file("x-api-v2.md")?).unwrap();
     let section = md
         .split("## 9.")
         .nth(1)
@@ -509,13 +508,7 @@ fn prices_agree_with_the_reference_table() {
 /// The R4 rows against the spec: what the basis says `data` is, the spec's 200 answer says.
 #[test]
 fn read_prices_follow_the_specs_response_schemas() {
-    let path = reference_dir().join("x-openapi.json");
-    let Ok(bytes) = std::fs::read(&path) else {
-        assert!(
-            std::env::var_os("XGATE_REQUIRE_SPEC").is_none(),
-            "XGATE_REQUIRE_SPEC is set but {} is missing",
-            path.display()
-        );
+    let Some(bytes) = reference_file("x-openapi.json") else {
         return;
     };
     let spec: serde_json::Value = serde_json::from_slice(&bytes).unwrap();

@@ -580,3 +580,55 @@ async fn spend_reaches_the_store_every_second_and_survives_kill_9() {
     result.unwrap();
     assert!((total(&json) - 0.15).abs() < 1e-9, "{json}");
 }
+
+/// Rule 3: a request a budget refuses uses no rate-limit bucket of section 5. The App may
+/// make 12 lookups an hour; 15 by a client whose budget pays for 10 leave 2 for another
+/// client, not none.
+#[tokio::test]
+async fn a_request_a_budget_refuses_uses_no_bucket() {
+    let fake = FakeX::start().await;
+    let config = with_costs(
+        TestConfig::new(&fake.base_url()).limit_override("GET /2/tweets/:id", &["12/1h"], &[]),
+        toml::Table::new(),
+        &[budget("narrow-daily", "client", "narrow", "0.05/1d")],
+    );
+    let proxy = Proxy::start(&config.toml()).await;
+    let mut statuses = Vec::new();
+    for id in 900..915 {
+        fake.script(
+            &format!("/2/tweets/{id}"),
+            Reply::json(200, &format!(r#"{{"data":{{"id":"{id}"}}}}"#)),
+        );
+        let req = request("GET", &format!("/2/tweets/{id}"))
+            .header("x-xgate-key", NARROW_KEY)
+            .header("x-xgate-identity", "main")
+            .body(Full::<Bytes>::default())
+            .unwrap();
+        let a = send(proxy.addr, req).await;
+        statuses.push((a.status.as_u16(), a.kind().map(str::to_owned)));
+    }
+    let ok = statuses.iter().filter(|(s, _)| *s == 200).count();
+    let refused = statuses
+        .iter()
+        .filter(|(s, k)| *s == 429 && k.as_deref() == Some("budget-exhausted"))
+        .count();
+    assert_eq!((ok, refused), (10, 5), "{statuses:?}");
+    // The backend client (no budget) finds the App's two remaining lookups, then X's limit.
+    let after: Vec<u16> = [
+        get(proxy.addr, "/2/tweets/1", Some("main")).await,
+        get(proxy.addr, "/2/tweets/2", Some("main")).await,
+        get(proxy.addr, "/2/tweets/3", Some("main")).await,
+    ]
+    .iter()
+    .map(|a| a.status.as_u16())
+    .collect();
+    assert_eq!(after, [200, 200, 429]);
+    assert_eq!(fake.requests_to("/2/tweets/").len(), 12);
+    // Both refuse the next narrow request: the budget answers, as section 7 orders them.
+    let req = request("GET", "/2/tweets/999")
+        .header("x-xgate-key", NARROW_KEY)
+        .header("x-xgate-identity", "main")
+        .body(Full::<Bytes>::default())
+        .unwrap();
+    assert_eq!(send(proxy.addr, req).await.kind(), Some("budget-exhausted"));
+}

@@ -651,23 +651,34 @@ async fn a_later_answer_with_fewer_remaining_lowers_the_bucket_for_all() {
     assert_eq!(fake.requests_to(path).len(), 3);
 }
 
+/// A budget of 0.05 USD a day for the `narrow` client: ten one-Post lookups.
+fn narrow_daily_budget(c: TestConfig) -> TestConfig {
+    c.top(
+        "budgets",
+        toml::Value::Array(vec![toml::Value::Table(crate::support::proxy::table([
+            ("name", "narrow-daily".into()),
+            ("client", "narrow".into()),
+            ("limit", "0.05/1d".into()),
+        ]))]),
+    )
+}
+
+/// `GET /2/tweets/ID` by the `narrow` client as `main`.
+async fn narrow_lookup(addr: SocketAddr, id: usize) -> Answer {
+    let req = request("GET", &format!("/2/tweets/{id}"))
+        .header("x-xgate-key", NARROW_KEY)
+        .header("x-xgate-identity", "main")
+        .body(Full::<Bytes>::default())
+        .unwrap();
+    send(addr, req).await
+}
+
 /// CONTRACT section 11 with `[shared]`: one budget for every replica (a burst over three
 /// forwards exactly what it can pay), and a resource one replica metered costs nothing when
 /// another returns it the same day.
 #[tokio::test]
 async fn replicas_draw_from_one_budget_and_deduplicate_together() {
-    let Some(World { fake, proxies, .. }) = world(|c| {
-        c.top(
-            "budgets",
-            toml::Value::Array(vec![toml::Value::Table(crate::support::proxy::table([
-                ("name", "narrow-daily".into()),
-                ("client", "narrow".into()),
-                ("limit", "0.05/1d".into()),
-            ]))]),
-        )
-    })
-    .await
-    else {
+    let Some(World { fake, proxies, .. }) = world(narrow_daily_budget).await else {
         return;
     };
     for i in 0..30 {
@@ -680,14 +691,7 @@ async fn replicas_draw_from_one_budget_and_deduplicate_together() {
     let next = std::sync::atomic::AtomicUsize::new(300);
     let statuses = burst(&proxies, 30, |addr| {
         let id = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        async move {
-            let req = request("GET", &format!("/2/tweets/{id}"))
-                .header("x-xgate-key", NARROW_KEY)
-                .header("x-xgate-identity", "main")
-                .body(Full::<Bytes>::default())
-                .unwrap();
-            send(addr, req).await
-        }
+        narrow_lookup(addr, id)
     })
     .await;
     assert_eq!(count(&statuses, 200), 10, "{statuses:?}");
@@ -738,27 +742,9 @@ async fn a_budget_redis_lost_starts_again_from_the_last_figure_seen() {
         fake,
         prefix,
         proxies,
-    }) = world(|c| {
-        c.top(
-            "budgets",
-            toml::Value::Array(vec![toml::Value::Table(crate::support::proxy::table([
-                ("name", "narrow-daily".into()),
-                ("client", "narrow".into()),
-                ("limit", "0.05/1d".into()),
-            ]))]),
-        )
-    })
-    .await
+    }) = world(narrow_daily_budget).await
     else {
         return;
-    };
-    let narrow = |addr: SocketAddr, id: u32| async move {
-        let req = request("GET", &format!("/2/tweets/{id}"))
-            .header("x-xgate-key", NARROW_KEY)
-            .header("x-xgate-identity", "main")
-            .body(Full::<Bytes>::default())
-            .unwrap();
-        send(addr, req).await
     };
     // Six Posts, one request at a time through replica 0: 0.03 of 0.05 spent.
     for id in 600..606 {
@@ -766,7 +752,7 @@ async fn a_budget_redis_lost_starts_again_from_the_last_figure_seen() {
             &format!("/2/tweets/{id}"),
             Reply::json(200, &format!(r#"{{"data":{{"id":"{id}"}}}}"#)),
         );
-        assert_eq!(narrow(proxies[0].addr, id).await.status, 200);
+        assert_eq!(narrow_lookup(proxies[0].addr, id).await.status, 200);
     }
     let line = r#"xgate_budget_remaining_usd{budget="narrow-daily"} "#;
     let mut left = 0.0;
@@ -798,7 +784,7 @@ async fn a_budget_redis_lost_starts_again_from_the_last_figure_seen() {
             &format!("/2/tweets/{id}"),
             Reply::json(200, &format!(r#"{{"data":{{"id":"{id}"}}}}"#)),
         );
-        statuses.push(narrow(proxies[0].addr, id).await.status.as_u16());
+        statuses.push(narrow_lookup(proxies[0].addr, id).await.status.as_u16());
     }
     assert_eq!(statuses, [200, 200, 200, 200, 429]);
 }

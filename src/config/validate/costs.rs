@@ -5,8 +5,7 @@ use std::collections::BTreeMap;
 use super::super::raw::{RawBudget, RawCostOverride, RawCosts};
 use super::super::units::parse_usd;
 use super::super::{
-    App, Budget, BudgetScope, Client, CostOverride, Costs, DEDUP_MAX_IDS, EndpointPattern, Period,
-    PriceUnit, User,
+    App, Budget, BudgetScope, Client, CostOverride, Costs, DEDUP_MAX_IDS, Period, PriceUnit, User,
 };
 use super::Validator;
 
@@ -30,14 +29,8 @@ impl Validator<'_> {
             let Some(o) = self.cost_override(i, o) else {
                 continue;
             };
-            if let Some(j) = overrides.iter().position(|p| {
-                p.endpoint.method == o.endpoint.method && p.endpoint.shape == o.endpoint.shape
-            }) {
-                self.problem(
-                    format!("costs.override[{i}].endpoint"),
-                    format!("{} is the same endpoint as costs.override[{j}]", o.endpoint),
-                );
-            } else {
+            let earlier = overrides.iter().map(|p| &p.endpoint);
+            if self.unique_endpoint("costs.override", i, &o.endpoint, earlier) {
                 overrides.push(o);
             }
         }
@@ -50,18 +43,7 @@ impl Validator<'_> {
 
     fn cost_override(&mut self, i: usize, raw: RawCostOverride) -> Option<CostOverride> {
         let at = |key: &str| format!("costs.override[{i}].{key}");
-        let endpoint = match raw.endpoint {
-            None => {
-                self.problem(
-                    at("endpoint"),
-                    r#"missing: e.g. "GET /2/tweets/search/recent""#,
-                );
-                None
-            }
-            Some(e) => EndpointPattern::parse(&e)
-                .map_err(|m| self.problem(at("endpoint"), m))
-                .ok(),
-        };
+        let endpoint = self.endpoint(at("endpoint"), raw.endpoint, "GET /2/tweets/search/recent");
         let (unit, usd, key) = match (raw.per_resource, raw.per_request) {
             (Some(usd), None) => (PriceUnit::PerResource, usd, "per_resource"),
             (None, Some(usd)) => (PriceUnit::PerRequest, usd, "per_request"),
