@@ -199,6 +199,8 @@ impl Drop for ProxyBody {
 
 enum Kind {
     Full(Option<Bytes>),
+    /// A body made here that streams (a shared stream's consumer).
+    Boxed(ClientBody),
     /// Upstream's body, and its first data frame when it was read before the head went out.
     Upstream(Option<Bytes>, IdleTimeout<Incoming>),
 }
@@ -284,6 +286,7 @@ impl fmt::Debug for ProxyBody {
                 .debug_struct("ProxyBody::Upstream")
                 .field("idle", &body.idle)
                 .finish(),
+            Kind::Boxed(_) => f.write_str("ProxyBody::Boxed"),
         }
     }
 }
@@ -293,6 +296,21 @@ impl ProxyBody {
     pub fn full(bytes: impl Into<Bytes>) -> Self {
         Self {
             kind: Kind::Full(Some(bytes.into())),
+            bytes: 0,
+            done: None,
+            tap: None,
+            ended: false,
+        }
+    }
+
+    /// A streaming body made here.
+    pub fn boxed<B>(body: B) -> Self
+    where
+        B: Body<Data = Bytes, Error = BoxError> + Send + 'static,
+    {
+        use http_body_util::BodyExt as _;
+        Self {
+            kind: Kind::Boxed(body.boxed_unsync()),
             bytes: 0,
             done: None,
             tap: None,
@@ -365,6 +383,15 @@ impl Body for ProxyBody {
                 }
                 Poll::Ready(frame)
             }
+            Kind::Boxed(body) => {
+                let frame = ready!(Pin::new(body).poll_frame(cx));
+                if let Some(Ok(Some(data))) =
+                    frame.as_ref().map(|f| f.as_ref().map(Frame::data_ref))
+                {
+                    this.relayed(data);
+                }
+                Poll::Ready(frame)
+            }
         }
     }
 
@@ -375,6 +402,7 @@ impl Body for ProxyBody {
         match &self.kind {
             Kind::Full(b) => b.is_none(),
             Kind::Upstream(first, body) => first.is_none() && body.is_end_stream(),
+            Kind::Boxed(body) => body.is_end_stream(),
         }
     }
 
@@ -383,6 +411,7 @@ impl Body for ProxyBody {
             Kind::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             Kind::Full(None) => SizeHint::with_exact(0),
             Kind::Upstream(None, body) => body.size_hint(),
+            Kind::Boxed(body) => body.size_hint(),
             Kind::Upstream(Some(first), body) => {
                 let rest = body.size_hint();
                 let mut hint = SizeHint::new();

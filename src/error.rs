@@ -312,6 +312,16 @@ pub enum ProxyError {
         /// Now, by the limiter's clock (Unix ms).
         now_ms: u64,
     },
+    /// A shared stream has `streams.max_consumers` consumers (CONTRACT section 12 rule 5).
+    #[error("app {app}: {endpoint} has {connected} consumers, streams.max_consumers")]
+    TooManyConsumers {
+        /// The App's name.
+        app: String,
+        /// The stream endpoint.
+        endpoint: String,
+        /// Consumers connected.
+        connected: usize,
+    },
     /// X answered `usage-capped` for the identity's App recently.
     #[error(
         "identity {identity}: X answered usage-capped for its App (credits or monthly cap spent); requests go upstream again in {} s",
@@ -422,7 +432,7 @@ impl ProxyError {
             Self::TokenRefreshFailed { .. } => ErrorKind::TokenRefreshFailed,
             Self::AuthTypeUnsupported { .. } => ErrorKind::AuthTypeUnsupported,
             Self::ScopeMissing { .. } => ErrorKind::ScopeMissing,
-            Self::RateLimited { .. } => ErrorKind::RateLimited,
+            Self::RateLimited { .. } | Self::TooManyConsumers { .. } => ErrorKind::RateLimited,
             Self::UsageCapped { .. } => ErrorKind::UsageCapped,
             Self::BudgetExhausted { .. } => ErrorKind::BudgetExhausted,
             Self::UpstreamUnavailable { .. }
@@ -451,6 +461,7 @@ impl ProxyError {
             | Self::AuthTypeUnsupported { .. }
             | Self::ScopeMissing { .. }
             | Self::RateLimited { .. }
+            | Self::TooManyConsumers { .. }
             | Self::UsageCapped { .. }
             | Self::BudgetExhausted { .. }
             | Self::CredentialsMissing { .. }
@@ -516,6 +527,7 @@ impl ProxyError {
             | Self::BodyTooLarge { .. }
             | Self::AuthTypeUnsupported { .. }
             | Self::ScopeMissing { .. }
+            | Self::TooManyConsumers { .. }
             | Self::CredentialsMissing { .. }
             | Self::TokenRefreshFailed { .. }
             | Self::TokenStoreUnwritable { .. }

@@ -12,6 +12,8 @@
 //! - [`auth`]: outbound credentials (Bearer, the OAuth 1.0a signer, clock skew).
 //! - [`limits`]: X's rate limits: the endpoint catalogue, buckets, the auth pre-check.
 //! - [`metering`], [`costs`]: what X's answers bill, budgets, the spend kept in the store.
+//! - [`streams`]: one connection to an X stream per App shared by many consumers, and the
+//!   clients' own filtered-stream rules.
 //! - [`metrics`]: the Prometheus metrics of a running proxy.
 //! - [`secret`]: the redacting secret types.
 //! - [`store`]: the token store (SQLite, optionally encrypted).
@@ -46,5 +48,6 @@ pub mod shared;
 pub mod stack;
 pub mod state;
 pub mod store;
+pub mod streams;
 pub mod telemetry;
 pub mod upstream;

@@ -8,12 +8,12 @@
 //! codes, and the fixed `source`, `outcome` and `kind` values. No label or value is ever a
 //! secret, a token or a client key.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use prometheus::{
-    CounterVec, Encoder as _, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec,
-    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    CounterVec, Encoder as _, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter,
+    IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::endpoints::{Catalogue, EndpointId};
@@ -80,6 +80,102 @@ pub struct Metrics {
     shared_errors: IntCounterVec,
     shared_duration: HistogramVec,
     costs: CostMetrics,
+    streams: StreamMetrics,
+}
+
+/// The stream metrics of CONTRACT section 12 rule 6 (handles: cloning shares the metrics).
+#[derive(Debug, Clone)]
+pub struct StreamMetrics {
+    consumers: IntGaugeVec,
+    upstream_up: IntGaugeVec,
+    reconnects: IntCounterVec,
+    messages: IntCounterVec,
+    dropped: IntCounterVec,
+}
+
+/// One App and streaming endpoint's stream metrics, resolved once.
+#[derive(Debug, Clone)]
+pub struct StreamHandles {
+    /// `xgate_stream_consumers`.
+    pub consumers: IntGauge,
+    /// `xgate_stream_upstream_up`.
+    pub upstream_up: IntGauge,
+    metrics: StreamMetrics,
+    app: Arc<str>,
+    endpoint: Arc<str>,
+}
+
+impl StreamMetrics {
+    /// The stream metrics, not yet registered anywhere.
+    pub fn new() -> Result<Self, MetricsError> {
+        Ok(Self {
+            consumers: IntGaugeVec::new(
+                Opts::new(
+                    "xgate_stream_consumers",
+                    "Consumers connected to a shared stream, by App and endpoint.",
+                ),
+                &["app", "endpoint"],
+            )?,
+            upstream_up: IntGaugeVec::new(
+                Opts::new(
+                    "xgate_stream_upstream_up",
+                    "1 while the App's connection to X's stream is up (held by this replica or, with [shared], relayed from the one that holds it).",
+                ),
+                &["app", "endpoint"],
+            )?,
+            reconnects: counter(
+                "xgate_stream_reconnects_total",
+                "Connections to X's stream opened again, by the cause of the previous end.",
+                &["app", "endpoint", "cause"],
+            )?,
+            messages: counter(
+                "xgate_stream_messages_total",
+                "Stream messages delivered to consumers, by client and endpoint.",
+                &["client", "endpoint"],
+            )?,
+            dropped: counter(
+                "xgate_stream_consumers_dropped_total",
+                "Consumers disconnected by xgate, by reason (slow: consumer_buffer_bytes behind).",
+                &["app", "endpoint", "reason"],
+            )?,
+        })
+    }
+
+    /// The handles of `app`'s stream `endpoint` (its gauges appear at once, at 0).
+    pub fn handles(&self, app: &str, endpoint: &str) -> StreamHandles {
+        StreamHandles {
+            consumers: self.consumers.with_label_values(&[app, endpoint]),
+            upstream_up: self.upstream_up.with_label_values(&[app, endpoint]),
+            metrics: self.clone(),
+            app: Arc::from(app),
+            endpoint: Arc::from(endpoint),
+        }
+    }
+}
+
+impl StreamHandles {
+    /// The upstream connection was (re)opened after `cause`.
+    pub fn reconnect(&self, cause: &str) {
+        self.metrics
+            .reconnects
+            .with_label_values(&[&self.app, &self.endpoint, cause])
+            .inc();
+    }
+
+    /// A consumer was disconnected for `reason`.
+    pub fn dropped(&self, reason: &str) {
+        self.metrics
+            .dropped
+            .with_label_values(&[&self.app, &self.endpoint, reason])
+            .inc();
+    }
+
+    /// `xgate_stream_messages_total` of `client` on this endpoint, as a handle.
+    pub fn messages(&self, client: &str) -> IntCounter {
+        self.metrics
+            .messages
+            .with_label_values(&[client, &self.endpoint])
+    }
 }
 
 /// The cost metrics of CONTRACT section 11 rule 6 (handles: cloning shares the metrics).
@@ -261,6 +357,12 @@ impl Metrics {
                 &["budget"],
             )?,
         };
+        let streams = StreamMetrics::new()?;
+        registry.register(Box::new(streams.consumers.clone()))?;
+        registry.register(Box::new(streams.upstream_up.clone()))?;
+        registry.register(Box::new(streams.reconnects.clone()))?;
+        registry.register(Box::new(streams.messages.clone()))?;
+        registry.register(Box::new(streams.dropped.clone()))?;
         registry.register(Box::new(costs.cost.clone()))?;
         registry.register(Box::new(costs.resources.clone()))?;
         registry.register(Box::new(costs.remaining.clone()))?;
@@ -305,7 +407,13 @@ impl Metrics {
             shared_errors,
             shared_duration,
             costs,
+            streams,
         })
+    }
+
+    /// The stream metrics.
+    pub fn streams(&self) -> StreamMetrics {
+        self.streams.clone()
     }
 
     /// The cost metrics.

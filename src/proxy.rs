@@ -16,10 +16,12 @@ use crate::auth;
 use crate::body::{BoxError, ProxyBody};
 use crate::client_auth::Clients;
 use crate::costs;
-use crate::endpoints;
+use crate::endpoints::{self, EndpointId};
 use crate::error::ProxyError;
+use crate::identity::IdentityId;
 use crate::limits::Draw;
 use crate::state::State;
+use crate::streams;
 use crate::telemetry::access::RequestFacts;
 use crate::upstream::Upstream;
 use crate::{forward, inbound};
@@ -67,6 +69,18 @@ where
             return Err(e);
         }
     };
+    if let Some(kind) = state.streams.kind(endpoint) {
+        return shared_stream(
+            state,
+            kind,
+            (client, who.0, endpoint),
+            &parts,
+            body,
+            target,
+            facts,
+        )
+        .await;
+    }
     // A Post's price depends on whether its text holds a URL: that endpoint's body (a small
     // JSON document) is read first, bounded by `max_body_bytes`, and sent as read.
     let url_priced = parts.method == http::Method::POST
@@ -126,6 +140,70 @@ where
         charge,
     };
     forward::exchange(state, upstream, exchange, outbound, facts).await // 502, 504
+}
+
+/// A request that [`crate::streams`] answers (CONTRACT section 12): a consumer of a stream
+/// joins its App's one connection; a rules request acts on the client's own rules. Both are
+/// metered like every request; the connections xgate makes draw from the buckets themselves.
+async fn shared_stream<B>(
+    state: &State,
+    kind: streams::Kind,
+    (client, id, endpoint): (&crate::client_auth::Client, IdentityId, Option<EndpointId>),
+    parts: &http::request::Parts,
+    body: B,
+    target: http::uri::PathAndQuery,
+    facts: &mut RequestFacts,
+) -> Result<Response<ProxyBody>, ProxyError>
+where
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    let app = state.identities.get(id).app;
+    let reserved = state
+        .meter
+        .reserve(
+            Arc::clone(&client.name),
+            id,
+            endpoint,
+            (&parts.method, &parts.uri),
+            None,
+        )
+        .await; // 429 budget-exhausted
+    let mut charge = match reserved {
+        Ok(charge) => charge,
+        Err(e) => {
+            crate::body::discard_unread(body, &parts.headers);
+            return Err(e);
+        }
+    };
+    let mut resp = match (kind, endpoint) {
+        (streams::Kind::Stream, Some(endpoint)) => {
+            crate::body::discard_unread(body, &parts.headers);
+            let messages = Arc::new(std::sync::atomic::AtomicU64::new(0));
+            facts.messages = Some(Arc::clone(&messages));
+            state
+                .streams
+                .consume(&client.name, app, endpoint, target.as_str(), messages)
+                .await?
+        }
+        _ => {
+            let bytes = auth::read_bounded(body, state.max_body_bytes).await?; // 400, 413
+            state
+                .streams
+                .rules()
+                .handle(
+                    app,
+                    &client.name,
+                    &parts.method,
+                    target.query().unwrap_or(""),
+                    &bytes,
+                )
+                .await?
+        }
+    };
+    charge.answered(resp.status().as_u16());
+    resp.body_mut().tap(Box::new(charge));
+    Ok(resp)
 }
 
 #[cfg(test)]

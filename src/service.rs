@@ -121,6 +121,11 @@ impl Drop for AccessRecord {
             to_head,
             bytes: self.bytes,
             total: self.start.elapsed(),
+            messages: self
+                .facts
+                .messages
+                .as_ref()
+                .map(|n| n.load(std::sync::atomic::Ordering::Relaxed)),
         };
         let cost = self
             .cost
@@ -152,6 +157,7 @@ struct Line {
     to_head: Duration,
     bytes: u64,
     total: Duration,
+    messages: Option<u64>,
 }
 
 impl Line {
@@ -170,6 +176,7 @@ impl Line {
             bytes: self.bytes,
             total: self.total,
             cost_micros,
+            messages: self.messages,
         });
     }
 }

@@ -21,17 +21,19 @@ use crate::limits::Limiter;
 use crate::metrics::{Metrics, MetricsError};
 use crate::shared::Observer;
 use crate::store::{self, StoreError};
+use crate::streams::Streams;
 use crate::upstream::{Upstream, UpstreamSetupError};
 
 /// Everything a request needs, built once at startup and shared by all connections.
 #[derive(Debug)]
 pub struct State {
     pub(crate) identities: Arc<Identities>,
-    pub(crate) credentials: Credentials,
+    pub(crate) credentials: Arc<Credentials>,
     pub(crate) clients: Clients,
     pub(crate) catalogue: Arc<Catalogue>,
-    pub(crate) limiter: Limiter,
+    pub(crate) limiter: Arc<Limiter>,
     pub(crate) meter: Arc<Meter>,
+    pub(crate) streams: Arc<Streams>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) oauth2: Arc<Oauth2Users>,
     pub(crate) upstream: Arc<Upstream>,
@@ -103,25 +105,32 @@ impl State {
         let observer: Arc<dyn Observer> = Arc::clone(&metrics) as Arc<dyn Observer>;
         // The store keeps the metered spend (CONTRACT section 11 rule 4), so a proxy always
         // opens it, whether or not an identity's credentials live there.
-        let store = Some(store::open(&config.store, &observer).await?);
+        let opened = store::open(&config.store, &observer).await?;
+        let store = Some(Arc::clone(&opened));
         // What credential each identity has now, read once: the credentials and the OAuth 2.0
         // users' pairs are both made from it.
         let mut resolved = Vec::with_capacity(identities.len());
         for (_, i) in identities.iter() {
             resolved.push(identity::resolve(config, &i.name, store.as_deref()).await?);
         }
-        let credentials = Credentials::new(&identities, &resolved, Arc::clone(&clock))?;
-        let clients = Clients::from_config(config, &identities, &clock);
-        let limiter = Limiter::from_config(
-            Arc::clone(&catalogue),
-            Arc::clone(&identities),
-            &config.limits,
-            config.shared.as_ref(),
-            observer,
+        let credentials = Arc::new(Credentials::new(
+            &identities,
+            &resolved,
             Arc::clone(&clock),
-        )
-        .await
-        .map_err(SetupError::Shared)?;
+        )?);
+        let clients = Clients::from_config(config, &identities, &clock);
+        let limiter = Arc::new(
+            Limiter::from_config(
+                Arc::clone(&catalogue),
+                Arc::clone(&identities),
+                &config.limits,
+                config.shared.as_ref(),
+                observer,
+                Arc::clone(&clock),
+            )
+            .await
+            .map_err(SetupError::Shared)?,
+        );
         let meter = Meter::new(
             config,
             Arc::clone(&catalogue),
@@ -160,6 +169,19 @@ impl State {
                 stored,
             });
         }
+        let streams = Arc::new(Streams::new(crate::streams::Parts {
+            credentials: Arc::clone(&credentials),
+            identities: Arc::clone(&identities),
+            upstream: Arc::clone(&upstream),
+            limiter: Arc::clone(&limiter),
+            catalogue: Arc::clone(&catalogue),
+            store: opened,
+            metrics: metrics.streams(),
+            config: config.streams.clone(),
+            idle: config.server.idle_timeout,
+            clock: Arc::clone(&clock),
+        }));
+        streams.reconcile_in_background();
         let changes = store.as_ref().and_then(|s| s.changes());
         let oauth2 = Arc::new(Oauth2Users::new(
             users,
@@ -180,6 +202,7 @@ impl State {
             catalogue,
             limiter,
             meter,
+            streams,
             metrics,
             oauth2,
             upstream,

@@ -119,6 +119,8 @@ pub struct Config {
     pub costs: Costs,
     /// `[[budgets]]`, in file order.
     pub budgets: Vec<Budget>,
+    /// `[streams]`.
+    pub streams: Streams,
     /// Things that work but deserve the operator's attention (`xgate check` prints them).
     pub warnings: Vec<Problem>,
 }
@@ -430,6 +432,30 @@ pub struct EndpointPattern {
     pub path: String,
     /// The path with each parameter segment replaced by `{}`: what matching compares.
     pub shape: String,
+}
+
+/// `[streams]` (CONTRACT section 12).
+#[derive(Debug, Clone)]
+pub struct Streams {
+    /// Consumers per App and streaming endpoint; more get 429.
+    pub max_consumers: usize,
+    /// A consumer this many bytes behind is disconnected.
+    pub consumer_buffer_bytes: usize,
+    /// The upstream connection is kept this long after its last consumer left.
+    pub linger: Duration,
+    /// Filtered-stream rules per App at X (X's pay-per-use limit: 1,000).
+    pub max_rules: usize,
+}
+
+impl Default for Streams {
+    fn default() -> Self {
+        Self {
+            max_consumers: 1000,
+            consumer_buffer_bytes: 4 << 20,
+            linger: Duration::from_secs(30),
+            max_rules: 1000,
+        }
+    }
 }
 
 /// `[costs]` (CONTRACT section 11).

@@ -27,6 +27,16 @@ pub(super) struct RawConfig {
     pub(super) limits: RawLimits,
     pub(super) costs: RawCosts,
     pub(super) budgets: Vec<RawBudget>,
+    pub(super) streams: RawStreams,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(super) struct RawStreams {
+    pub(super) max_consumers: Option<u64>,
+    pub(super) consumer_buffer_bytes: Option<u64>,
+    pub(super) linger: Option<String>,
+    pub(super) max_rules: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -16,7 +16,7 @@ use super::units::{Rate, parse_duration};
 use super::{
     Admin, App, Client, ClientAuth, Config, ConfigError, ConsumerKeys, EndpointPattern, EngineUrl,
     Env, Limits, MAX_RATES_PER_FIGURE, Oauth2Client, OnExhausted, OnFailure, Override, Problem,
-    Server, Shared, Store, StoreLocation, TlsFiles, Upstream, User, UserAuth,
+    Server, Shared, Store, StoreLocation, Streams, TlsFiles, Upstream, User, UserAuth,
 };
 use crate::secret::{SecretString, StoreKey};
 
@@ -99,6 +99,7 @@ pub(super) fn validate(text: &str, base_dir: &Path, env: &dyn Env) -> Result<Con
     let limits = v.limits(raw.limits);
     let costs = v.costs(raw.costs, &users);
     let budgets = v.budgets(raw.budgets, &apps, &users, &clients);
+    let streams = v.streams(raw.streams);
 
     if !v.problems.is_empty() {
         return Err(ConfigError {
@@ -118,6 +119,7 @@ pub(super) fn validate(text: &str, base_dir: &Path, env: &dyn Env) -> Result<Con
         limits,
         costs,
         budgets,
+        streams,
         warnings: v.warnings,
     })
 }
@@ -548,6 +550,27 @@ impl Validator<'_> {
             key_prefix,
             on_failure,
             timeout,
+        }
+    }
+
+    fn streams(&mut self, raw: raw::RawStreams) -> Streams {
+        let d = Streams::default();
+        Streams {
+            max_consumers: self.count(
+                "streams.max_consumers",
+                raw.max_consumers,
+                d.max_consumers,
+                1,
+            ),
+            consumer_buffer_bytes: self.count(
+                "streams.consumer_buffer_bytes",
+                raw.consumer_buffer_bytes,
+                d.consumer_buffer_bytes,
+                // One message of X's at its largest fits.
+                64 * 1024,
+            ),
+            linger: self.duration("streams.linger", raw.linger, d.linger, true),
+            max_rules: self.count("streams.max_rules", raw.max_rules, d.max_rules, 1),
         }
     }
 

@@ -205,6 +205,32 @@ pub trait TokenStore: Send + Sync + fmt::Debug {
     fn load_meta<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<String>>;
     /// Sets a value of the store's metadata.
     fn save_meta<'a>(&'a self, key: &'a str, value: &'a str) -> StoreFuture<'a, ()>;
+    /// Every filtered-stream rule of `app`'s clients (CONTRACT section 12 rule 2).
+    fn stream_rules<'a>(&'a self, app: &'a str) -> StoreFuture<'a, Vec<RuleRow>>;
+    /// Adds `add` and removes `remove` (client, X rule id) among `app`'s rules, in one
+    /// transaction.
+    fn change_stream_rules<'a>(
+        &'a self,
+        app: &'a str,
+        add: &'a [RuleRow],
+        remove: &'a [(String, String)],
+    ) -> StoreFuture<'a, ()>;
+}
+
+/// A client's filtered-stream rule and the rule at X it is: one X rule per distinct value,
+/// which every client that added the value refers to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleRow {
+    /// The client's name.
+    pub client: String,
+    /// X's id of the rule.
+    pub x_id: String,
+    /// The rule's value.
+    pub value: String,
+    /// The tag xgate gave the rule at X.
+    pub x_tag: String,
+    /// The client's own tag, if it gave one.
+    pub tag: Option<String>,
 }
 
 /// Metered spend of one UTC day, client, identity and endpoint.

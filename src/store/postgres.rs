@@ -27,15 +27,15 @@ use tokio::task::AbortHandle;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::{
-    Changes, KeyCheck, Refresh, Sealer, SpendRow, StoreError, StoreFuture, StoredToken, TokenKind,
-    TokenStore,
+    Changes, KeyCheck, Refresh, RuleRow, Sealer, SpendRow, StoreError, StoreFuture, StoredToken,
+    TokenKind, TokenStore,
 };
 use crate::config::EngineUrl;
 use crate::secret::StoreKey;
 use crate::shared::{Engine, Health, Observer};
 
 /// The newest schema version this build writes.
-const SCHEMA_VERSION: i32 = 2;
+const SCHEMA_VERSION: i32 = 3;
 
 /// Connections in the pool: token operations are rare (logins, refreshes, adoptions).
 const POOL_SIZE: usize = 4;
@@ -271,6 +271,16 @@ impl PostgresStore {
                          posts BIGINT NOT NULL,
                          micros BIGINT NOT NULL,
                          PRIMARY KEY (day, client, identity, endpoint)
+                     );
+                     CREATE TABLE IF NOT EXISTS xgate_stream_rules (
+                         app TEXT NOT NULL,
+                         client TEXT NOT NULL,
+                         x_id TEXT NOT NULL,
+                         value TEXT NOT NULL,
+                         x_tag TEXT NOT NULL,
+                         tag TEXT,
+                         created BIGSERIAL,
+                         PRIMARY KEY (app, client, x_id)
                      );",
                 )
                 .await
@@ -528,6 +538,73 @@ impl TokenStore for PostgresStore {
                     })
                     .collect::<Result<Vec<_>, tokio_postgres::Error>>()
                     .map_err(|e| describe(&e))
+            })
+            .await
+        })
+    }
+
+    fn stream_rules<'a>(&'a self, app: &'a str) -> StoreFuture<'a, Vec<RuleRow>> {
+        Box::pin(async move {
+            if !self.schema {
+                return Ok(Vec::new());
+            }
+            self.timed("stream_rules", async {
+                let client = self.client().await?;
+                let rows = client
+                    .query(
+                        "SELECT client, x_id, value, x_tag, tag FROM xgate_stream_rules
+                         WHERE app = $1 ORDER BY client, created",
+                        &[&app],
+                    )
+                    .await
+                    .map_err(|e| describe(&e))?;
+                rows.iter()
+                    .map(|r| {
+                        Ok(RuleRow {
+                            client: r.try_get(0)?,
+                            x_id: r.try_get(1)?,
+                            value: r.try_get(2)?,
+                            x_tag: r.try_get(3)?,
+                            tag: r.try_get(4)?,
+                        })
+                    })
+                    .collect::<Result<Vec<_>, tokio_postgres::Error>>()
+                    .map_err(|e| describe(&e))
+            })
+            .await
+        })
+    }
+
+    fn change_stream_rules<'a>(
+        &'a self,
+        app: &'a str,
+        add: &'a [RuleRow],
+        remove: &'a [(String, String)],
+    ) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            self.timed("change_stream_rules", async {
+                let mut client = self.client().await?;
+                let tx = client.transaction().await.map_err(|e| describe(&e))?;
+                for (c, x_id) in remove {
+                    tx.execute(
+                        "DELETE FROM xgate_stream_rules WHERE app = $1 AND client = $2 AND x_id = $3",
+                        &[&app, c, x_id],
+                    )
+                    .await
+                    .map_err(|e| describe(&e))?;
+                }
+                for r in add {
+                    tx.execute(
+                        "INSERT INTO xgate_stream_rules (app, client, x_id, value, x_tag, tag)
+                         VALUES ($1, $2, $3, $4, $5, $6)
+                         ON CONFLICT (app, client, x_id) DO UPDATE
+                         SET value = excluded.value, x_tag = excluded.x_tag, tag = excluded.tag",
+                        &[&app, &r.client, &r.x_id, &r.value, &r.x_tag, &r.tag],
+                    )
+                    .await
+                    .map_err(|e| describe(&e))?;
+                }
+                tx.commit().await.map_err(|e| describe(&e))
             })
             .await
         })

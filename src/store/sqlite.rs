@@ -10,13 +10,13 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use super::{
-    KeyCheck, Refresh, Sealer, SpendRow, StoreError, StoreFuture, StoredToken, TokenKind,
+    KeyCheck, Refresh, RuleRow, Sealer, SpendRow, StoreError, StoreFuture, StoredToken, TokenKind,
     TokenStore,
 };
 use crate::secret::StoreKey;
 
 /// The newest schema version this build writes.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 /// How often, 10 ms apart, opening a store retries a step SQLite answers "busy" or "locked":
 /// another process setting up the same new store (switching it to WAL, creating the schema)
@@ -244,6 +244,28 @@ fn migrate(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
             }
         })?;
     }
+    if version < 3 {
+        // Version 3: the clients' filtered-stream rules (CONTRACT section 12 rule 2).
+        conn.execute_batch(
+            "BEGIN IMMEDIATE;
+             CREATE TABLE IF NOT EXISTS stream_rules (
+                 app TEXT NOT NULL,
+                 client TEXT NOT NULL,
+                 x_id TEXT NOT NULL,
+                 value TEXT NOT NULL,
+                 x_tag TEXT NOT NULL,
+                 tag TEXT,
+                 PRIMARY KEY (app, client, x_id)
+             );
+             PRAGMA user_version = 3;
+             COMMIT;",
+        )
+        .inspect_err(|_| {
+            if !conn.is_autocommit() {
+                let _rolled_back = conn.execute_batch("ROLLBACK");
+            }
+        })?;
+    }
     if version > SCHEMA_VERSION {
         return Err(rusqlite::Error::InvalidParameterName(format!(
             "schema version {version} is newer than this xgate understands ({SCHEMA_VERSION}): upgrade xgate"
@@ -405,6 +427,60 @@ impl SqliteStore {
         .map_err(|e| self.io_error(&e))
     }
 
+    /// [`TokenStore::stream_rules`], on the calling thread.
+    pub fn stream_rules_blocking(&self, app: &str) -> Result<Vec<RuleRow>, StoreError> {
+        let conn = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
+        if !has_table(&conn, "stream_rules").map_err(|e| self.io_error(&e))? {
+            return Ok(Vec::new());
+        }
+        let mut stmt = conn
+            .prepare(
+                "SELECT client, x_id, value, x_tag, tag FROM stream_rules
+                 WHERE app = ?1 ORDER BY client, rowid",
+            )
+            .map_err(|e| self.io_error(&e))?;
+        stmt.query_map([app], |r| {
+            Ok(RuleRow {
+                client: r.get(0)?,
+                x_id: r.get(1)?,
+                value: r.get(2)?,
+                x_tag: r.get(3)?,
+                tag: r.get(4)?,
+            })
+        })
+        .and_then(Iterator::collect)
+        .map_err(|e| self.io_error(&e))
+    }
+
+    /// [`TokenStore::change_stream_rules`], on the calling thread.
+    pub fn change_stream_rules_blocking(
+        &self,
+        app: &str,
+        add: &[RuleRow],
+        remove: &[(String, String)],
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(|e| self.io_error(&e))?;
+        for (client, x_id) in remove {
+            tx.execute(
+                "DELETE FROM stream_rules WHERE app = ?1 AND client = ?2 AND x_id = ?3",
+                rusqlite::params![app, client, x_id],
+            )
+            .map_err(|e| self.io_error(&e))?;
+        }
+        for r in add {
+            tx.execute(
+                "INSERT OR REPLACE INTO stream_rules (app, client, x_id, value, x_tag, tag)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                rusqlite::params![app, r.client, r.x_id, r.value, r.x_tag, r.tag],
+            )
+            .map_err(|e| self.io_error(&e))?;
+        }
+        tx.commit().map_err(|e| self.io_error(&e))
+    }
+
     /// [`TokenStore::load_meta`], on the calling thread.
     pub fn load_meta_blocking(&self, key: &str) -> Result<Option<String>, StoreError> {
         let conn = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
@@ -509,6 +585,23 @@ impl TokenStore for SqliteStore {
     fn save_meta<'a>(&'a self, key: &'a str, value: &'a str) -> StoreFuture<'a, ()> {
         let (key, value) = (key.to_owned(), value.to_owned());
         blocking(self, move |s| s.save_meta_blocking(&key, &value))
+    }
+
+    fn stream_rules<'a>(&'a self, app: &'a str) -> StoreFuture<'a, Vec<RuleRow>> {
+        let app = app.to_owned();
+        blocking(self, move |s| s.stream_rules_blocking(&app))
+    }
+
+    fn change_stream_rules<'a>(
+        &'a self,
+        app: &'a str,
+        add: &'a [RuleRow],
+        remove: &'a [(String, String)],
+    ) -> StoreFuture<'a, ()> {
+        let (app, add, remove) = (app.to_owned(), add.to_vec(), remove.to_vec());
+        blocking(self, move |s| {
+            s.change_stream_rules_blocking(&app, &add, &remove)
+        })
     }
 }
 

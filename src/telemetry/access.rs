@@ -44,6 +44,8 @@ pub struct RequestFacts {
     pub endpoint: Option<Option<EndpointId>>,
     /// Upstream's status and the time to its head, when it answered.
     pub upstream: Option<(u16, Duration)>,
+    /// A stream consumer's count of messages delivered (keep-alives not counted).
+    pub messages: Option<Arc<std::sync::atomic::AtomicU64>>,
 }
 
 /// The fields of one access record.
@@ -75,6 +77,8 @@ pub struct Access<'a> {
     pub total: Duration,
     /// What X's answer costs, as metered (micro-USD; an estimate of X's bill).
     pub cost_micros: u64,
+    /// Messages delivered, for a stream consumer.
+    pub messages: Option<u64>,
 }
 
 /// Writes one access record, if `xgate::access` is enabled at `info`.
@@ -98,6 +102,7 @@ pub fn log(a: &Access<'_>) {
             bytes = a.bytes,
             total_ms = %Millis(a.total),
             cost_usd = %Usd(a.cost_micros),
+            messages = a.messages,
             "request"
         );
         return;
@@ -191,13 +196,17 @@ fn text(out: &mut String, now: Duration, a: &Access<'_>) -> std::fmt::Result {
     if let Some(d) = a.upstream {
         write!(out, " upstream_ms={}", Millis(d))?;
     }
-    writeln!(
+    write!(
         out,
         " bytes={} total_ms={} cost_usd={}",
         a.bytes,
         Millis(a.total),
         Usd(a.cost_micros)
-    )
+    )?;
+    if let Some(n) = a.messages {
+        write!(out, " messages={n}")?;
+    }
+    writeln!(out)
 }
 
 /// A JSON string (escaped by serde_json).
@@ -232,13 +241,17 @@ fn json(out: &mut String, now: Duration, a: &Access<'_>) -> std::fmt::Result {
     if let Some(d) = a.upstream {
         write!(out, r#","upstream_ms":{}"#, Millis(d))?;
     }
-    writeln!(
+    write!(
         out,
-        r#","bytes":{},"total_ms":{},"cost_usd":{},"target":"xgate::access"}}"#,
+        r#","bytes":{},"total_ms":{},"cost_usd":{}"#,
         a.bytes,
         Millis(a.total),
         Usd(a.cost_micros)
-    )
+    )?;
+    if let Some(n) = a.messages {
+        write!(out, r#","messages":{n}"#)?;
+    }
+    writeln!(out, r#","target":"xgate::access"}}"#)
 }
 
 #[cfg(test)]
@@ -258,6 +271,7 @@ mod tests {
             duration: Duration::from_micros(1_234),
             upstream: Some(Duration::from_micros(1_000)),
             bytes: 35,
+            messages: None,
             total: Duration::from_micros(1_300_007),
             cost_micros: 5_000,
         }

@@ -14,6 +14,7 @@ const LAYERS: &[&[&str]] = &[
     &["endpoints"],
     &["limits", "metrics", "telemetry"],
     &["client_auth", "auth", "costs"],
+    &["streams"],
     &["state"],
     &["forward"],
     &["proxy"],

@@ -224,24 +224,31 @@ async fn a_resource_already_metered_today_for_the_app_costs_nothing_again() {
 async fn a_streams_messages_are_billed_as_they_are_delivered() {
     let fake = FakeX::start().await;
     let proxy = Proxy::start(&TestConfig::new(&fake.base_url()).toml()).await;
-    let message = |id: u32| {
-        format!(
-            r#"{{"data":{{"id":"{id}","text":"streamed"}},"matching_rules":[{{"id":"1","tag":"t"}}]}}"#
-        ) + "\r\n"
-    };
-    fake.script(
+    fake.live().serve("/2/tweets/search/stream");
+    crate::streams::add(
+        &proxy,
+        crate::support::proxy::KEY,
+        serde_json::json!([{"value": "cats"}]),
+    )
+    .await;
+    let cats = fake.live().id_of("cats");
+    let mut consumer = crate::streams::Consumer::connect(
+        proxy.addr,
+        crate::support::proxy::KEY,
         "/2/tweets/search/stream",
-        Reply::stream(
-            &message(1),
-            "\r\n",
-            Duration::from_millis(5),
-            3,
-            &(message(2) + &message(3)),
-        ),
+    )
+    .await
+    .unwrap();
+    assert!(
+        fake.wait_until(Duration::from_secs(10), |f| f.live().counts().2 == 1)
+            .await
     );
-    let a = get(proxy.addr, "/2/tweets/search/stream", Some("main")).await;
-    assert_eq!(a.status, 200);
-    assert_eq!(a.text().matches("streamed").count(), 3);
+    for id in 1..=3 {
+        fake.live().send(&crate::streams::message(id, &[&cats]));
+    }
+    for id in 1..=3 {
+        assert_eq!(consumer.message().await["data"]["id"], id.to_string());
+    }
     wait_metric(
         &proxy,
         &cost_line("main", "GET /2/tweets/search/stream"),

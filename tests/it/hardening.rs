@@ -255,8 +255,9 @@ async fn a_token_endpoint_dying_mid_answer_loses_nothing() {
 }
 
 /// A client that stops reading a stream without closing it (an SDK whose `close()` leaves the
-/// request open) is dropped once it has taken none of the response for `idle_timeout`, and
-/// that ends the upstream stream: X's one stream connection of the App is not held for ever.
+/// request open) is cut off once `streams.consumer_buffer_bytes` are queued for it, and with
+/// no consumer left the upstream stream ends after `streams.linger`: X's one stream
+/// connection of the App is not held for ever.
 #[tokio::test]
 async fn a_client_that_stops_reading_is_dropped_at_idle_timeout() {
     use tokio::io::AsyncWriteExt as _;
@@ -276,6 +277,7 @@ async fn a_client_that_stops_reading_is_dropped_at_idle_timeout() {
     let proxy = Proxy::start(
         &crate::support::proxy::TestConfig::new(&fake.base_url())
             .server("idle_timeout", "1s")
+            .section("streams", "linger", "0s")
             .toml(),
     )
     .await;

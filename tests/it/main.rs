@@ -38,4 +38,6 @@ mod shared_redis;
 #[cfg(test)]
 mod store_faults;
 #[cfg(test)]
+mod streams;
+#[cfg(test)]
 mod support;

@@ -22,9 +22,9 @@ async fn streams_are_relayed_chunk_by_chunk_keepalives_included() {
             .toml(),
     )
     .await;
-    let target = "/2/tweets/search/stream?tweet.fields=id";
+    let target = "/2/tweets/sample/stream?tweet.fields=id";
     fake.script(
-        "/2/tweets/search/stream",
+        "/2/tweets/sample/stream",
         Reply::stream(
             "{\"data\":{\"id\":\"1\"}}\r\n",
             "\r\n",
@@ -57,15 +57,21 @@ async fn streams_are_relayed_chunk_by_chunk_keepalives_included() {
         !fake.stream_done(target),
         "the proxy waited for the stream to end"
     );
+    // When X's stream ends, xgate connects again and the consumer stays: the bytes of the
+    // first connection come first, as X sent them.
+    let expected = format!("{}{{\"data\":{{\"id\":\"2\"}}}}\r\n", "\r\n".repeat(30));
     let mut rest = Vec::new();
-    while let Some(frame) = tokio::time::timeout(Duration::from_secs(10), body.frame())
-        .await
-        .unwrap()
-    {
+    for _ in 0..1000 {
+        if rest.len() >= expected.len() {
+            break;
+        }
+        let frame = tokio::time::timeout(Duration::from_secs(10), body.frame())
+            .await
+            .unwrap()
+            .unwrap();
         rest.extend_from_slice(&frame.unwrap().into_data().unwrap());
     }
-    let expected = format!("{}{{\"data\":{{\"id\":\"2\"}}}}\r\n", "\r\n".repeat(30));
-    assert_eq!(String::from_utf8(rest).unwrap(), expected);
+    assert_eq!(String::from_utf8_lossy(&rest[..expected.len()]), expected);
 }
 
 #[tokio::test]

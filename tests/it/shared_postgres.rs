@@ -131,7 +131,12 @@ async fn an_empty_database_is_migrated_and_bearer_stores_into_it() {
     assert_eq!(bearer.stdout.trim(), "stored Bearer token for solo");
     assert_eq!(
         tables(&db).await,
-        ["xgate_meta", "xgate_spend", "xgate_tokens"]
+        [
+            "xgate_meta",
+            "xgate_spend",
+            "xgate_stream_rules",
+            "xgate_tokens"
+        ]
     );
     let client = db.client().await;
     let version: Vec<u8> = client
@@ -142,7 +147,7 @@ async fn an_empty_database_is_migrated_and_bearer_stores_into_it() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(version, b"2");
+    assert_eq!(version, b"3");
     // Opening it again (a second replica starting) migrates nothing and reads the record.
     let store = open(&db, None).await;
     assert!(matches!(

@@ -30,6 +30,7 @@ use tokio::sync::{Notify, mpsc};
 
 use super::tls::TestCa;
 
+pub mod live;
 mod oauth;
 mod verify;
 
@@ -178,6 +179,8 @@ struct Shared {
     /// Connections accepted, and those of them that have ended.
     connections: Mutex<(usize, usize)>,
     changed: Notify,
+    /// The live stream and its rules.
+    live: live::Live,
     /// Panics of handlers, raised again when the fake is dropped.
     panics: Mutex<Vec<Box<dyn std::any::Any + Send>>>,
 }
@@ -336,6 +339,11 @@ impl FakeX {
             contains: contains.map(str::to_owned),
             reply,
         });
+    }
+
+    /// The live stream and rules (served for the paths [`live::Live::serve`] names).
+    pub fn live(&self) -> &live::Live {
+        &self.shared.live
     }
 
     pub fn requests(&self) -> Vec<Recorded> {
@@ -550,6 +558,37 @@ async fn serve(
     } else {
         reply
     };
+    if matches!(auth, Auth::Bearer { valid: true }) {
+        let path = parts.uri.path();
+        let query = parts.uri.query().unwrap_or("");
+        if path == "/2/tweets/search/stream/rules" && sh.live.is_live("/2/tweets/search/stream") {
+            guard.done = true;
+            let (status, body) = sh.live.rules_call(parts.method.as_str(), query, &body);
+            sh.changed.notify_waiters();
+            return Response::builder()
+                .status(status)
+                .header("content-type", "application/json")
+                .body(http_body_util::Full::new(Bytes::from(body)).boxed())
+                .unwrap();
+        }
+        if sh.live.is_live(path) {
+            guard.done = true;
+            let connect = sh.live.connect(path);
+            sh.changed.notify_waiters();
+            return match connect {
+                live::Connect::Up(body) => Response::builder()
+                    .status(200)
+                    .header("content-type", "application/json")
+                    .body(body.boxed())
+                    .unwrap(),
+                live::Connect::Refused(status, body) => Response::builder()
+                    .status(status)
+                    .header("content-type", "application/problem+json")
+                    .body(http_body_util::Full::new(Bytes::from(body)).boxed())
+                    .unwrap(),
+            };
+        }
+    }
     let reply = match (&auth, reply) {
         (Auth::Bearer { valid: false } | Auth::Oauth1 { valid: false, .. }, _) => Reply::json(
             401,

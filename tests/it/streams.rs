@@ -1,0 +1,595 @@
+//! CONTRACT section 12 (streams shared by several consumers) over real sockets against
+//! FakeX's live filtered stream and its rules: clients' own rules and tags, one rule at X per
+//! value, rules kept across a restart and reconciled with X, 409 for a client without rules,
+//! a slow consumer dropped while a fast one gets everything, consumers kept through an
+//! upstream reconnect, one connection at X for many consumers, `max_consumers`, the sample
+//! stream to everyone, metrics and the consumer's access record. Reconnect waits and
+//! keep-alives are tested in paused time in `src/streams/tests.rs`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::Incoming;
+use serde_json::{Value, json};
+
+use crate::support::fake_x::FakeX;
+use crate::support::http::{Answer, metric, request, send, send_streaming};
+use crate::support::proxy::{KEY, NARROW_KEY, Proxy, TestConfig};
+
+const FILTERED: &str = "/2/tweets/search/stream";
+const RULES: &str = "/2/tweets/search/stream/rules";
+
+async fn fake() -> FakeX {
+    let fake = FakeX::start().await;
+    fake.live().serve(FILTERED);
+    fake
+}
+
+fn config(fake: &FakeX) -> TestConfig {
+    TestConfig::new(&fake.base_url())
+}
+
+/// `POST …/rules` as the client of `key`.
+async fn post_rules(proxy: &Proxy, key: &str, query: &str, body: Value) -> Answer {
+    let req = request("POST", &format!("{RULES}{query}"))
+        .header("x-xgate-key", key)
+        .header("x-xgate-identity", "main")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap();
+    send(proxy.addr, req).await
+}
+
+async fn get_rules(proxy: &Proxy, key: &str, query: &str) -> Value {
+    let req = request("GET", &format!("{RULES}{query}"))
+        .header("x-xgate-key", key)
+        .header("x-xgate-identity", "main")
+        .body(Full::default())
+        .unwrap();
+    let answer = send(proxy.addr, req).await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    serde_json::from_slice(&answer.body).unwrap()
+}
+
+pub(crate) async fn add(proxy: &Proxy, key: &str, rules: Value) -> Value {
+    let answer = post_rules(proxy, key, "", json!({ "add": rules })).await;
+    assert!(
+        answer.status.is_success(),
+        "{} {}",
+        answer.status,
+        answer.text()
+    );
+    serde_json::from_slice(&answer.body).unwrap()
+}
+
+/// A consumer of a stream through the proxy.
+pub(crate) struct Consumer {
+    body: Incoming,
+    buf: Vec<u8>,
+}
+
+impl Consumer {
+    pub(crate) async fn connect(addr: SocketAddr, key: &str, path: &str) -> Result<Self, Answer> {
+        let req = request("GET", path)
+            .header("x-xgate-key", key)
+            .header("x-xgate-identity", "main")
+            .body(Full::default())
+            .unwrap();
+        let resp = tokio::time::timeout(Duration::from_secs(20), send_streaming(addr, req))
+            .await
+            .expect("no answer head within 20 s");
+        if resp.status() != 200 {
+            return Err(crate::support::http::collect(resp).await);
+        }
+        Ok(Self {
+            body: resp.into_body(),
+            buf: Vec::new(),
+        })
+    }
+
+    /// The next line (keep-alives included), within 10 s.
+    async fn line(&mut self) -> String {
+        for _ in 0..10_000 {
+            if let Some(at) = self.buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=at).collect();
+                return String::from_utf8(line).unwrap();
+            }
+            let frame = tokio::time::timeout(Duration::from_secs(10), self.body.frame())
+                .await
+                .expect("nothing for 10 s")
+                .expect("the stream ended")
+                .unwrap();
+            if let Ok(data) = frame.into_data() {
+                self.buf.extend_from_slice(&data);
+            }
+        }
+        panic!("no line");
+    }
+
+    /// The next message, skipping keep-alives, parsed.
+    pub(crate) async fn message(&mut self) -> Value {
+        for _ in 0..100 {
+            let line = self.line().await;
+            if !line.trim().is_empty() {
+                return serde_json::from_str(&line).unwrap();
+            }
+        }
+        panic!("only keep-alives");
+    }
+}
+
+/// A message of X's for a Post `id` that matched the rules `ids` (X's tags on them).
+pub(crate) fn message(id: u32, ids: &[&str]) -> String {
+    let rules: Vec<Value> = ids
+        .iter()
+        .map(|i| json!({"id": i, "tag": "xgate:whatever"}))
+        .collect();
+    json!({"data": {"id": id.to_string(), "text": format!("post {id}")}, "matching_rules": rules})
+        .to_string()
+}
+
+fn tags(msg: &Value) -> Vec<(String, Option<String>)> {
+    msg["matching_rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["id"].as_str().unwrap().to_owned(),
+                r.get("tag").and_then(Value::as_str).map(str::to_owned),
+            )
+        })
+        .collect()
+}
+
+async fn metrics(proxy: &Proxy) -> String {
+    crate::support::http::get(proxy.admin, "/metrics", None)
+        .await
+        .text()
+}
+
+/// Waits (bounded) until the metric line starting with `prefix` reads `want`.
+async fn wait_metric(proxy: &Proxy, prefix: &str, want: f64) {
+    let mut last = 0.0;
+    for _ in 0..500 {
+        last = metric(&metrics(proxy).await, prefix);
+        if (last - want).abs() < 1e-9 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{prefix} is {last}, not {want}");
+}
+
+async fn wait_open(fake: &FakeX, connects: usize) {
+    let live = |f: &FakeX| f.live().counts();
+    assert!(
+        fake.wait_until(Duration::from_secs(10), |f| live(f).0 == connects
+            && live(f).2 == 1)
+            .await,
+        "FakeX: {:?} (connects, refused, open)",
+        fake.live().counts()
+    );
+}
+
+/// Two clients with overlapping rules each get exactly the messages of their rules, with
+/// their own tags and the rest of the message unchanged; two consumers of one client each
+/// get all of that client's; X sees one connection.
+#[tokio::test]
+async fn each_client_gets_exactly_its_messages_with_its_own_tags() {
+    let fake = fake().await;
+    let proxy = Proxy::start(&config(&fake).toml()).await;
+    let b = add(
+        &proxy,
+        KEY,
+        json!([{"value": "cats", "tag": "b-cats"}, {"value": "dogs", "tag": "b-dogs"}]),
+    )
+    .await;
+    assert_eq!(b["meta"]["summary"]["created"], 2, "{b}");
+    let n = add(
+        &proxy,
+        NARROW_KEY,
+        json!([{"value": "dogs", "tag": "n-dogs"}, {"value": "birds"}]),
+    )
+    .await;
+    assert_eq!(n["meta"]["summary"]["created"], 2, "{n}");
+    let at_x = fake.live().rules();
+    assert_eq!(at_x.len(), 3, "{at_x:?}");
+    assert!(
+        at_x.iter()
+            .all(|r| r.tag.as_deref().is_some_and(|t| t.starts_with("xgate:")))
+    );
+    let (cats, dogs, birds) = (
+        fake.live().id_of("cats"),
+        fake.live().id_of("dogs"),
+        fake.live().id_of("birds"),
+    );
+    assert_eq!(n["data"][0]["id"], dogs.as_str(), "the client sees X's id");
+
+    let mut b1 = Consumer::connect(proxy.addr, KEY, FILTERED).await.unwrap();
+    let mut b2 = Consumer::connect(proxy.addr, KEY, FILTERED).await.unwrap();
+    let mut n1 = Consumer::connect(proxy.addr, NARROW_KEY, FILTERED)
+        .await
+        .unwrap();
+    wait_open(&fake, 1).await;
+
+    fake.live().send(&message(1, &[&cats]));
+    fake.live().send(&message(2, &[&dogs]));
+    fake.live().send(&message(3, &[&birds]));
+    fake.live().send(&message(4, &[&cats, &birds]));
+
+    for c in [&mut b1, &mut b2] {
+        let m = c.message().await;
+        assert_eq!(m["data"]["id"], "1");
+        assert_eq!(tags(&m), [(cats.clone(), Some("b-cats".to_owned()))]);
+        let m = c.message().await;
+        assert_eq!(m["data"]["id"], "2");
+        assert_eq!(tags(&m), [(dogs.clone(), Some("b-dogs".to_owned()))]);
+        let m = c.message().await;
+        assert_eq!(
+            m["data"]["id"], "4",
+            "message 3 matched none of backend's rules"
+        );
+        assert_eq!(tags(&m), [(cats.clone(), Some("b-cats".to_owned()))]);
+    }
+    let m = n1.message().await;
+    assert_eq!(
+        m["data"]["id"], "2",
+        "message 1 matched none of narrow's rules"
+    );
+    assert_eq!(tags(&m), [(dogs.clone(), Some("n-dogs".to_owned()))]);
+    let m = n1.message().await;
+    assert_eq!(m["data"]["id"], "3");
+    assert_eq!(
+        tags(&m),
+        [(birds.clone(), None)],
+        "a rule without a tag has none"
+    );
+    let m = n1.message().await;
+    assert_eq!(m["data"]["id"], "4");
+    assert_eq!(tags(&m), [(birds.clone(), None)]);
+    assert_eq!(
+        m["data"]["text"], "post 4",
+        "the rest of the message is X's"
+    );
+
+    assert_eq!(fake.live().counts(), (1, 0, 1), "one connection at X");
+    let stream_requests = fake.requests_to(FILTERED);
+    assert!(
+        stream_requests.iter().all(|r| r.header("authorization")
+            == Some(&format!("Bearer {}", crate::support::fake_x::BEARER)[..])),
+        "the App's Bearer token"
+    );
+}
+
+/// One X rule per value: the same value from two clients is one rule, kept while either
+/// refers to it and deleted at X with the last; a client sees and deletes only its own.
+#[tokio::test]
+async fn one_rule_at_x_per_value_and_each_client_sees_its_own() {
+    let fake = fake().await;
+    let proxy = Proxy::start(&config(&fake).toml()).await;
+    let b = add(&proxy, KEY, json!([{"value": "dogs", "tag": "mine"}])).await;
+    let n = add(
+        &proxy,
+        NARROW_KEY,
+        json!([{"value": "dogs"}, {"value": "birds", "tag": "n"}]),
+    )
+    .await;
+    assert_eq!(fake.live().rules().len(), 2, "dogs once, birds");
+    assert_eq!(b["data"][0]["id"], n["data"][0]["id"], "one X rule");
+
+    let listed = get_rules(&proxy, KEY, "").await;
+    assert_eq!(
+        listed["data"],
+        json!([{"id": fake.live().id_of("dogs"), "value": "dogs", "tag": "mine"}])
+    );
+    assert_eq!(listed["meta"]["result_count"], 1);
+    let listed = get_rules(&proxy, NARROW_KEY, "?max_results=1").await;
+    assert_eq!(listed["data"].as_array().unwrap().len(), 1);
+    let token = listed["meta"]["next_token"].as_str().unwrap().to_owned();
+    let page2 = get_rules(
+        &proxy,
+        NARROW_KEY,
+        &format!("?max_results=1&pagination_token={token}"),
+    )
+    .await;
+    assert_eq!(page2["data"][0]["value"], "birds");
+    assert!(page2["meta"].get("next_token").is_none());
+
+    // A duplicate of the client's own rule: X's DuplicateRule, nothing created.
+    let dup = post_rules(&proxy, KEY, "", json!({"add": [{"value": "dogs"}]})).await;
+    let dup: Value = serde_json::from_slice(&dup.body).unwrap();
+    assert_eq!(dup["errors"][0]["title"], "DuplicateRule", "{dup}");
+    assert_eq!(dup["meta"]["summary"]["created"], 0);
+
+    // backend deletes its dogs: the rule stays at X for narrow.
+    let dogs = fake.live().id_of("dogs");
+    let del = post_rules(&proxy, KEY, "", json!({"delete": {"ids": [dogs]}})).await;
+    let del: Value = serde_json::from_slice(&del.body).unwrap();
+    assert_eq!(del["meta"]["summary"]["deleted"], 1, "{del}");
+    assert_eq!(fake.live().rules().len(), 2);
+    assert_eq!(get_rules(&proxy, KEY, "").await["meta"]["result_count"], 0);
+    // Another client's rule cannot be deleted by id: it is not this client's.
+    let birds = fake.live().id_of("birds");
+    let other = post_rules(&proxy, KEY, "", json!({"delete": {"ids": [birds]}})).await;
+    let other: Value = serde_json::from_slice(&other.body).unwrap();
+    assert_eq!(other["meta"]["summary"]["not_deleted"], 1, "{other}");
+    assert_eq!(fake.live().rules().len(), 2);
+
+    // narrow deletes dogs by value, then everything: X has no rule left.
+    let del = post_rules(
+        &proxy,
+        NARROW_KEY,
+        "",
+        json!({"delete": {"values": ["dogs"]}}),
+    )
+    .await;
+    assert_eq!(del.status, 200, "{}", del.text());
+    assert_eq!(fake.live().rules().len(), 1);
+    let all = post_rules(&proxy, NARROW_KEY, "?delete_all=true", json!({})).await;
+    assert_eq!(all.status, 200, "{}", all.text());
+    assert!(fake.live().rules().is_empty());
+
+    // dry_run reaches X as dry_run, and changes nothing.
+    let dry = post_rules(
+        &proxy,
+        KEY,
+        "?dry_run=true",
+        json!({"add": [{"value": "fish"}]}),
+    )
+    .await;
+    assert_eq!(dry.status, 200, "{}", dry.text());
+    assert!(fake.live().rules().is_empty());
+    assert_eq!(get_rules(&proxy, KEY, "").await["meta"]["result_count"], 0);
+    let calls = fake.live().rule_calls.lock().unwrap().clone();
+    assert!(calls.iter().any(|(m, b)| m == "POST" && b.contains("fish")));
+
+    // X's own rejection of a rule comes back in X's shape.
+    let bad = post_rules(&proxy, KEY, "", json!({"add": [{"value": "INVALID ("}]})).await;
+    let bad: Value = serde_json::from_slice(&bad.body).unwrap();
+    assert_eq!(bad["errors"][0]["value"], "INVALID (", "{bad}");
+    assert_eq!(bad["meta"]["summary"]["invalid"], 1);
+}
+
+/// More rules than `streams.max_rules` at X: X's rule-cap shape, answered locally.
+#[tokio::test]
+async fn the_rule_cap_is_answered_locally() {
+    let fake = fake().await;
+    let proxy = Proxy::start(&config(&fake).section("streams", "max_rules", 2).toml()).await;
+    add(&proxy, KEY, json!([{"value": "a"}])).await;
+    // A value another client has is no new rule at X.
+    add(&proxy, NARROW_KEY, json!([{"value": "a"}, {"value": "b"}])).await;
+    let calls = fake.live().rule_calls.lock().unwrap().len();
+    let over = post_rules(&proxy, KEY, "", json!({"add": [{"value": "c"}]})).await;
+    assert_eq!(over.status, 400);
+    let over: Value = serde_json::from_slice(&over.body).unwrap();
+    assert_eq!(over["errors"][0]["title"], "RulesCapExceeded", "{over}");
+    assert!(
+        over["errors"][0]["type"]
+            .as_str()
+            .unwrap()
+            .ends_with("/rule-cap")
+    );
+    assert_eq!(
+        fake.live().rule_calls.lock().unwrap().len(),
+        calls,
+        "X was not asked"
+    );
+    assert_eq!(fake.live().rules().len(), 2);
+}
+
+/// The mapping is in the store: after a restart the clients' rules are there, a rule X lost
+/// is added again, and a rule at X that xgate does not know is left alone.
+#[tokio::test]
+async fn rules_survive_a_restart_and_are_reconciled_with_x() {
+    let fake = fake().await;
+    let dir = crate::support::scratch("stream-rules");
+    let toml = config(&fake).toml();
+    let proxy = Proxy::start_in(&toml, &dir).await;
+    add(
+        &proxy,
+        KEY,
+        json!([{"value": "cats", "tag": "c"}, {"value": "dogs"}]),
+    )
+    .await;
+    proxy.stop().await.unwrap();
+
+    fake.live().forget("cats");
+    let foreign = fake.live().add_foreign("added elsewhere");
+    let proxy = Proxy::start_in(&toml, &dir).await;
+    let listed = get_rules(&proxy, KEY, "").await;
+    let values: Vec<&str> = listed["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["value"].as_str().unwrap())
+        .collect();
+    assert_eq!(values, ["cats", "dogs"], "{listed}");
+    let cats = fake.live().id_of("cats");
+    assert_eq!(
+        listed["data"][0]["id"],
+        cats.as_str(),
+        "cats again, with X's new id"
+    );
+    assert_eq!(listed["data"][0]["tag"], "c");
+    assert!(
+        fake.live().rules().iter().any(|r| r.id == foreign),
+        "left alone"
+    );
+    crate::support::logs::wait_for_line(|l| {
+        l.contains("not added through xgate") && l.contains(&foreign)
+    })
+    .await;
+}
+
+/// A consumer whose client has no rules gets X's 409, and X is not asked.
+#[tokio::test]
+async fn a_consumer_without_rules_gets_409() {
+    let fake = fake().await;
+    let proxy = Proxy::start(&config(&fake).toml()).await;
+    add(&proxy, KEY, json!([{"value": "cats"}])).await;
+    let refused = Consumer::connect(proxy.addr, NARROW_KEY, FILTERED)
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(refused.status, 409, "{}", refused.text());
+    let body: Value = serde_json::from_slice(&refused.body).unwrap();
+    assert_eq!(body["title"], "ConnectionException");
+    assert_eq!(fake.live().counts(), (0, 0, 0));
+}
+
+/// A consumer that stops reading is dropped once `consumer_buffer_bytes` are queued for it;
+/// the fast consumer gets every message in order.
+#[tokio::test]
+async fn a_slow_consumer_is_dropped_and_a_fast_one_gets_every_message() {
+    let fake = fake().await;
+    let proxy = Proxy::start(
+        &config(&fake)
+            .section("streams", "consumer_buffer_bytes", 65_536)
+            .toml(),
+    )
+    .await;
+    add(&proxy, KEY, json!([{"value": "all"}])).await;
+    let all = fake.live().id_of("all");
+    let mut fast = Consumer::connect(proxy.addr, KEY, FILTERED).await.unwrap();
+    // The slow one sends its request and never reads.
+    let mut slow = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(
+        &mut slow,
+        format!("GET {FILTERED} HTTP/1.1\r\nhost: x\r\nx-xgate-key: {KEY}\r\nx-xgate-identity: main\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    wait_metric(&proxy, "xgate_stream_consumers{app=\"main\"", 2.0).await;
+    // 24 MB, at a pace the fast consumer keeps up with (X's is 250 Posts/s): more than the
+    // slow consumer's socket buffers and its queue hold.
+    let filler = "x".repeat(4000);
+    let n = 6000;
+    for batch in 0..n / 8 {
+        for i in batch * 8..batch * 8 + 8 {
+            let line = json!({"data": {"id": i.to_string(), "text": filler}, "matching_rules": [{"id": all, "tag": "t"}]});
+            fake.live().send(&line.to_string());
+        }
+        for i in batch * 8..batch * 8 + 8 {
+            let m = fast.message().await;
+            assert_eq!(m["data"]["id"], i.to_string(), "in order, none missing");
+        }
+    }
+    let m = metrics(&proxy).await;
+    assert_eq!(
+        metric(&m, "xgate_stream_consumers_dropped_total{app=\"main\""),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(metric(&m, "xgate_stream_consumers{app=\"main\""), 1.0);
+    crate::support::logs::wait_for_line(|l| {
+        l.contains("fell streams.consumer_buffer_bytes behind")
+    })
+    .await;
+    drop(slow);
+}
+
+/// X drops the connection: the consumers stay connected, xgate connects again at once, and
+/// messages resume.
+#[tokio::test]
+async fn consumers_stay_connected_while_xgate_reconnects() {
+    let fake = fake().await;
+    let proxy = Proxy::start(&config(&fake).toml()).await;
+    add(&proxy, KEY, json!([{"value": "cats"}])).await;
+    let cats = fake.live().id_of("cats");
+    let mut c = Consumer::connect(proxy.addr, KEY, FILTERED).await.unwrap();
+    wait_open(&fake, 1).await;
+    fake.live().send(&message(1, &[&cats]));
+    assert_eq!(c.message().await["data"]["id"], "1");
+    fake.live().cut();
+    wait_open(&fake, 2).await;
+    fake.live().send(&message(2, &[&cats]));
+    assert_eq!(c.message().await["data"]["id"], "2");
+    let m = metrics(&proxy).await;
+    assert_eq!(
+        metric(
+            &m,
+            "xgate_stream_reconnects_total{app=\"main\",cause=\"ended\""
+        ),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(metric(&m, "xgate_stream_upstream_up{app=\"main\""), 1.0);
+}
+
+/// However many consumers, X sees one connection; past `max_consumers` a consumer gets 429;
+/// the connection closes `linger` after the last one left, and the consumer's access record
+/// says what it was delivered.
+#[tokio::test]
+async fn one_connection_for_many_consumers_closed_after_linger() {
+    let fake = fake().await;
+    let proxy = Proxy::start(
+        &config(&fake)
+            .section("streams", "max_consumers", 4)
+            .section("streams", "linger", "200ms")
+            .toml(),
+    )
+    .await;
+    add(&proxy, KEY, json!([{"value": "cats"}])).await;
+    add(&proxy, NARROW_KEY, json!([{"value": "dogs"}])).await;
+    let cats = fake.live().id_of("cats");
+    let mut consumers = Vec::new();
+    for key in [KEY, KEY, NARROW_KEY, NARROW_KEY] {
+        consumers.push(Consumer::connect(proxy.addr, key, FILTERED).await.unwrap());
+    }
+    wait_open(&fake, 1).await;
+    let crowded = Consumer::connect(proxy.addr, KEY, FILTERED)
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(crowded.status, 429);
+    assert_eq!(crowded.kind(), Some("rate-limited"));
+    fake.live().send(&message(7, &[&cats]));
+    assert_eq!(consumers[0].message().await["data"]["id"], "7");
+    let m = metrics(&proxy).await;
+    assert_eq!(
+        metric(&m, "xgate_stream_consumers{app=\"main\""),
+        4.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "xgate_stream_messages_total{client=\"backend\""),
+        2.0,
+        "both of backend's consumers"
+    );
+    assert_eq!(fake.live().counts(), (1, 0, 1));
+    drop(consumers);
+    assert!(
+        fake.wait_until(Duration::from_secs(10), |f| f.live().counts().2 == 0)
+            .await,
+        "closed after linger"
+    );
+    crate::support::logs::wait_for_line(|l| {
+        l.contains("xgate::access")
+            && l.contains("/2/tweets/search/stream")
+            && l.contains("messages=1")
+    })
+    .await;
+}
+
+/// The sample stream has no rules: every consumer gets every message as X sent it.
+#[tokio::test]
+async fn the_sample_stream_goes_to_every_consumer_unchanged() {
+    let fake = fake().await;
+    fake.live().serve("/2/tweets/sample/stream");
+    let proxy = Proxy::start(&config(&fake).toml()).await;
+    let mut a = Consumer::connect(proxy.addr, KEY, "/2/tweets/sample/stream")
+        .await
+        .unwrap();
+    let mut b = Consumer::connect(proxy.addr, NARROW_KEY, "/2/tweets/sample/stream")
+        .await
+        .unwrap();
+    wait_open(&fake, 1).await;
+    let line = r#"{"data":{"id":"42","text":"sampled"}}"#;
+    fake.live().send(line);
+    assert_eq!(a.line().await, format!("{line}\r\n"));
+    assert_eq!(b.line().await, format!("{line}\r\n"));
+    assert_eq!(fake.live().counts(), (1, 0, 1));
+}
