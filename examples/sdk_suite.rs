@@ -329,7 +329,8 @@ async fn run_runner(
 /// A tweet line of a stream.
 fn stream_line(id: &str) -> String {
     format!(
-        "{{\"data\":{{\"id\":\"{id}\",\"text\":\"streamed {id}\",\"edit_history_tweet_ids\":[\"{id}\"]}},\"matching_rules\":[{{\"id\":\"1\",\"tag\":\"suite\"}}]}}\r\n"
+        "{{\"data\":{{\"id\":\"{id}\",\"text\":\"streamed {id}\",\"edit_history_tweet_ids\":[\"{id}\"]}},\"matching_rules\":[{{\"id\":\"{rule}\",\"tag\":\"xgate:suite\"}}]}}\r\n",
+        rule = fake_x::live::rule_id(1)
     )
 }
 
@@ -425,6 +426,9 @@ fn script(fake: &FakeX) -> u64 {
         .header("x-rate-limit-remaining", "0")
         .header("x-rate-limit-reset", &reset.to_string()),
     );
+    // The rules are X's own (FakeX keeps them); the stream is scripted, its posts matching
+    // the first rule FakeX creates: the one the SDK adds through xgate.
+    fake.live().serve("/2/tweets/search/stream/rules");
     for stream in ["/2/tweets/search/stream", "/2/tweets/sample/stream"] {
         fake.route(
             Some(Method::GET),
@@ -623,6 +627,22 @@ async fn check(
                 strings(field(out, "ids")) == ["100", "101", "101"],
                 unexpected,
             )?;
+            if scenario == "stream_filtered" {
+                // The SDK's rule methods, through xgate: the client's own rule, its own tag.
+                let want = serde_json::json!([{"value": "from:XDevelopers", "tag": "suite"}]);
+                expect(field(out, "rules") == &want, || {
+                    format!("the SDK listed the rules {}", field(out, "rules"))
+                })?;
+                let at_x = fake.live().rules();
+                expect(
+                    at_x.len() == 1
+                        && at_x
+                            .first()
+                            .and_then(|r| r.tag.as_deref())
+                            .is_some_and(|t| t.starts_with("xgate:")),
+                    || format!("X holds {at_x:?}"),
+                )?;
+            }
             // X sends a post every 300 ms for a minute: the SDK had its posts while the stream
             // went on (not at its end), as they were sent (the third at least two ticks after
             // the first, whatever a loaded machine does to a single gap).
@@ -633,7 +653,10 @@ async fn check(
             expect(gaps.len() == 2 && gaps.iter().sum::<u64>() >= 400, || {
                 format!("the posts arrived {gaps:?} ms apart (X sent one every 300 ms)")
             })?;
-            let r = to(sent, "GET", path);
+            let r: Vec<Recorded> = to(sent, "GET", path)
+                .into_iter()
+                .filter(|r| r.target.split('?').next() == Some(path))
+                .collect();
             let r = only(&r)?;
             expect(valid_bearer(r), || format!("X saw {:?}", r.auth))?;
             let target = r.target.clone();
@@ -699,6 +722,8 @@ name = "narrow"
 key_sha256 = "{narrow}"
 identities = ["main"]
 default_identity = "main"
+[streams]
+linger = "0s"
 [limits]
 on_exhausted = "{on_exhausted}"
 max_wait = "5s"

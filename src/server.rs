@@ -267,6 +267,9 @@ pub async fn run(
     let shutting_down = tokio::time::Instant::now();
     readiness.set(false);
     drop(listeners.proxy);
+    // Stream consumers end now (they reconnect, to another replica if there is one), and
+    // the App's one connection to X is let go.
+    state.streams().shutdown();
     let _receivers_gone = stop_tx.send(true);
     let drained = tokio::time::timeout(config.server.shutdown_grace, async {
         while conns.join_next().await.is_some() {}

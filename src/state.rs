@@ -169,19 +169,24 @@ impl State {
                 stored,
             });
         }
-        let streams = Arc::new(Streams::new(crate::streams::Parts {
-            credentials: Arc::clone(&credentials),
-            identities: Arc::clone(&identities),
-            upstream: Arc::clone(&upstream),
-            limiter: Arc::clone(&limiter),
-            catalogue: Arc::clone(&catalogue),
-            store: opened,
-            metrics: metrics.streams(),
-            config: config.streams.clone(),
-            idle: config.server.idle_timeout,
-            clock: Arc::clone(&clock),
-        }));
+        let streams = Arc::new(
+            Streams::new(crate::streams::Parts {
+                credentials: Arc::clone(&credentials),
+                identities: Arc::clone(&identities),
+                upstream: Arc::clone(&upstream),
+                limiter: Arc::clone(&limiter),
+                catalogue: Arc::clone(&catalogue),
+                store: opened,
+                metrics: metrics.streams(),
+                config: config.streams.clone(),
+                idle: config.server.idle_timeout,
+                clock: Arc::clone(&clock),
+                shared: config.shared.clone(),
+            })
+            .map_err(SetupError::Shared)?,
+        );
         streams.reconcile_in_background();
+        streams.follow_rules_changes();
         let changes = store.as_ref().and_then(|s| s.changes());
         let oauth2 = Arc::new(Oauth2Users::new(
             users,
@@ -231,6 +236,11 @@ impl State {
     /// The rate limits.
     pub fn limiter(&self) -> &Limiter {
         &self.limiter
+    }
+
+    /// The shared streams.
+    pub fn streams(&self) -> &Arc<Streams> {
+        &self.streams
     }
 
     /// The meter: prices, budgets, spend.

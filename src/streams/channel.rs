@@ -276,6 +276,23 @@ impl Channel {
         self.phase.send_replace(Phase::Closed);
     }
 
+    /// Ends every consumer's stream (after what is queued for it) and stops the reader: the
+    /// proxy is shutting down.
+    pub fn stop(&self) {
+        self.closed();
+        let mut consumers = self.lock();
+        for slot in consumers.drain(..) {
+            slot.queue.close();
+        }
+        self.counted(0);
+    }
+
+    /// Resolves once the channel is closed.
+    async fn stopped(&self) {
+        let mut rx = self.phase.subscribe();
+        let _closed = rx.wait_for(|p| matches!(p, Phase::Closed)).await;
+    }
+
     /// The phase, once the first connect is answered (or the channel closed).
     pub async fn settled(&self) -> Phase {
         let mut rx = self.phase.subscribe();
@@ -307,6 +324,9 @@ impl Channel {
         let mut ever_up = false;
         let mut after: Option<Cause> = None;
         loop {
+            if matches!(*self.phase.borrow(), Phase::Closed) {
+                return;
+            }
             if self.consumers() == 0 {
                 let mut rx = self.count.subscribe();
                 tokio::select! {
@@ -316,10 +336,15 @@ impl Channel {
                         }
                     }
                     _ = rx.wait_for(|n| *n > 0) => {}
+                    () = self.stopped() => return,
                 }
                 continue;
             }
-            let wait = match self.source.open().await {
+            let opened = tokio::select! {
+                opened = self.source.open() => opened,
+                () = self.stopped() => return,
+            };
+            let wait = match opened {
                 Opened::Up(body) => {
                     if let Some(cause) = after.take() {
                         self.metrics.reconnect(cause.as_str());
@@ -333,7 +358,7 @@ impl Channel {
                     lines.reset();
                     self.metrics.upstream_up.set(0);
                     let Some(cause) = ended else {
-                        tracing::info!(app = %self.app, endpoint = %self.endpoint, cause = "linger", "stream disconnected from X: no consumer for streams.linger");
+                        tracing::info!(app = %self.app, endpoint = %self.endpoint, cause = "no_consumer", "stream disconnected from X: no consumer left (streams.linger, or shutting down)");
                         if self.close(&closer) {
                             return;
                         }
@@ -392,6 +417,7 @@ impl Channel {
                         return;
                     }
                 }
+                () = self.stopped() => return,
             }
         }
     }
@@ -432,6 +458,7 @@ impl Channel {
                     }
                 },
                 () = &mut deserted => return None,
+                () = self.stopped() => return None,
             }
         }
     }

@@ -13,6 +13,7 @@ pub mod backoff;
 pub mod channel;
 pub mod line;
 pub mod queue;
+pub mod relay;
 pub mod rules;
 
 use std::collections::HashMap;
@@ -268,6 +269,8 @@ pub struct Parts {
     pub idle: Duration,
     /// The clock (`meta.sent` of rule answers).
     pub clock: Arc<dyn crate::clock::Clock>,
+    /// `[shared]`: one replica holds each App's stream, the others follow it through Redis.
+    pub shared: Option<crate::config::Shared>,
 }
 
 /// The shared streams and the clients' rules.
@@ -280,6 +283,7 @@ pub struct Streams {
     settings: Settings,
     catalogue: Arc<Catalogue>,
     identities: Arc<Identities>,
+    relay: Option<Arc<relay::Relay>>,
 }
 
 /// What a request to a stream or rules endpoint is, for [`Streams`].
@@ -293,7 +297,23 @@ pub enum Kind {
 
 impl Streams {
     /// The streams, with no channel open yet.
-    pub fn new(parts: Parts) -> Self {
+    pub fn new(parts: Parts) -> Result<Self, String> {
+        let relay = match &parts.shared {
+            Some(shared) => {
+                let mut id = [0u8; 4];
+                getrandom::getrandom(&mut id).map_err(|e| format!("randomness: {e}"))?;
+                let replica = format!(
+                    "{}-{:02x}{:02x}{:02x}{:02x}",
+                    std::process::id(),
+                    id[0],
+                    id[1],
+                    id[2],
+                    id[3]
+                );
+                Some(Arc::new(relay::Relay::new(shared, replica)?))
+            }
+            None => None,
+        };
         let x = Arc::new(XApi {
             credentials: parts.credentials,
             identities: Arc::clone(&parts.identities),
@@ -302,7 +322,7 @@ impl Streams {
             catalogue: Arc::clone(&parts.catalogue),
             idle: parts.idle,
         });
-        Self {
+        Ok(Self {
             hub: Arc::new(Hub::default()),
             rules: rules::Rules::new(
                 Arc::clone(&x),
@@ -310,6 +330,7 @@ impl Streams {
                 Arc::clone(&parts.identities),
                 parts.config.max_rules,
                 parts.clock,
+                relay.clone(),
             ),
             x,
             metrics: parts.metrics,
@@ -320,7 +341,56 @@ impl Streams {
             },
             catalogue: parts.catalogue,
             identities: parts.identities,
+            relay,
+        })
+    }
+
+    /// Ends every consumer's stream and closes every connection to X (shutdown: consumers
+    /// reconnect, to another replica if there is one).
+    pub fn shutdown(&self) {
+        let channels: Vec<Arc<Channel>> = self.hub.lock().drain().map(|(_, c)| c).collect();
+        for channel in channels {
+            channel.stop();
         }
+    }
+
+    /// With `[shared]`: follows the other replicas' rules changes (their clients' rules
+    /// route this replica's messages too).
+    pub fn follow_rules_changes(self: &Arc<Self>) {
+        let Some(relay) = self.relay.clone() else {
+            return;
+        };
+        let streams = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let channel = relay.rules_channel();
+            // Bounded only by the process: a lost subscription is made again after a pause.
+            loop {
+                match relay.subscribe(&channel).await {
+                    Ok(mut messages) => {
+                        while let Some(msg) = std::future::poll_fn(|cx| {
+                            futures_core::Stream::poll_next(Pin::new(&mut messages), cx)
+                        })
+                        .await
+                        {
+                            let Some(streams) = streams.upgrade() else {
+                                return;
+                            };
+                            let app = String::from_utf8_lossy(msg.get_payload_bytes()).into_owned();
+                            if let Some(id) = streams.identities.find(&app) {
+                                streams.rules.reload(id).await;
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "not following the other replicas' stream rules changes; retrying in 5 s");
+                    }
+                }
+                if streams.strong_count() == 0 {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        });
     }
 
     /// Whether `endpoint` is one [`Streams`] answers, and how.
@@ -394,16 +464,25 @@ impl Streams {
         let (channel, (id, queue)) = {
             let mut channels = self.hub.lock();
             let channel = channels.entry((app, endpoint)).or_insert_with(|| {
-                let source = XStream {
+                let x: Box<dyn Source> = Box::new(XStream {
                     x: Arc::clone(&self.x),
                     app,
                     target: target.to_owned(),
+                });
+                let source: Box<dyn Source> = match &self.relay {
+                    Some(relay) => Box::new(relay::SharedSource::new(
+                        Arc::clone(relay),
+                        x,
+                        &app_name,
+                        name,
+                    )),
+                    None => x,
                 };
                 let channel = Channel::new(
                     Arc::clone(&app_name),
                     Arc::from(name),
                     routes,
-                    Box::new(source),
+                    source,
                     self.settings,
                     self.metrics.handles(&app_name, name),
                 );

@@ -69,6 +69,9 @@ pub struct Rules {
     identities: Arc<Identities>,
     max_rules: usize,
     clock: Arc<dyn Clock>,
+    /// With `[shared]`: rules changes are announced, and the book is read again from the
+    /// shared store before each use (another replica may have changed it).
+    relay: Option<Arc<super::relay::Relay>>,
     books: Mutex<HashMap<IdentityId, Arc<tokio::sync::Mutex<Book>>>>,
     routes: Mutex<HashMap<IdentityId, Arc<RouteTable>>>,
 }
@@ -210,6 +213,7 @@ impl Rules {
         identities: Arc<Identities>,
         max_rules: usize,
         clock: Arc<dyn Clock>,
+        relay: Option<Arc<super::relay::Relay>>,
     ) -> Self {
         Self {
             x,
@@ -217,6 +221,7 @@ impl Rules {
             identities,
             max_rules,
             clock,
+            relay,
             books: Mutex::new(HashMap::new()),
             routes: Mutex::new(HashMap::new()),
         }
@@ -238,7 +243,7 @@ impl Rules {
             Arc::clone(books.entry(app).or_default())
         };
         let mut book = book.lock_owned().await;
-        if !book.ready {
+        if !book.ready || self.relay.is_some() {
             let name = Arc::clone(&self.identities.get(app).name);
             let rows = self
                 .store
@@ -246,11 +251,20 @@ impl Rules {
                 .await
                 .map_err(|e| store_failed(&e))?;
             book.rows = rows;
-            self.reconcile(app, &name, &mut book).await?;
-            book.ready = true;
+            if !book.ready {
+                self.reconcile(app, &name, &mut book).await?;
+                book.ready = true;
+            }
             self.routes(app).store(book.routes());
         }
         Ok(book)
+    }
+
+    /// Reads `app`'s rules from the store again (another replica changed them).
+    pub async fn reload(&self, app: IdentityId) {
+        if let Err(e) = self.book(app).await {
+            tracing::warn!(app = %self.identities.get(app).name, error = %e, "stream rules not read again after another replica changed them");
+        }
     }
 
     /// Whether the store holds rules of `app` (a store that cannot be read: as if it did, so
@@ -416,6 +430,9 @@ impl Rules {
         };
         if !dry_run {
             self.routes(app).store(book.routes());
+            if let Some(relay) = &self.relay {
+                relay.rules_changed(&self.identities.get(app).name).await;
+            }
         }
         Ok(resp)
     }

@@ -226,7 +226,7 @@ async fn a_streams_messages_are_billed_as_they_are_delivered() {
     let proxy = Proxy::start(&TestConfig::new(&fake.base_url()).toml()).await;
     fake.live().serve("/2/tweets/search/stream");
     crate::streams::add(
-        &proxy,
+        proxy.addr,
         crate::support::proxy::KEY,
         serde_json::json!([{"value": "cats"}]),
     )

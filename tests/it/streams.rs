@@ -32,29 +32,29 @@ fn config(fake: &FakeX) -> TestConfig {
 }
 
 /// `POST …/rules` as the client of `key`.
-async fn post_rules(proxy: &Proxy, key: &str, query: &str, body: Value) -> Answer {
+async fn post_rules(addr: SocketAddr, key: &str, query: &str, body: Value) -> Answer {
     let req = request("POST", &format!("{RULES}{query}"))
         .header("x-xgate-key", key)
         .header("x-xgate-identity", "main")
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from(body.to_string())))
         .unwrap();
-    send(proxy.addr, req).await
+    send(addr, req).await
 }
 
-async fn get_rules(proxy: &Proxy, key: &str, query: &str) -> Value {
+async fn get_rules(addr: SocketAddr, key: &str, query: &str) -> Value {
     let req = request("GET", &format!("{RULES}{query}"))
         .header("x-xgate-key", key)
         .header("x-xgate-identity", "main")
         .body(Full::default())
         .unwrap();
-    let answer = send(proxy.addr, req).await;
+    let answer = send(addr, req).await;
     assert_eq!(answer.status, 200, "{}", answer.text());
     serde_json::from_slice(&answer.body).unwrap()
 }
 
-pub(crate) async fn add(proxy: &Proxy, key: &str, rules: Value) -> Value {
-    let answer = post_rules(proxy, key, "", json!({ "add": rules })).await;
+pub(crate) async fn add(addr: SocketAddr, key: &str, rules: Value) -> Value {
+    let answer = post_rules(addr, key, "", json!({ "add": rules })).await;
     assert!(
         answer.status.is_success(),
         "{} {}",
@@ -106,6 +106,26 @@ impl Consumer {
             }
         }
         panic!("no line");
+    }
+
+    /// The next message within `limit` (keep-alives skipped), or `None`.
+    async fn try_message(&mut self, limit: Duration) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + limit;
+        for _ in 0..10_000 {
+            while let Some(at) = self.buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=at).collect();
+                if !line.trim_ascii().is_empty() {
+                    return Some(serde_json::from_slice(&line).unwrap());
+                }
+            }
+            let frame = tokio::time::timeout_at(deadline, self.body.frame())
+                .await
+                .ok()?;
+            if let Ok(data) = frame.expect("the stream ended").unwrap().into_data() {
+                self.buf.extend_from_slice(&data);
+            }
+        }
+        None
     }
 
     /// The next message, skipping keep-alives, parsed.
@@ -182,14 +202,14 @@ async fn each_client_gets_exactly_its_messages_with_its_own_tags() {
     let fake = fake().await;
     let proxy = Proxy::start(&config(&fake).toml()).await;
     let b = add(
-        &proxy,
+        proxy.addr,
         KEY,
         json!([{"value": "cats", "tag": "b-cats"}, {"value": "dogs", "tag": "b-dogs"}]),
     )
     .await;
     assert_eq!(b["meta"]["summary"]["created"], 2, "{b}");
     let n = add(
-        &proxy,
+        proxy.addr,
         NARROW_KEY,
         json!([{"value": "dogs", "tag": "n-dogs"}, {"value": "birds"}]),
     )
@@ -270,9 +290,9 @@ async fn each_client_gets_exactly_its_messages_with_its_own_tags() {
 async fn one_rule_at_x_per_value_and_each_client_sees_its_own() {
     let fake = fake().await;
     let proxy = Proxy::start(&config(&fake).toml()).await;
-    let b = add(&proxy, KEY, json!([{"value": "dogs", "tag": "mine"}])).await;
+    let b = add(proxy.addr, KEY, json!([{"value": "dogs", "tag": "mine"}])).await;
     let n = add(
-        &proxy,
+        proxy.addr,
         NARROW_KEY,
         json!([{"value": "dogs"}, {"value": "birds", "tag": "n"}]),
     )
@@ -280,17 +300,17 @@ async fn one_rule_at_x_per_value_and_each_client_sees_its_own() {
     assert_eq!(fake.live().rules().len(), 2, "dogs once, birds");
     assert_eq!(b["data"][0]["id"], n["data"][0]["id"], "one X rule");
 
-    let listed = get_rules(&proxy, KEY, "").await;
+    let listed = get_rules(proxy.addr, KEY, "").await;
     assert_eq!(
         listed["data"],
         json!([{"id": fake.live().id_of("dogs"), "value": "dogs", "tag": "mine"}])
     );
     assert_eq!(listed["meta"]["result_count"], 1);
-    let listed = get_rules(&proxy, NARROW_KEY, "?max_results=1").await;
+    let listed = get_rules(proxy.addr, NARROW_KEY, "?max_results=1").await;
     assert_eq!(listed["data"].as_array().unwrap().len(), 1);
     let token = listed["meta"]["next_token"].as_str().unwrap().to_owned();
     let page2 = get_rules(
-        &proxy,
+        proxy.addr,
         NARROW_KEY,
         &format!("?max_results=1&pagination_token={token}"),
     )
@@ -299,28 +319,31 @@ async fn one_rule_at_x_per_value_and_each_client_sees_its_own() {
     assert!(page2["meta"].get("next_token").is_none());
 
     // A duplicate of the client's own rule: X's DuplicateRule, nothing created.
-    let dup = post_rules(&proxy, KEY, "", json!({"add": [{"value": "dogs"}]})).await;
+    let dup = post_rules(proxy.addr, KEY, "", json!({"add": [{"value": "dogs"}]})).await;
     let dup: Value = serde_json::from_slice(&dup.body).unwrap();
     assert_eq!(dup["errors"][0]["title"], "DuplicateRule", "{dup}");
     assert_eq!(dup["meta"]["summary"]["created"], 0);
 
     // backend deletes its dogs: the rule stays at X for narrow.
     let dogs = fake.live().id_of("dogs");
-    let del = post_rules(&proxy, KEY, "", json!({"delete": {"ids": [dogs]}})).await;
+    let del = post_rules(proxy.addr, KEY, "", json!({"delete": {"ids": [dogs]}})).await;
     let del: Value = serde_json::from_slice(&del.body).unwrap();
     assert_eq!(del["meta"]["summary"]["deleted"], 1, "{del}");
     assert_eq!(fake.live().rules().len(), 2);
-    assert_eq!(get_rules(&proxy, KEY, "").await["meta"]["result_count"], 0);
+    assert_eq!(
+        get_rules(proxy.addr, KEY, "").await["meta"]["result_count"],
+        0
+    );
     // Another client's rule cannot be deleted by id: it is not this client's.
     let birds = fake.live().id_of("birds");
-    let other = post_rules(&proxy, KEY, "", json!({"delete": {"ids": [birds]}})).await;
+    let other = post_rules(proxy.addr, KEY, "", json!({"delete": {"ids": [birds]}})).await;
     let other: Value = serde_json::from_slice(&other.body).unwrap();
     assert_eq!(other["meta"]["summary"]["not_deleted"], 1, "{other}");
     assert_eq!(fake.live().rules().len(), 2);
 
     // narrow deletes dogs by value, then everything: X has no rule left.
     let del = post_rules(
-        &proxy,
+        proxy.addr,
         NARROW_KEY,
         "",
         json!({"delete": {"values": ["dogs"]}}),
@@ -328,13 +351,13 @@ async fn one_rule_at_x_per_value_and_each_client_sees_its_own() {
     .await;
     assert_eq!(del.status, 200, "{}", del.text());
     assert_eq!(fake.live().rules().len(), 1);
-    let all = post_rules(&proxy, NARROW_KEY, "?delete_all=true", json!({})).await;
+    let all = post_rules(proxy.addr, NARROW_KEY, "?delete_all=true", json!({})).await;
     assert_eq!(all.status, 200, "{}", all.text());
     assert!(fake.live().rules().is_empty());
 
     // dry_run reaches X as dry_run, and changes nothing.
     let dry = post_rules(
-        &proxy,
+        proxy.addr,
         KEY,
         "?dry_run=true",
         json!({"add": [{"value": "fish"}]}),
@@ -342,12 +365,21 @@ async fn one_rule_at_x_per_value_and_each_client_sees_its_own() {
     .await;
     assert_eq!(dry.status, 200, "{}", dry.text());
     assert!(fake.live().rules().is_empty());
-    assert_eq!(get_rules(&proxy, KEY, "").await["meta"]["result_count"], 0);
+    assert_eq!(
+        get_rules(proxy.addr, KEY, "").await["meta"]["result_count"],
+        0
+    );
     let calls = fake.live().rule_calls.lock().unwrap().clone();
     assert!(calls.iter().any(|(m, b)| m == "POST" && b.contains("fish")));
 
     // X's own rejection of a rule comes back in X's shape.
-    let bad = post_rules(&proxy, KEY, "", json!({"add": [{"value": "INVALID ("}]})).await;
+    let bad = post_rules(
+        proxy.addr,
+        KEY,
+        "",
+        json!({"add": [{"value": "INVALID ("}]}),
+    )
+    .await;
     let bad: Value = serde_json::from_slice(&bad.body).unwrap();
     assert_eq!(bad["errors"][0]["value"], "INVALID (", "{bad}");
     assert_eq!(bad["meta"]["summary"]["invalid"], 1);
@@ -358,11 +390,16 @@ async fn one_rule_at_x_per_value_and_each_client_sees_its_own() {
 async fn the_rule_cap_is_answered_locally() {
     let fake = fake().await;
     let proxy = Proxy::start(&config(&fake).section("streams", "max_rules", 2).toml()).await;
-    add(&proxy, KEY, json!([{"value": "a"}])).await;
+    add(proxy.addr, KEY, json!([{"value": "a"}])).await;
     // A value another client has is no new rule at X.
-    add(&proxy, NARROW_KEY, json!([{"value": "a"}, {"value": "b"}])).await;
+    add(
+        proxy.addr,
+        NARROW_KEY,
+        json!([{"value": "a"}, {"value": "b"}]),
+    )
+    .await;
     let calls = fake.live().rule_calls.lock().unwrap().len();
-    let over = post_rules(&proxy, KEY, "", json!({"add": [{"value": "c"}]})).await;
+    let over = post_rules(proxy.addr, KEY, "", json!({"add": [{"value": "c"}]})).await;
     assert_eq!(over.status, 400);
     let over: Value = serde_json::from_slice(&over.body).unwrap();
     assert_eq!(over["errors"][0]["title"], "RulesCapExceeded", "{over}");
@@ -389,7 +426,7 @@ async fn rules_survive_a_restart_and_are_reconciled_with_x() {
     let toml = config(&fake).toml();
     let proxy = Proxy::start_in(&toml, &dir).await;
     add(
-        &proxy,
+        proxy.addr,
         KEY,
         json!([{"value": "cats", "tag": "c"}, {"value": "dogs"}]),
     )
@@ -399,7 +436,7 @@ async fn rules_survive_a_restart_and_are_reconciled_with_x() {
     fake.live().forget("cats");
     let foreign = fake.live().add_foreign("added elsewhere");
     let proxy = Proxy::start_in(&toml, &dir).await;
-    let listed = get_rules(&proxy, KEY, "").await;
+    let listed = get_rules(proxy.addr, KEY, "").await;
     let values: Vec<&str> = listed["data"]
         .as_array()
         .unwrap()
@@ -429,7 +466,7 @@ async fn rules_survive_a_restart_and_are_reconciled_with_x() {
 async fn a_consumer_without_rules_gets_409() {
     let fake = fake().await;
     let proxy = Proxy::start(&config(&fake).toml()).await;
-    add(&proxy, KEY, json!([{"value": "cats"}])).await;
+    add(proxy.addr, KEY, json!([{"value": "cats"}])).await;
     let refused = Consumer::connect(proxy.addr, NARROW_KEY, FILTERED)
         .await
         .err()
@@ -451,7 +488,7 @@ async fn a_slow_consumer_is_dropped_and_a_fast_one_gets_every_message() {
             .toml(),
     )
     .await;
-    add(&proxy, KEY, json!([{"value": "all"}])).await;
+    add(proxy.addr, KEY, json!([{"value": "all"}])).await;
     let all = fake.live().id_of("all");
     let mut fast = Consumer::connect(proxy.addr, KEY, FILTERED).await.unwrap();
     // The slow one sends its request and never reads.
@@ -497,7 +534,7 @@ async fn a_slow_consumer_is_dropped_and_a_fast_one_gets_every_message() {
 async fn consumers_stay_connected_while_xgate_reconnects() {
     let fake = fake().await;
     let proxy = Proxy::start(&config(&fake).toml()).await;
-    add(&proxy, KEY, json!([{"value": "cats"}])).await;
+    add(proxy.addr, KEY, json!([{"value": "cats"}])).await;
     let cats = fake.live().id_of("cats");
     let mut c = Consumer::connect(proxy.addr, KEY, FILTERED).await.unwrap();
     wait_open(&fake, 1).await;
@@ -532,8 +569,8 @@ async fn one_connection_for_many_consumers_closed_after_linger() {
             .toml(),
     )
     .await;
-    add(&proxy, KEY, json!([{"value": "cats"}])).await;
-    add(&proxy, NARROW_KEY, json!([{"value": "dogs"}])).await;
+    add(proxy.addr, KEY, json!([{"value": "cats"}])).await;
+    add(proxy.addr, NARROW_KEY, json!([{"value": "dogs"}])).await;
     let cats = fake.live().id_of("cats");
     let mut consumers = Vec::new();
     for key in [KEY, KEY, NARROW_KEY, NARROW_KEY] {
@@ -592,4 +629,113 @@ async fn the_sample_stream_goes_to_every_consumer_unchanged() {
     assert_eq!(a.line().await, format!("{line}\r\n"));
     assert_eq!(b.line().await, format!("{line}\r\n"));
     assert_eq!(fake.live().counts(), (1, 0, 1));
+}
+
+/// Sends messages matching `rules` (ids from `*next`) until `consumer` has one whose id is at
+/// least `min` (bounded: 300 tries, 100 ms each).
+async fn until_received(
+    fake: &FakeX,
+    consumer: &mut Consumer,
+    rules: &[&str],
+    next: &mut u32,
+    min: u32,
+) -> Value {
+    for _ in 0..300 {
+        fake.live().send(&message(*next, rules));
+        *next += 1;
+        while let Some(m) = consumer.try_message(Duration::from_millis(100)).await {
+            if m["data"]["id"].as_str().unwrap().parse::<u32>().unwrap() >= min {
+                return m;
+            }
+        }
+    }
+    panic!("no message from id {min} within 30 s");
+}
+
+/// With `[shared]`: three replicas' consumers share one connection at X, held by one replica
+/// and relayed to the others through Redis, with the rules in PostgreSQL; the holder killed
+/// (`kill -9`), another replica takes the stream over within seconds and the consumers of the
+/// survivors keep their connections and get the messages again.
+#[tokio::test]
+async fn replicas_share_one_connection_and_another_takes_over_when_the_holder_dies() {
+    let Some(redis) = crate::support::engines::redis_url().await else {
+        return;
+    };
+    let Some(db) = crate::support::engines::Database::create().await else {
+        return;
+    };
+    let fake = fake().await;
+    let dir = crate::support::scratch("stream-replicas");
+    std::fs::write(
+        dir.join("proxy.toml"),
+        config(&fake)
+            .shared(&redis, &crate::support::engines::unique("xgs"))
+            .section("store", "url", db.url.as_str())
+            .toml(),
+    )
+    .unwrap();
+    let mut replicas = Vec::new();
+    for _ in 0..3 {
+        let served = crate::support::binary::serve(&dir, &[], &[]).await;
+        replicas.push((
+            served.addr,
+            crate::support::binary::KillOnDrop(served.child),
+        ));
+    }
+    let addr = |i: usize| replicas[i].0;
+    // Rules added on two replicas: one mapping, in the shared store.
+    add(addr(0), KEY, json!([{"value": "cats", "tag": "b"}])).await;
+    add(addr(1), NARROW_KEY, json!([{"value": "dogs", "tag": "n"}])).await;
+    assert_eq!(fake.live().rules().len(), 2);
+    let (cats, dogs) = (fake.live().id_of("cats"), fake.live().id_of("dogs"));
+
+    let mut c0 = Consumer::connect(addr(0), KEY, FILTERED).await.unwrap();
+    wait_open(&fake, 1).await;
+    let mut c1 = Consumer::connect(addr(1), KEY, FILTERED).await.unwrap();
+    let mut c2 = Consumer::connect(addr(2), NARROW_KEY, FILTERED)
+        .await
+        .unwrap();
+    let mut next = 1;
+    let both = [cats.as_str(), dogs.as_str()];
+    let m = until_received(&fake, &mut c1, &both, &mut next, 0).await;
+    assert_eq!(
+        tags(&m),
+        [(cats.clone(), Some("b".to_owned()))],
+        "routed by replica 1's own view of the rules"
+    );
+    let m = until_received(&fake, &mut c2, &both, &mut next, 0).await;
+    assert_eq!(tags(&m), [(dogs.clone(), Some("n".to_owned()))]);
+    assert_eq!(
+        c0.message().await["data"]["id"],
+        "1",
+        "the holder's own consumer"
+    );
+    assert_eq!(
+        fake.live().counts(),
+        (1, 0, 1),
+        "one connection at X for three replicas"
+    );
+
+    // The holder dies.
+    let (_, mut holder) = replicas.remove(0);
+    holder.0.kill().unwrap();
+    let _reaped = holder.0.wait();
+    assert!(
+        fake.wait_until(Duration::from_secs(30), |f| f.live().counts().0 == 2
+            && f.live().counts().2 == 1)
+            .await,
+        "no replica took the stream over: {:?}",
+        fake.live().counts()
+    );
+    let min = next + 10_000;
+    next = min;
+    let m = until_received(&fake, &mut c1, &both, &mut next, min).await;
+    assert_eq!(tags(&m), [(cats.clone(), Some("b".to_owned()))]);
+    until_received(&fake, &mut c2, &both, &mut next, min).await;
+    assert_eq!(
+        fake.live().counts(),
+        (2, 0, 1),
+        "never two connections at once"
+    );
+    drop(c0);
 }

@@ -133,6 +133,14 @@ async function runXdk(scenario) {
       return { status: 200 };
     case "stream_filtered":
     case "stream_sample": {
+      let rules = null;
+      if (scenario === "stream_filtered") {
+        // README: xdk-typescript-rules
+        await client.stream.updateRules({ add: [{ value: "from:XDevelopers", tag: "suite" }] });
+        const listed = await client.stream.getRules(); // this client's rules only, with X's ids
+        // README: end
+        rules = (listed.data ?? []).map((r) => ({ value: r.value, tag: r.tag }));
+      }
       const method = scenario === "stream_filtered" ? "posts" : "postsSample";
       const abort = new AbortController();
       const stream = await client.stream[method]({ signal: abort.signal });
@@ -141,7 +149,7 @@ async function runXdk(scenario) {
       stream.close(); // stops the SDK reading, but leaves the HTTP request open...
       abort.abort(); // ...which this ends, so X's one stream connection is free again
       // README: end
-      return got;
+      return { ...got, rules };
     }
     default:
       throw new Error(`unknown scenario ${scenario}`);
@@ -194,6 +202,14 @@ async function runTwitterApi(scenario) {
       return { status: 200 };
     case "stream_filtered":
     case "stream_sample": {
+      let rules = null;
+      if (scenario === "stream_filtered") {
+        // README: twitter-api-v2-rules
+        await client.v2.updateStreamRules({ add: [{ value: "from:XDevelopers", tag: "suite" }] });
+        const listed = await client.v2.streamRules(); // this client's rules only, with X's ids
+        // README: end
+        rules = (listed.data ?? []).map((r) => ({ value: r.value, tag: r.tag }));
+      }
       const stream =
         scenario === "stream_filtered"
           ? await client.v2.searchStream({ autoConnect: true })
@@ -201,7 +217,7 @@ async function runTwitterApi(scenario) {
       stream.autoReconnect = false;
       const got = await streamIds(stream, 3);
       stream.close();
-      return got;
+      return { ...got, rules };
     }
     default:
       throw new Error(`unknown scenario ${scenario}`);

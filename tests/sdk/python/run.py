@@ -137,13 +137,20 @@ def run_xdk(scenario):
     if scenario == "not_found":
         client.lists.get_by_id(id="1")
         return {"status": 200}
+    rules = None
+    if scenario == "stream_filtered":
+        # README: xdk-python-rules
+        client.stream.update_rules(body={"add": [{"value": "from:XDevelopers", "tag": "suite"}]})
+        rules = [r for page in client.stream.get_rules() for r in (get(page, "data") or [])]
+        # README: end
+        rules = [{"value": get(r, "value"), "tag": get(r, "tag")} for r in rules]
     if scenario in ("stream_filtered", "stream_sample"):
         method = client.stream.posts if scenario == "stream_filtered" else client.stream.posts_sample
         stream = method()
         ids, gaps = stream_ids(stream, 3)
         # Closing the generator closes its HTTP response, so xgate sees the client leave.
         stream.close()
-        return {"ids": ids, "gaps_ms": gaps}
+        return {"ids": ids, "gaps_ms": gaps, "rules": rules}
     raise SystemExit(f"unknown scenario {scenario}")
 
 
@@ -181,6 +188,8 @@ def run_tweepy(scenario):
         client.get_list("1")
         return {"status": 200}
     if scenario in ("stream_filtered", "stream_sample"):
+        import tweepy
+
         got = []
 
         def on_tweet(stream, tweet):
@@ -189,12 +198,18 @@ def run_tweepy(scenario):
                 stream.disconnect()
 
         stream = tweepy_stream(ToXgate, on_tweet)
+        rules = None
         if scenario == "stream_filtered":
+            # README: tweepy-rules
+            stream.add_rules(tweepy.StreamRule("from:XDevelopers", tag="suite"))
+            rules = stream.get_rules().data  # this client's rules only, with X's ids
+            # README: end
+            rules = [{"value": r.value, "tag": r.tag} for r in rules]
             stream.filter()
         else:
             stream.sample()
         gaps = [round((b[1] - a[1]) * 1000) for a, b in zip(got, got[1:])]
-        return {"ids": [i for i, _ in got], "gaps_ms": gaps}
+        return {"ids": [i for i, _ in got], "gaps_ms": gaps, "rules": rules}
     raise SystemExit(f"unknown scenario {scenario}")
 
 

@@ -29,7 +29,8 @@ pub struct Live {
     connects: AtomicUsize,
     refused: AtomicUsize,
     open: Arc<AtomicUsize>,
-    /// The stream paths served live (others are scripted).
+    /// The stream paths served live (others are scripted); the rules path alone serves the
+    /// rules without a live stream.
     pub paths: Mutex<Vec<String>>,
     /// Rule calls seen: (method, body).
     pub rule_calls: Mutex<Vec<(String, String)>>,
@@ -70,6 +71,11 @@ impl Live {
     /// Serves `path` live.
     pub fn serve(&self, path: &str) {
         self.paths.lock().unwrap().push(path.to_owned());
+    }
+
+    /// Whether the rules endpoints are served (they are with a live filtered stream).
+    pub fn rules_served(&self) -> bool {
+        self.is_live("/2/tweets/search/stream/rules") || self.is_live("/2/tweets/search/stream")
     }
 
     pub fn is_live(&self, path: &str) -> bool {
@@ -159,7 +165,7 @@ impl Live {
     }
 
     fn fresh_id(&self) -> String {
-        format!("17{:017}", self.next_id.fetch_add(1, Ordering::SeqCst) + 1)
+        rule_id(self.next_id.fetch_add(1, Ordering::SeqCst) + 1)
     }
 
     /// `GET` or `POST /2/tweets/search/stream/rules`: (status, body).
@@ -225,6 +231,11 @@ impl Live {
         }
         (400, json!({"title": "Invalid Request", "detail": "no add or delete", "type": "https://api.x.com/2/problems/invalid-request"}).to_string())
     }
+}
+
+/// The id FakeX gives the `n`-th rule it creates (from 1).
+pub fn rule_id(n: usize) -> String {
+    format!("17{n:017}")
 }
 
 fn rule_json(r: &XRule) -> Value {

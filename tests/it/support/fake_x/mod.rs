@@ -561,7 +561,7 @@ async fn serve(
     if matches!(auth, Auth::Bearer { valid: true }) {
         let path = parts.uri.path();
         let query = parts.uri.query().unwrap_or("");
-        if path == "/2/tweets/search/stream/rules" && sh.live.is_live("/2/tweets/search/stream") {
+        if path == "/2/tweets/search/stream/rules" && sh.live.rules_served() {
             guard.done = true;
             let (status, body) = sh.live.rules_call(parts.method.as_str(), query, &body);
             sh.changed.notify_waiters();
