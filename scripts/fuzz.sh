@@ -17,7 +17,7 @@ SECONDS_EACH="${1:-30}"
 shift || true
 TARGETS=("$@")
 if [ ${#TARGETS[@]} -eq 0 ]; then
-  TARGETS=(oauth1 path_rules endpoint_match config metering)
+  TARGETS=(oauth1 path_rules endpoint_match config metering stream_lines)
 fi
 WORK="${FUZZ_WORK:-/tmp/xgate-fuzz}"
 export RUSTC_BOOTSTRAP=1

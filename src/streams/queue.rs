@@ -6,6 +6,7 @@
 //! connection is still being written to).
 
 use std::collections::VecDeque;
+use std::future::Future as _;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -116,7 +117,18 @@ pub struct ConsumerBody {
     queue: Arc<Queue>,
     messages: Arc<AtomicU64>,
     leave: Option<Box<dyn FnOnce() + Send + Sync>>,
+    /// When the last frame went out.
+    last: Option<tokio::time::Instant>,
+    /// Set while waiting for [`COALESCE`] to pass since `last`.
+    flush: Option<Pin<Box<tokio::time::Sleep>>>,
 }
+
+/// A consumer's lines are written at most this often: the first after a quiet spell at once,
+/// the next ones together when this has passed (one write instead of one per message, which
+/// is most of the CPU a delivery costs).
+pub const COALESCE: std::time::Duration = std::time::Duration::from_millis(20);
+/// Queued bytes past which lines go out at once, coalescing or not.
+const COALESCE_MAX: usize = 256 * 1024;
 
 impl std::fmt::Debug for ConsumerBody {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -137,6 +149,8 @@ impl ConsumerBody {
             queue,
             messages,
             leave: Some(leave),
+            last: None,
+            flush: None,
         }
     }
 }
@@ -159,12 +173,38 @@ impl Body for ConsumerBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         let mut q = this.queue.lock();
-        if let Some(line) = q.items.pop_front() {
-            q.bytes -= line.len();
-            if !super::line::is_keepalive(&line) {
-                this.messages.fetch_add(1, Ordering::Relaxed);
+        if !q.items.is_empty() {
+            let recent = this.last.filter(|last| {
+                last.elapsed() < COALESCE && q.bytes < COALESCE_MAX && q.closed.is_none()
+            });
+            if let Some(last) = recent {
+                drop(q);
+                let flush = this
+                    .flush
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(last + COALESCE)));
+                if flush.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                q = this.queue.lock();
             }
-            return Poll::Ready(Some(Ok(Frame::data(line))));
+            this.flush = None;
+            this.last = Some(tokio::time::Instant::now());
+            let mut lines = 0;
+            let frame = if q.items.len() == 1 {
+                let line = q.items.pop_front().unwrap_or_default();
+                lines += u64::from(!super::line::is_keepalive(&line));
+                line
+            } else {
+                let mut out = bytes::BytesMut::with_capacity(q.bytes);
+                for line in q.items.drain(..) {
+                    lines += u64::from(!super::line::is_keepalive(&line));
+                    out.extend_from_slice(&line);
+                }
+                out.freeze()
+            };
+            q.bytes = 0;
+            this.messages.fetch_add(lines, Ordering::Relaxed);
+            return Poll::Ready(Some(Ok(Frame::data(frame))));
         }
         match q.closed {
             Some(None) => Poll::Ready(None),

@@ -293,6 +293,10 @@ fn hold(relay: Arc<Relay>, lease: &str, feed: &str, token: String, body: StreamB
         async move {
             let mut renew = tokio::time::interval(RENEW_EVERY);
             renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            // A renewal that fails (Redis slow or away) is tried again while the lease may
+            // still be ours; past that, or told another replica has it, the holder stops.
+            let mut renewed = tokio::time::Instant::now();
+            let mut publishing = true;
             loop {
                 tokio::select! {
                     chunk = rx.recv() => {
@@ -301,18 +305,33 @@ fn hold(relay: Arc<Relay>, lease: &str, feed: &str, token: String, body: StreamB
                         payload.extend_from_slice(token.as_bytes());
                         payload.push(b' ');
                         payload.extend_from_slice(&chunk);
-                        if let Err(e) = relay.publish(&feed, payload).await {
-                            tracing::warn!(lease = %lease, error = %e, "stream chunk not published to the other replicas");
+                        let published = relay.publish(&feed, payload).await;
+                        match (published, publishing) {
+                            (Ok(()), false) => {
+                                tracing::info!(lease = %lease, "stream chunks reach the other replicas again");
+                                publishing = true;
+                            }
+                            (Err(e), true) => {
+                                tracing::warn!(lease = %lease, error = %e, "stream chunks do not reach the other replicas (logged once until they do)");
+                                publishing = false;
+                            }
+                            (Ok(()), true) | (Err(_), false) => {}
                         }
                     }
                     _ = renew.tick() => {
                         match relay.renew(&lease, &token).await {
-                            Ok(true) => {}
-                            Ok(false) | Err(_) => {
-                                tracing::warn!(lease = %lease, "stream lease lost: this replica stops reading X");
+                            Ok(true) => renewed = tokio::time::Instant::now(),
+                            Ok(false) => {
+                                tracing::warn!(lease = %lease, "stream lease held by another replica: this replica stops reading X");
                                 ended.end();
                                 break;
                             }
+                            Err(e) if renewed.elapsed() + RENEW_EVERY >= LEASE_TTL => {
+                                tracing::warn!(lease = %lease, error = %e, "stream lease not renewed before it runs out: this replica stops reading X");
+                                ended.end();
+                                break;
+                            }
+                            Err(_) => {}
                         }
                     }
                 }

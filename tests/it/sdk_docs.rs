@@ -51,10 +51,14 @@ fn the_readmes_sdk_lines_are_the_suites() {
         names,
         [
             "tweepy",
+            "tweepy-rules",
             "tweepy-stream",
             "twitter-api-v2",
+            "twitter-api-v2-rules",
             "xdk-python",
+            "xdk-python-rules",
             "xdk-typescript",
+            "xdk-typescript-rules",
             "xdk-typescript-stream"
         ]
     );

@@ -521,6 +521,8 @@ async fn a_slow_consumer_is_dropped_and_a_fast_one_gets_every_message() {
         "{m}"
     );
     assert_eq!(metric(&m, "xgate_stream_consumers{app=\"main\""), 1.0);
+    assert!(m.contains("# TYPE xgate_stream_consumers_dropped_total counter"));
+    assert!(m.contains(r#"reason="slow"} 1"#), "{m}");
     crate::support::logs::wait_for_line(|l| {
         l.contains("fell streams.consumer_buffer_bytes behind")
     })
@@ -554,6 +556,7 @@ async fn consumers_stay_connected_while_xgate_reconnects() {
         "{m}"
     );
     assert_eq!(metric(&m, "xgate_stream_upstream_up{app=\"main\""), 1.0);
+    assert!(m.contains("# TYPE xgate_stream_reconnects_total counter"));
 }
 
 /// However many consumers, X sees one connection; past `max_consumers` a consumer gets 429;
@@ -586,6 +589,13 @@ async fn one_connection_for_many_consumers_closed_after_linger() {
     fake.live().send(&message(7, &[&cats]));
     assert_eq!(consumers[0].message().await["data"]["id"], "7");
     let m = metrics(&proxy).await;
+    for kind in [
+        "xgate_stream_consumers gauge",
+        "xgate_stream_upstream_up gauge",
+        "xgate_stream_messages_total counter",
+    ] {
+        assert!(m.contains(&format!("# TYPE {kind}")), "no {kind} in\n{m}");
+    }
     assert_eq!(
         metric(&m, "xgate_stream_consumers{app=\"main\""),
         4.0,
