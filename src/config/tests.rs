@@ -873,3 +873,54 @@ limit = "1.2345678/1mo"
         assert!(has(&p, needle), "missing {needle:?} in {p:#?}");
     }
 }
+
+#[test]
+fn streams_become_typed_values_with_their_defaults() {
+    let c = parse(&format!(
+        r#"{COSTS_BASE}
+[streams]
+max_consumers = 50
+consumer_buffer_bytes = 1048576
+linger = "5s"
+max_rules = 25
+"#
+    ))
+    .unwrap();
+    assert_eq!(c.streams.max_consumers, 50);
+    assert_eq!(c.streams.consumer_buffer_bytes, 1 << 20);
+    assert_eq!(c.streams.linger, std::time::Duration::from_secs(5));
+    assert_eq!(c.streams.max_rules, 25);
+    let d = parse(COSTS_BASE).unwrap().streams;
+    assert_eq!(
+        (
+            d.max_consumers,
+            d.consumer_buffer_bytes,
+            d.linger,
+            d.max_rules
+        ),
+        (1000, 4 << 20, std::time::Duration::from_secs(30), 1000)
+    );
+}
+
+#[test]
+fn stream_mistakes_are_all_reported() {
+    let p = problems(&format!(
+        r#"{COSTS_BASE}
+[streams]
+max_consumers = 0
+consumer_buffer_bytes = 1024
+linger = "soon"
+max_rules = 0
+fan_out = true
+"#
+    ));
+    for needle in [
+        "streams.max_consumers: must be at least 1, got 0",
+        "streams.consumer_buffer_bytes: must be at least 65536, got 1024",
+        "streams.linger:",
+        "streams.max_rules: must be at least 1, got 0",
+        "streams.fan_out",
+    ] {
+        assert!(has(&p, needle), "missing {needle:?} in {p:#?}");
+    }
+}

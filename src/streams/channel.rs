@@ -351,7 +351,14 @@ impl Channel {
                     }
                     backoff.up();
                     ever_up = true;
-                    self.phase.send_replace(Phase::Serving);
+                    // (Not over `Closed`: the proxy may be shutting down.)
+                    self.phase.send_if_modified(|p| {
+                        let open = !matches!(p, Phase::Closed);
+                        if open {
+                            *p = Phase::Serving;
+                        }
+                        open
+                    });
                     self.metrics.upstream_up.set(1);
                     tracing::info!(app = %self.app, endpoint = %self.endpoint, consumers = self.consumers(), "stream connected to X");
                     let ended = self.relay(body, &mut lines).await;

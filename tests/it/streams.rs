@@ -318,6 +318,18 @@ async fn one_rule_at_x_per_value_and_each_client_sees_its_own() {
     assert_eq!(page2["data"][0]["value"], "birds");
     assert!(page2["meta"].get("next_token").is_none());
 
+    let birds_id = fake.live().id_of("birds");
+    let by_id = get_rules(proxy.addr, NARROW_KEY, &format!("?ids={birds_id}")).await;
+    assert_eq!(
+        by_id["data"],
+        json!([{"id": birds_id, "value": "birds", "tag": "n"}])
+    );
+    let not_mine = get_rules(proxy.addr, KEY, &format!("?ids={birds_id}")).await;
+    assert_eq!(
+        not_mine["meta"]["result_count"], 0,
+        "another client's rule is invisible"
+    );
+
     // A duplicate of the client's own rule: X's DuplicateRule, nothing created.
     let dup = post_rules(proxy.addr, KEY, "", json!({"add": [{"value": "dogs"}]})).await;
     let dup: Value = serde_json::from_slice(&dup.body).unwrap();
@@ -748,4 +760,75 @@ async fn replicas_share_one_connection_and_another_takes_over_when_the_holder_di
         "never two connections at once"
     );
     drop(c0);
+}
+
+/// At shutdown a consumer's stream ends cleanly (after what was queued for it) and the App's
+/// connection to X is let go, well within `shutdown_grace`.
+#[tokio::test]
+async fn shutdown_ends_consumers_and_lets_x_go() {
+    let fake = fake().await;
+    let proxy = Proxy::start(&config(&fake).toml()).await;
+    add(proxy.addr, KEY, json!([{"value": "cats"}])).await;
+    let cats = fake.live().id_of("cats");
+    let mut c = Consumer::connect(proxy.addr, KEY, FILTERED).await.unwrap();
+    wait_open(&fake, 1).await;
+    fake.live().send(&message(1, &[&cats]));
+    assert_eq!(c.message().await["data"]["id"], "1");
+    let stopped = tokio::spawn(proxy.stop());
+    let mut ended = false;
+    for _ in 0..100 {
+        match tokio::time::timeout(Duration::from_secs(10), c.body.frame()).await {
+            Ok(None) => {
+                ended = true;
+                break;
+            }
+            Ok(Some(frame)) => {
+                frame.expect("a clean end, not an error");
+            }
+            Err(_elapsed) => break,
+        }
+    }
+    assert!(ended, "the consumer's stream did not end");
+    tokio::time::timeout(Duration::from_secs(10), stopped)
+        .await
+        .expect("the proxy did not stop within 10 s")
+        .unwrap()
+        .unwrap();
+    assert!(
+        fake.wait_until(Duration::from_secs(10), |f| f.live().counts().2 == 0)
+            .await,
+        "X's connection is still open"
+    );
+}
+
+/// Another process holds the App's stream (here: a second xgate without `[shared]`): X answers
+/// 429 `TooManyConnections`; xgate logs the fix, keeps its consumer connected and backs off.
+#[tokio::test]
+async fn too_many_connections_is_logged_with_its_fix_and_backed_off() {
+    let fake = fake().await;
+    // One store (the rules), two proxies that share nothing else.
+    let dir = crate::support::scratch("too-many-connections");
+    let first = Proxy::start_in(&config(&fake).toml(), &dir).await;
+    add(first.addr, KEY, json!([{"value": "cats"}])).await;
+    let _holder = Consumer::connect(first.addr, KEY, FILTERED).await.unwrap();
+    wait_open(&fake, 1).await;
+    let second = Proxy::start_in(&config(&fake).toml(), &dir).await;
+    let _waiting = Consumer::connect(second.addr, KEY, FILTERED)
+        .await
+        .expect("the consumer stays while xgate backs off");
+    assert!(
+        fake.wait_until(Duration::from_secs(10), |f| f.live().counts().1 == 1)
+            .await,
+        "{:?}",
+        fake.live().counts()
+    );
+    crate::support::logs::wait_for_line(|l| {
+        l.contains("TooManyConnections") && l.contains("DELETE /2/connections/all")
+    })
+    .await;
+    assert_eq!(
+        fake.live().counts(),
+        (1, 1, 1),
+        "one refused, no retry within a minute"
+    );
 }
