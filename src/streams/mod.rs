@@ -218,14 +218,19 @@ impl Source for XStream {
     }
 }
 
-/// The channels, by App and endpoint.
+/// What a channel is for: the App, the endpoint, and the `partition` asked for (X's
+/// partitioned streams — firehose, compliance, the 10 % sample — are one connection per
+/// partition).
+type Key = (IdentityId, EndpointId, Option<String>);
+
+/// The channels, by App, endpoint and partition.
 #[derive(Debug, Default)]
 struct Hub {
-    channels: Mutex<HashMap<(IdentityId, EndpointId), Arc<Channel>>>,
+    channels: Mutex<HashMap<Key, Arc<Channel>>>,
 }
 
 impl Hub {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(IdentityId, EndpointId), Arc<Channel>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Arc<Channel>>> {
         self.channels.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
@@ -363,10 +368,12 @@ impl Streams {
         let streams = Arc::downgrade(self);
         tokio::spawn(async move {
             let channel = relay.rules_channel();
+            let mut failing = false;
             // Bounded only by the process: a lost subscription is made again after a pause.
             loop {
                 match relay.subscribe(&channel).await {
                     Ok(mut messages) => {
+                        failing = false;
                         while let Some(msg) = std::future::poll_fn(|cx| {
                             futures_core::Stream::poll_next(Pin::new(&mut messages), cx)
                         })
@@ -381,9 +388,11 @@ impl Streams {
                             }
                         }
                     }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "not following the other replicas' stream rules changes; retrying in 5 s");
+                    Err(e) if !failing => {
+                        failing = true;
+                        tracing::warn!(error = %e, "not following the other replicas' stream rules changes (logged once until it works): a replica reads the rules again at each rule request and consumer; retrying every 5 s");
                     }
+                    Err(_) => {}
                 }
                 if streams.strong_count() == 0 {
                     return;
@@ -463,33 +472,44 @@ impl Streams {
         let app_name = Arc::clone(&self.identities.get(app).name);
         let (channel, (id, queue)) = {
             let mut channels = self.hub.lock();
-            let channel = channels.entry((app, endpoint)).or_insert_with(|| {
-                let x: Box<dyn Source> = Box::new(XStream {
-                    x: Arc::clone(&self.x),
-                    app,
-                    target: target.to_owned(),
+            let partition = target
+                .split_once('?')
+                .and_then(|(_, q)| q.split('&').find_map(|kv| kv.strip_prefix("partition=")))
+                .map(str::to_owned);
+            // The lease and feed of a partition are its own.
+            let shared_as = match &partition {
+                Some(p) => format!("{name} partition {p}"),
+                None => name.to_owned(),
+            };
+            let channel = channels
+                .entry((app, endpoint, partition))
+                .or_insert_with(|| {
+                    let x: Box<dyn Source> = Box::new(XStream {
+                        x: Arc::clone(&self.x),
+                        app,
+                        target: target.to_owned(),
+                    });
+                    let source: Box<dyn Source> = match &self.relay {
+                        Some(relay) => Box::new(relay::SharedSource::new(
+                            Arc::clone(relay),
+                            x,
+                            &app_name,
+                            &shared_as,
+                        )),
+                        None => x,
+                    };
+                    let channel = Channel::new(
+                        Arc::clone(&app_name),
+                        Arc::from(name),
+                        routes,
+                        source,
+                        self.settings,
+                        self.metrics.handles(&app_name, name),
+                    );
+                    let closer: Weak<dyn Closer> = Arc::downgrade(&self.hub) as Weak<dyn Closer>;
+                    channel.start(closer);
+                    channel
                 });
-                let source: Box<dyn Source> = match &self.relay {
-                    Some(relay) => Box::new(relay::SharedSource::new(
-                        Arc::clone(relay),
-                        x,
-                        &app_name,
-                        name,
-                    )),
-                    None => x,
-                };
-                let channel = Channel::new(
-                    Arc::clone(&app_name),
-                    Arc::from(name),
-                    routes,
-                    source,
-                    self.settings,
-                    self.metrics.handles(&app_name, name),
-                );
-                let closer: Weak<dyn Closer> = Arc::downgrade(&self.hub) as Weak<dyn Closer>;
-                channel.start(closer);
-                channel
-            });
             let joined = channel
                 .join(client)
                 .map_err(|crowded| ProxyError::TooManyConsumers {

@@ -832,3 +832,40 @@ async fn too_many_connections_is_logged_with_its_fix_and_backed_off() {
         "one refused, no retry within a minute"
     );
 }
+
+/// X's partitioned streams are one connection per partition: consumers of one partition share
+/// one, another partition gets its own.
+#[tokio::test]
+async fn each_partition_is_a_connection_of_its_own() {
+    let fake = FakeX::start().await;
+    fake.script(
+        "/2/tweets/firehose/stream",
+        crate::support::fake_x::Reply::stream(
+            "{\"data\":{\"id\":\"1\"}}\r\n",
+            "\r\n",
+            Duration::from_millis(100),
+            600,
+            "",
+        ),
+    );
+    let proxy = Proxy::start(&config(&fake).toml()).await;
+    let path = |p: u8| format!("/2/tweets/firehose/stream?partition={p}");
+    let mut a = Consumer::connect(proxy.addr, KEY, &path(1)).await.unwrap();
+    assert_eq!(a.message().await["data"]["id"], "1");
+    // A second consumer of partition 1 joins its connection (and gets what comes next).
+    let _b = Consumer::connect(proxy.addr, NARROW_KEY, &path(1))
+        .await
+        .unwrap();
+    let mut c = Consumer::connect(proxy.addr, KEY, &path(2)).await.unwrap();
+    assert_eq!(
+        c.message().await["data"]["id"],
+        "1",
+        "partition 2's own first message"
+    );
+    let targets: Vec<String> = fake
+        .requests_to("/2/tweets/firehose/stream")
+        .iter()
+        .map(|r| r.target.clone())
+        .collect();
+    assert_eq!(targets, [path(1), path(2)], "one connection per partition");
+}
