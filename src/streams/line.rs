@@ -117,10 +117,12 @@ fn value_end(b: &[u8], i: usize) -> Option<usize> {
     }
 }
 
-/// Where the value of the top-level member `"matching_rules"` of the JSON object `line` lies;
-/// `None` when the line is not an object or has no such member.
+/// Where the value of the top-level member `"matching_rules"` of the JSON object `line` lies
+/// (its last occurrence, as JSON parsers read a repeated key); `None` when the line is not an
+/// object or has no such member.
 pub fn matching_rules_span(line: &[u8]) -> Option<Range<usize>> {
     const KEY: &[u8] = b"\"matching_rules\"";
+    let mut found = None;
     let mut i = skip_ws(line, 0);
     if line.get(i) != Some(&b'{') {
         return None;
@@ -129,23 +131,27 @@ pub fn matching_rules_span(line: &[u8]) -> Option<Range<usize>> {
     loop {
         i = skip_ws(line, i);
         if line.get(i) != Some(&b'"') {
-            return None;
+            return found;
         }
-        let key_end = string_end(line, i)?;
+        let Some(key_end) = string_end(line, i) else {
+            return found;
+        };
         let is_it = line.get(i..key_end) == Some(KEY);
         i = skip_ws(line, key_end);
         if line.get(i) != Some(&b':') {
-            return None;
+            return found;
         }
         let start = skip_ws(line, i + 1);
-        let end = value_end(line, start)?;
+        let Some(end) = value_end(line, start) else {
+            return found;
+        };
         if is_it {
-            return Some(start..end);
+            found = Some(start..end);
         }
         i = skip_ws(line, end);
         match line.get(i) {
             Some(b',') => i += 1,
-            _ => return None,
+            _ => return found,
         }
     }
 }

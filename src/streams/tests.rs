@@ -63,6 +63,12 @@ fn the_span_of_matching_rules_is_found_at_the_top_level_only() {
         Some(19..22)
     );
     assert_eq!(matching_rules_span(br#"{"a":"#), None);
+    // A repeated key is read as JSON parsers read it: the last one (found by fuzzing).
+    let twice = br#"{"matching_rules":{"id":"2"},"matching_rules":[{"id":""}]}"#;
+    assert_eq!(
+        &twice[matching_rules_span(twice).unwrap()],
+        br#"[{"id":""}]"#
+    );
 }
 
 #[test]
