@@ -1,10 +1,10 @@
 //! The shared state of a running proxy: everything the phases of a request need, built from
 //! the config once at startup and shared by every connection and worker thread.
 //!
-//! Owns [`State`] (identities, credentials, clients, the catalogue, the limiter, metrics, the
-//! OAuth 2.0 users' pairs, the upstream client, the clock every phase reads) and building it
-//! ([`State::from_config`], which opens the token store: it holds tokens and the spend), with its
-//! typed failure, [`SetupError`].
+//! Owns [`State`] (identities, credentials, clients, the catalogue, the limiter, the meter, the
+//! shared streams, metrics, the OAuth 2.0 users' pairs, the upstream client, the clock every
+//! phase reads) and building it ([`State::from_config`], which opens the token store: it holds
+//! tokens, the spend and the clients' stream rules), with its typed failure, [`SetupError`].
 
 use std::sync::Arc;
 use std::time::Duration;
