@@ -165,6 +165,21 @@ fn cpu(pid: u32) -> Result<Duration, String> {
     Ok(Duration::from_micros(total * 1_000_000 / hz))
 }
 
+/// Sends `req` to `addr` on a connection of its own; the answer with its body unread.
+async fn send(
+    addr: SocketAddr,
+    req: http::Request<Full<Bytes>>,
+) -> Result<http::Response<hyper::body::Incoming>, String> {
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    sender.send_request(req).await.map_err(|e| e.to_string())
+}
+
 async fn post_rule(addr: SocketAddr, client: usize) -> Result<(), String> {
     let body = json!({"add": [{"value": format!("rule of c{client:02}"), "tag": format!("c{client:02}")}]});
     let req = http::Request::post(format!("http://{addr}/2/tweets/search/stream/rules"))
@@ -173,14 +188,7 @@ async fn post_rule(addr: SocketAddr, client: usize) -> Result<(), String> {
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from(body.to_string())))
         .map_err(|e| e.to_string())?;
-    let stream = tokio::net::TcpStream::connect(addr)
-        .await
-        .map_err(|e| e.to_string())?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| e.to_string())?;
-    tokio::spawn(conn);
-    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    let resp = send(addr, req).await?;
     if !resp.status().is_success() {
         return Err(format!("adding a rule: {}", resp.status()));
     }
@@ -194,14 +202,7 @@ async fn consume(addr: SocketAddr, client: usize, count: Arc<AtomicU64>) -> Resu
         .header("x-xgate-key", key(client))
         .body(Full::<Bytes>::default())
         .map_err(|e| e.to_string())?;
-    let stream = tokio::net::TcpStream::connect(addr)
-        .await
-        .map_err(|e| e.to_string())?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| e.to_string())?;
-    tokio::spawn(conn);
-    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    let resp = send(addr, req).await?;
     if resp.status() != 200 {
         return Err(format!("consumer: {}", resp.status()));
     }

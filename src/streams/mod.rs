@@ -41,10 +41,6 @@ use channel::{Channel, Closer, Opened, Phase, Refusal, Settings, Source};
 
 /// The filtered stream, whose messages are routed by rule.
 pub const FILTERED: &str = "GET /2/tweets/search/stream";
-/// Its rules.
-pub const RULES_GET: &str = "GET /2/tweets/search/stream/rules";
-/// Changing its rules.
-pub const RULES_POST: &str = "POST /2/tweets/search/stream/rules";
 
 /// The most of a small answer of X's read (rules, refusals).
 const MAX_ANSWER: usize = 4 << 20;
@@ -289,6 +285,8 @@ pub struct Streams {
     catalogue: Arc<Catalogue>,
     identities: Arc<Identities>,
     relay: Option<Arc<relay::Relay>>,
+    /// The two rules endpoints, looked up once.
+    rules_endpoints: [Option<EndpointId>; 2],
 }
 
 /// What a request to a stream or rules endpoint is, for [`Streams`].
@@ -344,6 +342,8 @@ impl Streams {
                 linger: parts.config.linger,
                 max_consumers: parts.config.max_consumers,
             },
+            rules_endpoints: [Method::GET, Method::POST]
+                .map(|m| parts.catalogue.lookup(&m, rules::RULES_PATH)),
             catalogue: parts.catalogue,
             identities: parts.identities,
             relay,
@@ -404,11 +404,11 @@ impl Streams {
 
     /// Whether `endpoint` is one [`Streams`] answers, and how.
     pub fn kind(&self, endpoint: Option<EndpointId>) -> Option<Kind> {
-        let e = self.catalogue.get(endpoint?)?;
-        if e.stream {
-            Some(Kind::Stream)
-        } else if e.name == RULES_GET || e.name == RULES_POST {
+        let id = endpoint?;
+        if self.rules_endpoints.contains(&Some(id)) {
             Some(Kind::Rules)
+        } else if self.catalogue.get(id)?.stream {
+            Some(Kind::Stream)
         } else {
             None
         }

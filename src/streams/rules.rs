@@ -25,7 +25,8 @@ use crate::error::{ProxyError, UpstreamFailure};
 use crate::identity::{Identities, IdentityId};
 use crate::store::{RuleRow, TokenStore};
 
-const RULES_PATH: &str = "/2/tweets/search/stream/rules";
+/// The filtered stream's rules.
+pub const RULES_PATH: &str = "/2/tweets/search/stream/rules";
 
 /// One App's rules, as the store holds them.
 #[derive(Debug, Default)]
@@ -344,15 +345,7 @@ impl Rules {
             .iter()
             .map(|(_, value, tag)| json!({"value": value, "tag": tag}))
             .collect();
-        let (status, body) = self
-            .x
-            .call_small(
-                app,
-                Method::POST,
-                RULES_PATH,
-                Some(Bytes::from(json!({ "add": add }).to_string())),
-            )
-            .await?;
+        let (status, body) = self.post_to_x(app, &json!({ "add": add }), false).await?;
         if !status.is_success() {
             return Err(x_refused(status, &body));
         }
@@ -379,6 +372,22 @@ impl Rules {
             .await
             .map_err(|e| store_failed(&e))?;
         Ok(())
+    }
+
+    /// `POST /2/tweets/search/stream/rules` at X as `app` (with `dry_run=true` when asked).
+    async fn post_to_x(
+        &self,
+        app: IdentityId,
+        body: &Value,
+        dry_run: bool,
+    ) -> Result<(StatusCode, Bytes), ProxyError> {
+        let target = if dry_run {
+            format!("{RULES_PATH}?dry_run=true")
+        } else {
+            RULES_PATH.to_owned()
+        };
+        let body = Some(Bytes::from(body.to_string()));
+        self.x.call_small(app, Method::POST, &target, body).await
     }
 
     /// `GET` or `POST /2/tweets/search/stream/rules` for `client` on `app`'s stream.
@@ -490,20 +499,7 @@ impl Rules {
         }
         if !to_send.is_empty() {
             let body = json!({"add": to_send.iter().map(|r| json!({"value": r.value, "tag": x_tag(&r.value)})).collect::<Vec<_>>()});
-            let target = if dry_run {
-                format!("{RULES_PATH}?dry_run=true")
-            } else {
-                RULES_PATH.to_owned()
-            };
-            let (status, answered) = self
-                .x
-                .call_small(
-                    app,
-                    Method::POST,
-                    &target,
-                    Some(Bytes::from(body.to_string())),
-                )
-                .await?;
+            let (status, answered) = self.post_to_x(app, &body, dry_run).await?;
             if !status.is_success() {
                 // X refused the whole request (an invalid body, a rule cap of its own): its
                 // answer, as it is.
@@ -627,21 +623,8 @@ impl Rules {
             .map(|(_, id)| id.clone())
             .collect();
         if !orphans.is_empty() {
-            let target = if dry_run {
-                format!("{RULES_PATH}?dry_run=true")
-            } else {
-                RULES_PATH.to_owned()
-            };
             let body = json!({"delete": {"ids": orphans}});
-            let (status, answered) = self
-                .x
-                .call_small(
-                    app,
-                    Method::POST,
-                    &target,
-                    Some(Bytes::from(body.to_string())),
-                )
-                .await?;
+            let (status, answered) = self.post_to_x(app, &body, dry_run).await?;
             if !status.is_success() {
                 return Ok(raw_answer(status, answered));
             }

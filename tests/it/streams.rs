@@ -869,3 +869,43 @@ async fn each_partition_is_a_connection_of_its_own() {
         .collect();
     assert_eq!(targets, [path(1), path(2)], "one connection per partition");
 }
+
+/// Every (re)connect draws from the endpoint's bucket: with one connect per 15 minutes, the
+/// drop after the first connection is not followed by a second one (nothing reaches X), and
+/// the consumer stays connected, on keep-alives.
+#[tokio::test]
+async fn every_connect_draws_from_the_endpoints_bucket() {
+    let fake = fake().await;
+    let proxy = Proxy::start(
+        &config(&fake)
+            .limit_override("GET /2/tweets/search/stream", &["1/15m"], &[])
+            .toml(),
+    )
+    .await;
+    add(proxy.addr, KEY, json!([{"value": "cats"}])).await;
+    let cats = fake.live().id_of("cats");
+    let mut c = Consumer::connect(proxy.addr, KEY, FILTERED).await.unwrap();
+    wait_open(&fake, 1).await;
+    fake.live().send(&message(1, &[&cats]));
+    assert_eq!(c.message().await["data"]["id"], "1");
+    fake.live().cut();
+    // xgate's own keep-alive comes within 15 s; by then a reconnect would long have happened.
+    let frame = tokio::time::timeout(Duration::from_secs(20), c.body.frame())
+        .await
+        .expect("no keep-alive within 20 s")
+        .expect("the consumer's stream ended")
+        .unwrap();
+    assert_eq!(frame.into_data().unwrap(), "\r\n");
+    assert_eq!(
+        fake.live().counts(),
+        (1, 0, 0),
+        "a second connect while the bucket is empty"
+    );
+    assert_eq!(
+        fake.requests_to(FILTERED)
+            .iter()
+            .filter(|r| r.target == FILTERED)
+            .count(),
+        1
+    );
+}
