@@ -5,7 +5,9 @@
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use libfuzzer_sys::fuzz_target;
-use xgate::auth::oauth1::{Oauth1Key, Params, base_string, percent_encode};
+use xgate::auth::oauth1::{
+    Oauth1Key, RequestParams, authorization_header, base_string, percent_encode,
+};
 use xgate::secret::SecretString;
 
 /// RFC 5849 3.6: unreserved characters as they are, every other byte `%XX` upper case.
@@ -97,11 +99,7 @@ fuzz_target!(|data: &[u8]| {
         ("oauth_nonce", "n"),
         ("oauth_timestamp", "1"),
     ];
-    let mut params = Params::with_capacity(8);
-    for (n, v) in oauth {
-        params.push_decoded(n, v);
-    }
-    let got = base_string("POST", &uri, Some(body), params);
+    let got = base_string("POST", &uri, Some(body), &oauth);
     let wanted_query = uri.query().unwrap_or_default().as_bytes();
     let want = reference_params(&[wanted_query, body], &oauth).map(|p| {
         format!(
@@ -138,4 +136,40 @@ fuzz_target!(|data: &[u8]| {
     mac.update(base.as_bytes());
     let want = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
     assert_eq!(key.signature(base), want);
+
+    // The header, whose protocol parameters are merged into the sorted request parameters
+    // (a query may name one of them too): its signature is the HMAC of the reference base
+    // string.
+    let protocol = [
+        ("oauth_consumer_key", "ck"),
+        ("oauth_nonce", "n"),
+        ("oauth_signature_method", "HMAC-SHA1"),
+        ("oauth_timestamp", "1"),
+        ("oauth_token", "t"),
+        ("oauth_version", "1.0"),
+    ];
+    let request = RequestParams {
+        timestamp: 1,
+        nonce: "n",
+        extra: &[],
+    };
+    let header = authorization_header(&key, "POST", &uri, Some(body), request);
+    let want = reference_params(&[wanted_query, body], &protocol).map(|p| {
+        format!(
+            "POST&{}&{}",
+            reference_encode(b"https://api.x.com/2/tweets"),
+            reference_encode(p.as_bytes())
+        )
+    });
+    match (header, want) {
+        (Ok(header), Some(want)) => {
+            let signature = reference_encode(key.signature(&want).as_bytes());
+            assert!(
+                header.contains(&format!("oauth_signature=\"{signature}\"")),
+                "{header} does not hold the signature of {want}"
+            );
+        }
+        (Err(_), None) => {}
+        (got, want) => panic!("xgate {got:?}, reference {want:?}"),
+    }
 });

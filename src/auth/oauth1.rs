@@ -6,13 +6,14 @@
 //! inputs: the timestamp and the nonce are arguments, and [`Oauth1Signer::sign`] takes them from
 //! an injected [`Clock`] and [`NonceSource`]. Nothing here logs.
 //!
-//! Cost: the parameters are decoded and re-encoded in one pass into a single arena string and
-//! sorted as index ranges, and the HMAC key schedule is computed once per identity
-//! ([`Oauth1Key`]) and cloned per request. See BENCHMARKS.md.
+//! Cost: the parameters are decoded and written in the base string's form (encoded twice) in
+//! one pass into one buffer, sorted as index ranges, and copied into the base string after
+//! them in the same buffer; the HMAC key schedule is computed once per identity
+//! ([`Oauth1Key`]) and cloned per request. A header costs three allocations, whatever the
+//! number of parameters. See BENCHMARKS.md.
 
-use std::cmp::Ordering;
+use std::borrow::Cow;
 use std::fmt;
-use std::ops::Range;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -48,62 +49,66 @@ pub enum SignError {
 
 // === percent-encoding ===
 
-/// Whether RFC 5849 section 3.6 leaves byte `b` as it is: `A-Z a-z 0-9 - . _ ~`.
-#[inline]
-fn is_unreserved(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
-}
+/// Which bytes RFC 5849 section 3.6 leaves as they are: `A-Z a-z 0-9 - . _ ~`.
+#[expect(
+    clippy::indexing_slicing,
+    reason = "a constant: `b` runs over 0..256, the table's indices"
+)]
+const UNRESERVED: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~');
+        b += 1;
+    }
+    table
+};
 
 #[inline]
-fn hex_digit_upper(nibble: u8) -> u8 {
-    if nibble < 10 {
-        b'0' + nibble
+fn is_unreserved(b: u8) -> bool {
+    UNRESERVED.get(usize::from(b)).copied().unwrap_or(false)
+}
+
+const HEX_UPPER: &[u8; 16] = b"0123456789ABCDEF";
+
+/// `%XX` for `b`, upper-case hex (`%25XX` when `twice`: the encoding of that encoding).
+#[inline]
+fn push_pct(out: &mut Vec<u8>, b: u8, twice: bool) {
+    let hex = |nibble: u8| HEX_UPPER.get(usize::from(nibble)).copied().unwrap_or(b'0');
+    if twice {
+        out.extend_from_slice(&[b'%', b'2', b'5', hex(b >> 4), hex(b & 0x0f)]);
     } else {
-        b'A' + nibble - 10
+        out.extend_from_slice(&[b'%', hex(b >> 4), hex(b & 0x0f)]);
     }
 }
 
+/// The length of the run of unreserved bytes that `bytes` starts with.
 #[inline]
-fn push_pct(out: &mut Vec<u8>, b: u8) {
-    out.extend_from_slice(&[b'%', hex_digit_upper(b >> 4), hex_digit_upper(b & 0x0f)]);
+fn unreserved_run(bytes: &[u8]) -> usize {
+    bytes
+        .iter()
+        .position(|&b| !is_unreserved(b))
+        .unwrap_or(bytes.len())
 }
 
-/// Appends the RFC 5849 section 3.6 encoding of `bytes` to `out`, copying runs of unreserved
-/// bytes in one go.
-pub fn percent_encode_bytes_into(out: &mut Vec<u8>, mut bytes: &[u8]) {
+/// Appends the RFC 5849 section 3.6 encoding of `bytes` to `out` (encoded once more when
+/// `twice`, as parameters are in the base string), copying runs of unreserved bytes in one go.
+fn push_encoded(out: &mut Vec<u8>, mut bytes: &[u8], twice: bool) {
     while !bytes.is_empty() {
-        let run = bytes
-            .iter()
-            .position(|&b| !is_unreserved(b))
-            .unwrap_or(bytes.len());
-        let (plain, rest) = bytes.split_at(run);
+        let (plain, rest) = bytes.split_at(unreserved_run(bytes));
         out.extend_from_slice(plain);
         let Some((&b, rest)) = rest.split_first() else {
             break;
         };
-        push_pct(out, b);
+        push_pct(out, b, twice);
         bytes = rest;
     }
 }
 
-/// Appends the encoding of text that is already RFC 5849-encoded (only unreserved bytes and
-/// `%XX`): encoding it again only turns each `%` into `%25`.
-fn push_reencoded(out: &mut Vec<u8>, encoded: &[u8]) {
-    let mut parts = encoded.split(|&b| b == b'%');
-    if let Some(first) = parts.next() {
-        out.extend_from_slice(first);
-    }
-    for part in parts {
-        out.extend_from_slice(b"%25");
-        out.extend_from_slice(part);
-    }
-}
-
-/// Appends the RFC 5849 section 3.6 encoding of `bytes` to a string.
-pub fn percent_encode_into(out: &mut String, bytes: &[u8]) {
-    let mut buf = Vec::with_capacity(bytes.len() + bytes.len() / 2);
-    percent_encode_bytes_into(&mut buf, bytes);
-    out.push_str(&ascii_string(buf));
+/// Appends the RFC 5849 section 3.6 encoding of `bytes` to `out`.
+pub fn percent_encode_bytes_into(out: &mut Vec<u8>, bytes: &[u8]) {
+    push_encoded(out, bytes, false);
 }
 
 /// The RFC 5849 section 3.6 encoding of `s`'s UTF-8 bytes (a space is `%20`, `~` stays).
@@ -129,23 +134,20 @@ fn hex_value(b: u8) -> Option<u8> {
 }
 
 /// Decodes one `application/x-www-form-urlencoded` component (`+` is a space, `%XX` a byte,
-/// as X's server reads a query) and appends its RFC 5849 encoding to `out`, in one pass.
-fn push_form_component_reencoded(
+/// as X's server reads a query) and appends it to `out` encoded twice (the base string's
+/// form of a parameter), in one pass.
+fn push_form_component(
     out: &mut Vec<u8>,
     mut raw: &[u8],
     part: &'static str,
 ) -> Result<(), Oauth1Error> {
     while !raw.is_empty() {
-        let run = raw
-            .iter()
-            .position(|&b| !is_unreserved(b))
-            .unwrap_or(raw.len());
-        let (plain, rest) = raw.split_at(run);
+        let (plain, rest) = raw.split_at(unreserved_run(raw));
         out.extend_from_slice(plain);
         raw = match rest {
             [] => break,
             [b'+', rest @ ..] => {
-                out.extend_from_slice(b"%20");
+                out.extend_from_slice(b"%2520");
                 rest
             }
             [b'%', hi, lo, rest @ ..] => {
@@ -156,13 +158,13 @@ fn push_form_component_reencoded(
                 if is_unreserved(b) {
                     out.push(b);
                 } else {
-                    push_pct(out, b);
+                    push_pct(out, b, true);
                 }
                 rest
             }
             [b'%', ..] => return Err(Oauth1Error::InvalidPercentEncoding(part)),
             [b, rest @ ..] => {
-                push_pct(out, *b);
+                push_pct(out, *b, true);
                 rest
             }
         };
@@ -197,97 +199,185 @@ pub fn form_decode(raw: &str) -> Result<Vec<u8>, Oauth1Error> {
     }
 }
 
-// === parameters ===
-
-/// The signature's parameters, each name and value already in RFC 5849 encoding, kept as
-/// ranges into one arena so that collecting them costs two allocations in all.
-#[derive(Debug, Default)]
-pub struct Params {
-    arena: Vec<u8>,
-    /// (encoded name, encoded value) ranges into `arena`.
-    items: Vec<(Range<usize>, Range<usize>)>,
+/// The decimal digits of `n`, in `buf`.
+fn decimal(buf: &mut [u8; 20], mut n: u64) -> &[u8] {
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        if let Some(d) = buf.get_mut(at) {
+            // `n % 10` is a digit.
+            *d = b'0' + (n % 10) as u8;
+        }
+        n /= 10;
+        if n == 0 || at == 0 {
+            return buf.get(at..).unwrap_or_default();
+        }
+    }
 }
 
-impl Params {
-    /// An empty set with room for `n` parameters.
-    pub fn with_capacity(n: usize) -> Self {
+// === the signature base string ===
+
+/// One parameter in [`Base`]'s buffer: its name at `start..mid`, its value at `mid..end`, both
+/// encoded twice (as the base string holds them); `key` is the name's first eight bytes,
+/// big-endian, zero-padded, the sort's first comparison.
+#[derive(Debug, Clone, Copy)]
+struct Param {
+    key: u64,
+    start: usize,
+    mid: usize,
+    end: usize,
+}
+
+impl Param {
+    /// Its name and value in `buf`.
+    fn in_buf(self, buf: &[u8]) -> Fixed<'_> {
+        (
+            buf.get(self.start..self.mid).unwrap_or_default(),
+            buf.get(self.mid..self.end).unwrap_or_default(),
+        )
+    }
+}
+
+/// A protocol parameter written into the base string as it is: name and value encoded twice.
+type Fixed<'a> = (&'a [u8], &'a [u8]);
+
+/// A base string under construction: the request's parameters in one buffer (encoded twice,
+/// the form the base string holds), then the base string itself after them in the same buffer.
+///
+/// Sorting parameters encoded twice gives the order RFC 5849 section 3.4.1.3.2 asks for (by
+/// name, then value, of the parameters encoded once): encoding again only turns `%` into
+/// `%25`, and `%` sorts before every unreserved byte either way, so the first byte where two
+/// names differ is the same byte in both forms. The base string is then the sorted parameters
+/// copied in order, merged with the protocol parameters (already sorted), with no second
+/// encoding pass.
+#[derive(Debug)]
+struct Base {
+    buf: Vec<u8>,
+    params: Vec<Param>,
+}
+
+impl Base {
+    /// Room for the parameters of `uri` and `form_body`, `more` others, and the base string.
+    fn for_request(uri: &http::Uri, form_body: Option<&[u8]>, more: usize) -> Self {
+        let form = uri.query().map_or(0, str::len) + form_body.map_or(0, <[u8]>::len);
+        // A parameter grows at most 5× (a byte to `%25XX`) in the buffer, and is copied once
+        // into the base string; the URI at most 3×; 448 for the protocol parameters.
+        let capacity = 10 * form + 3 * (uri.path().len() + uri.host().map_or(0, str::len)) + 448;
         Self {
-            arena: Vec::with_capacity(n * 24),
-            items: Vec::with_capacity(n),
+            buf: Vec::with_capacity(capacity),
+            params: Vec::with_capacity(form / 8 + 2 + more),
         }
     }
 
-    /// Adds a parameter given by its decoded name and value.
-    pub fn push_decoded(&mut self, name: &str, value: &str) {
-        let start = self.arena.len();
-        percent_encode_bytes_into(&mut self.arena, name.as_bytes());
-        let mid = self.arena.len();
-        percent_encode_bytes_into(&mut self.arena, value.as_bytes());
-        self.items.push((start..mid, mid..self.arena.len()));
+    fn push(&mut self, start: usize, mid: usize) {
+        let name = self.buf.get(start..mid).unwrap_or_default();
+        let mut key = [0u8; 8];
+        for (k, b) in key.iter_mut().zip(name) {
+            *k = *b;
+        }
+        self.params.push(Param {
+            key: u64::from_be_bytes(key),
+            start,
+            mid,
+            end: self.buf.len(),
+        });
     }
 
-    /// Adds a parameter whose name and value are already RFC 5849-encoded.
-    fn push_encoded(&mut self, name: &[u8], value: &[u8]) {
-        let start = self.arena.len();
-        self.arena.extend_from_slice(name);
-        let mid = self.arena.len();
-        self.arena.extend_from_slice(value);
-        self.items.push((start..mid, mid..self.arena.len()));
+    /// Adds a parameter given by its decoded name and value.
+    fn param(&mut self, name: &[u8], value: &[u8]) {
+        let start = self.buf.len();
+        push_encoded(&mut self.buf, name, true);
+        let mid = self.buf.len();
+        push_encoded(&mut self.buf, value, true);
+        self.push(start, mid);
     }
 
     /// Adds every pair of a form-encoded string (a query string or an
     /// `application/x-www-form-urlencoded` body). A pair without `=` has an empty value;
     /// empty pairs (`a=1&&b=2`) carry nothing and are skipped, as servers do.
-    pub fn push_form_encoded(&mut self, raw: &[u8], part: &'static str) -> Result<(), Oauth1Error> {
-        for pair in raw.split(|&b| b == b'&').filter(|p| !p.is_empty()) {
-            let (name, value) = match pair.iter().position(|&b| b == b'=') {
-                Some(eq) => {
-                    let (name, value) = pair.split_at(eq);
-                    (name, value.get(1..).unwrap_or_default())
-                }
+    fn form(&mut self, raw: &[u8], part: &'static str) -> Result<(), Oauth1Error> {
+        let mut from = 0;
+        for end in memchr::memchr_iter(b'&', raw).chain(std::iter::once(raw.len())) {
+            let pair = raw.get(from..end).unwrap_or_default();
+            from = end + 1;
+            if pair.is_empty() {
+                continue;
+            }
+            let (name, value) = match memchr::memchr(b'=', pair) {
+                Some(eq) => (
+                    pair.get(..eq).unwrap_or_default(),
+                    pair.get(eq + 1..).unwrap_or_default(),
+                ),
                 None => (pair, &[][..]),
             };
-            let start = self.arena.len();
-            push_form_component_reencoded(&mut self.arena, name, part)?;
-            let mid = self.arena.len();
-            push_form_component_reencoded(&mut self.arena, value, part)?;
-            self.items.push((start..mid, mid..self.arena.len()));
+            let start = self.buf.len();
+            push_form_component(&mut self.buf, name, part)?;
+            let mid = self.buf.len();
+            push_form_component(&mut self.buf, value, part)?;
+            self.push(start, mid);
         }
         Ok(())
     }
 
-    fn bytes(&self, r: &Range<usize>) -> &[u8] {
-        self.arena.get(r.clone()).unwrap_or_default()
-    }
-
-    /// Sorts by encoded name, then encoded value (byte order), as RFC 5849 section 3.4.1.3.2.
-    fn sort(&mut self) {
-        let arena = &self.arena;
-        let bytes = |r: &Range<usize>| arena.get(r.clone()).unwrap_or_default();
-        self.items
-            .sort_unstable_by(|(an, av), (bn, bv)| match bytes(an).cmp(bytes(bn)) {
-                Ordering::Equal => bytes(av).cmp(bytes(bv)),
-                o => o,
-            });
-    }
-
-    /// The normalised parameter string (`a=1&b=2`), sorted.
-    pub fn normalized(mut self) -> String {
-        self.sort();
-        let mut out = Vec::with_capacity(self.arena.len() + 2 * self.items.len());
-        for (i, (n, v)) in self.items.iter().enumerate() {
-            if i > 0 {
-                out.push(b'&');
-            }
-            out.extend_from_slice(self.bytes(n));
-            out.push(b'=');
-            out.extend_from_slice(self.bytes(v));
+    /// Writes `METHOD&enc(base URI)&enc(parameter string)` after the parameters, `protocol`
+    /// (sorted by name, then value) merged in, and returns the buffer with where the base
+    /// string begins in it.
+    fn finish(
+        mut self,
+        method: &str,
+        uri: &http::Uri,
+        form_body: Option<&[u8]>,
+        protocol: &[Fixed<'_>],
+    ) -> Result<(Vec<u8>, usize), Oauth1Error> {
+        if let Some(q) = uri.query() {
+            self.form(q.as_bytes(), "query")?;
         }
-        ascii_string(out)
+        if let Some(body) = form_body {
+            self.form(body, "form body")?;
+        }
+        let Self {
+            mut buf,
+            mut params,
+        } = self;
+        params.sort_unstable_by(|a, b| {
+            a.key
+                .cmp(&b.key)
+                .then_with(|| a.in_buf(&buf).cmp(&b.in_buf(&buf)))
+        });
+        let start = buf.len();
+        buf.extend(method.bytes().map(|b| b.to_ascii_uppercase()));
+        buf.push(b'&');
+        push_base_uri_encoded(&mut buf, uri)?;
+        buf.push(b'&');
+        // Before the first parameter the base string ends with its `&`; every `&` after that
+        // is encoded (`%26`).
+        let separator = |buf: &mut Vec<u8>| {
+            if buf.len() > start && !buf.ends_with(b"&") {
+                buf.extend_from_slice(b"%26");
+            }
+        };
+        let mut fixed = protocol.iter().peekable();
+        for p in &params {
+            while let Some((name, value)) = fixed.next_if(|f| **f < p.in_buf(&buf)) {
+                separator(&mut buf);
+                buf.extend_from_slice(name);
+                buf.extend_from_slice(b"%3D");
+                buf.extend_from_slice(value);
+            }
+            separator(&mut buf);
+            buf.extend_from_within(p.start..p.mid);
+            buf.extend_from_slice(b"%3D");
+            buf.extend_from_within(p.mid..p.end);
+        }
+        for (name, value) in fixed {
+            separator(&mut buf);
+            buf.extend_from_slice(name);
+            buf.extend_from_slice(b"%3D");
+            buf.extend_from_slice(value);
+        }
+        Ok((buf, start))
     }
 }
-
-// === base string ===
 
 /// Appends `enc(scheme://host[:port]/path)` to `out`: scheme and host lower-cased, a default
 /// port dropped, the path exactly as sent, no query (RFC 5849 section 3.4.1.2).
@@ -321,7 +411,7 @@ fn push_base_uri_encoded(out: &mut Vec<u8>, uri: &http::Uri) -> Result<(), Oauth
     };
     if let Some(port) = uri.port_u16().filter(|&p| Some(p) != default_port) {
         out.extend_from_slice(b"%3A");
-        out.extend_from_slice(port.to_string().as_bytes());
+        out.extend_from_slice(decimal(&mut [0; 20], u64::from(port)));
     }
     let path = uri.path();
     percent_encode_bytes_into(
@@ -335,64 +425,46 @@ fn push_base_uri_encoded(out: &mut Vec<u8>, uri: &http::Uri) -> Result<(), Oauth
     Ok(())
 }
 
-/// The base string's bytes; see [`base_string`].
-fn base_string_bytes(
-    method: &str,
-    uri: &http::Uri,
-    form_body: Option<&[u8]>,
-    mut params: Params,
-) -> Result<Vec<u8>, Oauth1Error> {
-    if let Some(q) = uri.query() {
-        params.push_form_encoded(q.as_bytes(), "query")?;
-    }
-    if let Some(body) = form_body {
-        params.push_form_encoded(body, "form body")?;
-    }
-    params.sort();
-
-    // Re-encoding adds two bytes per `%`; the URI may triple. Sized so that it never grows.
-    let mut out = Vec::with_capacity(
-        32 + 3 * (uri.path().len() + uri.host().map_or(0, str::len))
-            + params.arena.len() * 3 / 2
-            + params.items.len() * 6,
-    );
-    out.extend(method.bytes().map(|b| b.to_ascii_uppercase()));
-    out.push(b'&');
-    push_base_uri_encoded(&mut out, uri)?;
-    out.push(b'&');
-    for (i, (n, v)) in params.items.iter().enumerate() {
-        if i > 0 {
-            out.extend_from_slice(b"%26");
-        }
-        push_reencoded(&mut out, params.bytes(n));
-        out.extend_from_slice(b"%3D");
-        push_reencoded(&mut out, params.bytes(v));
-    }
-    Ok(out)
-}
-
 /// The signature base string `METHOD&enc(base URI)&enc(parameter string)`.
 ///
-/// `params` must already hold the `oauth_*` protocol parameters (without `oauth_signature`);
+/// `protocol` holds the `oauth_*` protocol parameters, decoded (without `oauth_signature`);
 /// the query string of `uri` and the form body, if any, are added here.
 pub fn base_string(
     method: &str,
     uri: &http::Uri,
     form_body: Option<&[u8]>,
-    params: Params,
+    protocol: &[(&str, &str)],
 ) -> Result<String, Oauth1Error> {
-    base_string_bytes(method, uri, form_body, params).map(ascii_string)
+    let mut base = Base::for_request(uri, form_body, protocol.len());
+    for (name, value) in protocol {
+        base.param(name.as_bytes(), value.as_bytes());
+    }
+    let (mut buf, start) = base.finish(method, uri, form_body, &[])?;
+    buf.drain(..start);
+    Ok(ascii_string(buf))
 }
 
 // === keys and signatures ===
 
+/// `value` RFC 5849-encoded once and twice.
+fn encoded_once_and_twice(value: &SecretString) -> (SecretString, SecretString) {
+    let raw = value.expose().as_bytes();
+    let mut twice = Vec::with_capacity(raw.len());
+    push_encoded(&mut twice, raw, true);
+    (
+        SecretString::new(percent_encode(value.expose())),
+        SecretString::new(ascii_string(twice)),
+    )
+}
+
 /// One identity's OAuth 1.0a credentials, with the HMAC key schedule done once.
 #[derive(Clone)]
 pub struct Oauth1Key {
-    /// `oauth_consumer_key`, RFC 5849-encoded once.
-    consumer_key: SecretString,
-    /// `oauth_token`, RFC 5849-encoded once.
-    token: Option<SecretString>,
+    /// `oauth_consumer_key`: RFC 5849-encoded once (for the header) and twice (for the base
+    /// string).
+    consumer_key: (SecretString, SecretString),
+    /// `oauth_token`, encoded once and twice.
+    token: Option<(SecretString, SecretString)>,
     /// HMAC-SHA1 keyed with `enc(consumer_secret)&enc(token_secret)`; cloned per signature.
     mac: HmacSha1,
 }
@@ -416,7 +488,7 @@ impl Oauth1Key {
         key.push(b'&');
         let token = token.map(|(token, secret)| {
             percent_encode_bytes_into(&mut key, secret.expose().as_bytes());
-            SecretString::new(percent_encode(token.expose()))
+            encoded_once_and_twice(token)
         });
         #[expect(
             clippy::expect_used,
@@ -425,7 +497,7 @@ impl Oauth1Key {
         let mac =
             <HmacSha1 as Mac>::new_from_slice(&key).expect("HMAC-SHA1 accepts keys of any length");
         Self {
-            consumer_key: SecretString::new(percent_encode(consumer_key.expose())),
+            consumer_key: encoded_once_and_twice(consumer_key),
             token,
             mac,
         }
@@ -461,6 +533,9 @@ pub struct RequestParams<'a> {
 }
 
 /// The `Authorization` header value for `method uri` with an optional form body.
+///
+/// Three allocations whatever the number of parameters: one buffer for the parameters and
+/// the base string, one list of their places in it, and the header.
 pub fn authorization_header(
     key: &Oauth1Key,
     method: &str,
@@ -468,75 +543,101 @@ pub fn authorization_header(
     form_body: Option<&[u8]>,
     req: RequestParams<'_>,
 ) -> Result<String, Oauth1Error> {
-    let timestamp = req.timestamp.to_string();
-    // Every per-request value, encoded once into one buffer; `spans` locate them in it.
-    let mut values = Vec::with_capacity(64);
-    let mut spans: Vec<(&[u8], Range<usize>)> = Vec::with_capacity(9 + req.extra.len());
-    let push_value = |values: &mut Vec<u8>, name: &'static [u8], value: &[u8]| {
-        let start = values.len();
-        percent_encode_bytes_into(values, value);
-        (name, start..values.len())
+    let mut digits = [0u8; 20];
+    let timestamp = decimal(&mut digits, req.timestamp);
+    let (consumer_key, consumer_key_twice) = &key.consumer_key;
+    let (consumer_key, consumer_key_twice) = (
+        consumer_key.expose().as_bytes(),
+        consumer_key_twice.expose().as_bytes(),
+    );
+    let token = key
+        .token
+        .as_ref()
+        .map(|(once, twice)| (once.expose().as_bytes(), twice.expose().as_bytes()));
+    // A nonce of letters and digits (what xgate draws) is its own encoding.
+    let nonce = req.nonce.as_bytes();
+    let nonce_twice = if unreserved_run(nonce) == nonce.len() {
+        Cow::Borrowed(nonce)
+    } else {
+        let mut twice = Vec::with_capacity(5 * nonce.len());
+        push_encoded(&mut twice, nonce, true);
+        Cow::Owned(twice)
     };
-    spans.push(push_value(
-        &mut values,
-        b"oauth_nonce",
-        req.nonce.as_bytes(),
-    ));
-    spans.push(push_value(
-        &mut values,
-        b"oauth_timestamp",
-        timestamp.as_bytes(),
-    ));
+
+    // The protocol parameters, in name order; the extra ones are sorted with the request's.
+    let mut protocol: [Fixed<'_>; 6] = [
+        (b"oauth_consumer_key", consumer_key_twice),
+        (b"oauth_nonce", &nonce_twice),
+        (b"oauth_signature_method", b"HMAC-SHA1"),
+        (b"oauth_timestamp", timestamp),
+        (b"oauth_token", token.map_or(&[][..], |(_, twice)| twice)),
+        (b"oauth_version", b"1.0"),
+    ];
+    let protocol: &[Fixed<'_>] = if token.is_some() {
+        &protocol
+    } else {
+        // No token (the request-token step): `oauth_token` is left out.
+        protocol.swap(4, 5);
+        protocol.get(..5).unwrap_or_default()
+    };
+    let mut base = Base::for_request(uri, form_body, req.extra.len());
     for (name, value) in req.extra {
-        let start = values.len();
-        percent_encode_bytes_into(&mut values, value.as_bytes());
-        spans.push((name.as_bytes(), start..values.len()));
+        base.param(name.as_bytes(), value.as_bytes());
     }
+    let (buf, start) = base.finish(method, uri, form_body, protocol)?;
+    let signature = key.signature_bytes(buf.get(start..).unwrap_or_default());
+    drop(buf);
 
-    let mut params = Params::with_capacity(spans.len() + 16);
-    params.push_encoded(b"oauth_consumer_key", key.consumer_key.expose().as_bytes());
-    params.push_encoded(b"oauth_signature_method", b"HMAC-SHA1");
-    params.push_encoded(b"oauth_version", b"1.0");
-    if let Some(token) = &key.token {
-        params.push_encoded(b"oauth_token", token.expose().as_bytes());
-    }
-    for (name, range) in &spans {
-        params.push_encoded(name, values.get(range.clone()).unwrap_or_default());
-    }
-    let base = base_string_bytes(method, uri, form_body, params)?;
-    let signature = key.signature_bytes(&base);
-    spans.push(push_value(&mut values, b"oauth_signature", &signature));
-
-    // The header lists every protocol parameter once, in name order (as X's examples do).
-    let mut fields: Vec<(&[u8], &[u8])> = Vec::with_capacity(spans.len() + 4);
-    fields.push((b"oauth_consumer_key", key.consumer_key.expose().as_bytes()));
-    fields.push((b"oauth_signature_method", b"HMAC-SHA1"));
-    if let Some(token) = &key.token {
-        fields.push((b"oauth_token", token.expose().as_bytes()));
-    }
-    fields.push((b"oauth_version", b"1.0"));
-    for (name, range) in &spans {
-        fields.push((name, values.get(range.clone()).unwrap_or_default()));
-    }
-    fields.sort_unstable_by(|a, b| a.0.cmp(b.0));
-
+    // The header lists every protocol parameter once, in name order (as X's examples do):
+    // the fixed ones are written in that order, the extra ones merged in.
     let mut header = Vec::with_capacity(
-        64 + fields
-            .iter()
-            .map(|(n, v)| n.len() + v.len() + 5)
-            .sum::<usize>(),
+        176 + consumer_key.len()
+            + token.map_or(0, |(once, _)| once.len())
+            + 3 * nonce.len()
+            + req
+                .extra
+                .iter()
+                .map(|(n, v)| n.len() + 3 * v.len() + 6)
+                .sum::<usize>(),
     );
     header.extend_from_slice(b"OAuth ");
-    for (i, (name, value)) in fields.iter().enumerate() {
-        if i > 0 {
-            header.extend_from_slice(b", ");
+    let mut extra: Vec<&(&str, &str)> = req.extra.iter().collect();
+    extra.sort_unstable_by_key(|(name, _)| *name);
+    let mut extra = extra.into_iter().peekable();
+    let mut field = |header: &mut Vec<u8>, name: &[u8], value: &[u8], encode: bool| {
+        while let Some((n, v)) = extra.next_if(|(n, _)| n.as_bytes() < name) {
+            push_field(header, n.as_bytes(), v.as_bytes(), true);
         }
-        header.extend_from_slice(name);
-        header.extend_from_slice(b"=\"");
-        header.extend_from_slice(value);
-        header.push(b'"');
+        push_field(header, name, value, encode);
+    };
+    field(&mut header, b"oauth_consumer_key", consumer_key, false);
+    field(&mut header, b"oauth_nonce", nonce, true);
+    field(&mut header, b"oauth_signature", &signature, true);
+    field(&mut header, b"oauth_signature_method", b"HMAC-SHA1", false);
+    field(&mut header, b"oauth_timestamp", timestamp, false);
+    if let Some((token, _)) = token {
+        field(&mut header, b"oauth_token", token, false);
+    }
+    field(&mut header, b"oauth_version", b"1.0", false);
+    for (n, v) in extra {
+        push_field(&mut header, n.as_bytes(), v.as_bytes(), true);
     }
     Ok(ascii_string(header))
+}
+
+/// Appends `name="value"` (the value encoded when `encode`), after a `, ` unless first.
+fn push_field(header: &mut Vec<u8>, name: &[u8], value: &[u8], encode: bool) {
+    if !header.ends_with(b" ") {
+        header.extend_from_slice(b", ");
+    }
+    header.extend_from_slice(name);
+    header.extend_from_slice(b"=\"");
+    if encode {
+        push_encoded(header, value, false);
+    } else {
+        header.extend_from_slice(value);
+    }
+    header.push(b'"');
 }
 
 /// Signs requests with the injected clock and nonce source.

@@ -35,20 +35,14 @@ fn x_params() -> RequestParams<'static> {
     }
 }
 
-fn x_oauth_params() -> Params {
-    let mut p = Params::with_capacity(8);
-    for (n, v) in [
-        ("oauth_consumer_key", CK),
-        ("oauth_nonce", NONCE),
-        ("oauth_signature_method", "HMAC-SHA1"),
-        ("oauth_timestamp", "1318622958"),
-        ("oauth_token", TOKEN),
-        ("oauth_version", "1.0"),
-    ] {
-        p.push_decoded(n, v);
-    }
-    p
-}
+const X_OAUTH_PARAMS: &[(&str, &str)] = &[
+    ("oauth_consumer_key", CK),
+    ("oauth_nonce", NONCE),
+    ("oauth_signature_method", "HMAC-SHA1"),
+    ("oauth_timestamp", "1318622958"),
+    ("oauth_token", TOKEN),
+    ("oauth_version", "1.0"),
+];
 
 fn signature_in(header: &str) -> &str {
     let start = header.find("oauth_signature=\"").unwrap() + "oauth_signature=\"".len();
@@ -64,7 +58,7 @@ fn x_example_base_string_api_x_com() {
         "POST",
         &uri("https://api.x.com/1.1/statuses/update.json?include_entities=true"),
         Some(X_BODY),
-        x_oauth_params(),
+        X_OAUTH_PARAMS,
     )
     .unwrap();
     assert_eq!(
@@ -124,28 +118,27 @@ fn x_example_signer_uses_injected_clock_and_nonce() {
 
 // === RFC 5849 section 3.4.1 (reference 3.3) ===
 
-fn rfc_params() -> Params {
-    let mut p = Params::with_capacity(8);
-    for (n, v) in [
-        ("oauth_consumer_key", "9djdj82h48djs9d2"),
-        ("oauth_token", "kkk9d7dh3k39sjv7"),
-        ("oauth_signature_method", "HMAC-SHA1"),
-        ("oauth_timestamp", "137131201"),
-        ("oauth_nonce", "7d8f3e4a"),
-    ] {
-        p.push_decoded(n, v);
-    }
-    p
-}
+const RFC_PARAMS: &[(&str, &str)] = &[
+    ("oauth_consumer_key", "9djdj82h48djs9d2"),
+    ("oauth_token", "kkk9d7dh3k39sjv7"),
+    ("oauth_signature_method", "HMAC-SHA1"),
+    ("oauth_timestamp", "137131201"),
+    ("oauth_nonce", "7d8f3e4a"),
+];
 
 #[test]
 fn rfc5849_normalized_parameters() {
-    let mut p = rfc_params();
-    p.push_form_encoded(b"b5=%3D%253D&a3=a&c%40=&a2=r%20b", "query")
-        .unwrap();
-    p.push_form_encoded(b"c2&a3=2+q", "form body").unwrap();
+    // The base string's third part is the normalised parameter string, encoded once more.
+    let base = base_string(
+        "GET",
+        &uri("http://example.com/request?b5=%3D%253D&a3=a&c%40=&a2=r%20b"),
+        Some(b"c2&a3=2+q"),
+        RFC_PARAMS,
+    )
+    .unwrap();
+    let normalized = form_decode(base.split('&').nth(2).unwrap()).unwrap();
     assert_eq!(
-        p.normalized(),
+        String::from_utf8(normalized).unwrap(),
         "a2=r%20b&a3=2%20q&a3=a&b5=%3D%253D&c%40=&c2=&oauth_consumer_key=9djdj82h48djs9d2&oauth_nonce=7d8f3e4a&oauth_signature_method=HMAC-SHA1&oauth_timestamp=137131201&oauth_token=kkk9d7dh3k39sjv7"
     );
 }
@@ -156,7 +149,7 @@ fn rfc5849_base_string_and_signature() {
         "POST",
         &uri("http://example.com/request?b5=%3D%253D&a3=a&c%40=&a2=r%20b"),
         Some(b"c2&a3=2+q"),
-        rfc_params(),
+        RFC_PARAMS,
     )
     .unwrap();
     assert_eq!(
@@ -174,7 +167,7 @@ fn rfc5849_base_string_and_signature() {
 #[test]
 fn rfc5849_base_string_uri() {
     let base_uri = |u: &str| {
-        let b = base_string("GET", &uri(u), None, Params::default()).unwrap();
+        let b = base_string("GET", &uri(u), None, &[]).unwrap();
         b.split('&').nth(1).unwrap().to_owned()
     };
     assert_eq!(
@@ -214,6 +207,45 @@ fn request_token_key_has_trailing_ampersand() {
     assert!(!header.contains("oauth_token"), "{header}");
 }
 
+#[test]
+fn request_token_header_signs_the_callback_and_no_token() {
+    let key = Oauth1Key::new(&CK.into(), &CS.into(), None);
+    let u = uri("https://api.x.com/oauth/request_token?x_auth_access_type=write");
+    let callback = "http://127.0.0.1:8080/cb?state=a b";
+    let params = RequestParams {
+        timestamp: TIMESTAMP,
+        nonce: "a nonce/with+odd=bytes",
+        extra: &[("oauth_callback", callback), ("oauth_verifier", "v")],
+    };
+    let header = authorization_header(&key, "POST", &u, None, params).unwrap();
+    let protocol = [
+        ("oauth_callback", callback),
+        ("oauth_consumer_key", CK),
+        ("oauth_nonce", "a nonce/with+odd=bytes"),
+        ("oauth_signature_method", "HMAC-SHA1"),
+        ("oauth_timestamp", "1318622958"),
+        ("oauth_verifier", "v"),
+        ("oauth_version", "1.0"),
+    ];
+    let base = base_string("POST", &u, None, &protocol).unwrap();
+    assert_eq!(signature_in(&header), percent_encode(&key.signature(&base)));
+    assert!(
+        header.starts_with(
+            "OAuth oauth_callback=\"http%3A%2F%2F127.0.0.1%3A8080%2Fcb%3Fstate%3Da%20b\", oauth_consumer_key="
+        ),
+        "{header}"
+    );
+    assert!(
+        header.contains("oauth_nonce=\"a%20nonce%2Fwith%2Bodd%3Dbytes\""),
+        "{header}"
+    );
+    assert!(
+        header.ends_with("oauth_verifier=\"v\", oauth_version=\"1.0\""),
+        "{header}"
+    );
+    assert!(!header.contains("oauth_token"), "{header}");
+}
+
 // === percent-encoding (reference 2.2) ===
 
 #[test]
@@ -235,7 +267,7 @@ fn percent_encoding_examples() {
 
 fn signed(method: &str, url: &str, body: Option<&[u8]>) -> (String, String) {
     let u = uri(url);
-    let base = base_string(method, &u, body, x_oauth_params()).unwrap();
+    let base = base_string(method, &u, body, X_OAUTH_PARAMS).unwrap();
     let header = authorization_header(&x_key(), method, &u, body, x_params()).unwrap();
     (base, header)
 }
@@ -332,22 +364,17 @@ fn bad_input_is_an_error_not_a_panic() {
         "https://api.x.com/2/t?q=%",
     ] {
         assert_eq!(
-            base_string("GET", &uri(bad), None, Params::default()),
+            base_string("GET", &uri(bad), None, &[]),
             Err(Oauth1Error::InvalidPercentEncoding("query")),
             "{bad}"
         );
     }
     assert_eq!(
-        base_string(
-            "POST",
-            &uri("https://api.x.com/2/t"),
-            Some(b"a=%G0"),
-            Params::default()
-        ),
+        base_string("POST", &uri("https://api.x.com/2/t"), Some(b"a=%G0"), &[]),
         Err(Oauth1Error::InvalidPercentEncoding("form body"))
     );
     assert!(matches!(
-        base_string("GET", &uri("/2/tweets"), None, Params::default()),
+        base_string("GET", &uri("/2/tweets"), None, &[]),
         Err(Oauth1Error::NotAbsolute(_))
     ));
 }
@@ -362,8 +389,12 @@ fn debug_never_shows_credentials() {
 
 /// RFC 5849 section 3.6, written as plainly as possible.
 fn reference_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
+    reference_encode_bytes(s.as_bytes())
+}
+
+fn reference_encode_bytes(s: &[u8]) -> String {
+    s.iter()
+        .map(|&b| {
             if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
                 (b as char).to_string()
             } else {
@@ -373,7 +404,60 @@ fn reference_encode(s: &str) -> String {
         .collect()
 }
 
+/// RFC 5849 section 3.4.1's base string, written as plainly as possible: every parameter
+/// decoded, encoded, sorted as text, joined, and the whole encoded again.
+fn reference_base_string(base_uri: &str, query: &str, protocol: &[(&str, &str)]) -> String {
+    let mut pairs: Vec<(String, String)> = query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (n, v) = p.split_once('=').unwrap_or((p, ""));
+            let decode = |s: &str| reference_encode_bytes(&form_decode(s).unwrap());
+            (decode(n), decode(v))
+        })
+        .chain(
+            protocol
+                .iter()
+                .map(|(n, v)| (reference_encode(n), reference_encode(v))),
+        )
+        .collect();
+    pairs.sort();
+    let joined: Vec<String> = pairs.iter().map(|(n, v)| format!("{n}={v}")).collect();
+    format!(
+        "GET&{}&{}",
+        reference_encode(base_uri),
+        reference_encode(&joined.join("&"))
+    )
+}
+
 proptest! {
+    #[test]
+    fn header_signature_matches_the_plain_definition(
+        pairs in proptest::collection::vec((any::<String>(), any::<String>(), any::<bool>()), 0..12),
+    ) {
+        // Each pair percent-encoded, spaces written as `+` in some of them, as clients do.
+        let query: Vec<String> = pairs
+            .iter()
+            .map(|(k, v, plus)| {
+                let (k, v) = (percent_encode(k), percent_encode(v));
+                if *plus {
+                    format!("{}={}", k.replace("%20", "+"), v.replace("%20", "+"))
+                } else {
+                    format!("{k}={v}")
+                }
+            })
+            .collect();
+        let query = query.join("&");
+        let u = uri(&format!("https://api.x.com/2/tweets?{query}"));
+        let header = authorization_header(&x_key(), "GET", &u, None, x_params()).unwrap();
+        let want = x_key().signature(&reference_base_string("https://api.x.com/2/tweets", &query, X_OAUTH_PARAMS));
+        prop_assert_eq!(signature_in(&header), percent_encode(&want));
+        prop_assert_eq!(
+            base_string("GET", &u, None, X_OAUTH_PARAMS).unwrap(),
+            reference_base_string("https://api.x.com/2/tweets", &query, X_OAUTH_PARAMS)
+        );
+    }
+
     #[test]
     fn encoder_matches_rfc_definition(s in any::<String>()) {
         prop_assert_eq!(percent_encode(&s), reference_encode(&s));
