@@ -262,7 +262,8 @@ impl Base {
         let form = uri.query().map_or(0, str::len) + form_body.map_or(0, <[u8]>::len);
         // A parameter grows at most 5× (a byte to `%25XX`) in the buffer, and is copied once
         // into the base string; the URI at most 3×; 448 for the protocol parameters.
-        let capacity = 10 * form + 3 * (uri.path().len() + uri.host().map_or(0, str::len)) + 448;
+        let authority = uri.authority().map_or(0, |a| a.as_str().len());
+        let capacity = 10 * form + 3 * (uri.path().len() + authority) + 448;
         Self {
             buf: Vec::with_capacity(capacity),
             params: Vec::with_capacity(form / 8 + 2 + more),
