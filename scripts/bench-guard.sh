@@ -9,7 +9,9 @@
 # machine is shared, and only figures of one run compare.
 #
 # Usage: scripts/bench-guard.sh [--bin target/release/xgate] [--identity alice|main]
-#          [--rounds 1] [--duration 5] [--conns "32 128"] [--max-ratio R] [--out DIR]
+#          [--rounds 1] [--duration 5] [--conns "32 128"] [--workers N] [--max-ratio R]
+#          [--out DIR]
+#   --workers N     `server.workers = N` (default: the configuration's default, the CPUs)
 #   --max-ratio R   exit 1 when xgate's CPU per request is above R × hyper1's at any
 #                   connection count (for a script or a hook; the default only reports);
 #                   a run with failed requests always exits 1
@@ -21,7 +23,7 @@ set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$HERE/.." && pwd)"
 BENCH="${BENCH:-$REPO/../shared/bench}"
-BIN="$REPO/target/release/xgate" IDENTITY=alice ROUNDS=1 DURATION=5 CONNS="32 128" MAX="" OUT=""
+BIN="$REPO/target/release/xgate" IDENTITY=alice ROUNDS=1 DURATION=5 CONNS="32 128" MAX="" OUT="" WORKERS=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --bin) BIN="$2"; shift 2 ;;
@@ -30,6 +32,7 @@ while [ $# -gt 0 ]; do
     --duration) DURATION="$2"; shift 2 ;;
     --conns) CONNS="$2"; shift 2 ;;
     --max-ratio) MAX="$2"; shift 2 ;;
+    --workers) WORKERS="$2"; shift 2 ;;
     --out) OUT="$2"; shift 2 ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "bench-guard.sh: unknown option $1" >&2; exit 2 ;;
@@ -42,9 +45,13 @@ if [ ! -x "$HYPER_MIN_BIN" ]; then
 fi
 export HYPER_MIN_BIN
 OUT="${OUT:-$(mktemp -d /tmp/xgate-guard.XXXXXX)}"
+mkdir -p "$OUT"
 
 # The store path of the bench config is per run, so two guards never share a database.
 sed "s|^path = .*|path = \"$OUT/xgate.db\"|" "$BENCH/xgate-bench.toml" >"$OUT/xgate.toml"
+if [ -n "$WORKERS" ]; then
+  sed -i "s|^listen = \"127.0.0.1:18083\"|&\nworkers = $WORKERS|" "$OUT/xgate.toml"
+fi
 "$BENCH/compare.sh" --targets "nginx1 hyper1" --rounds "$ROUNDS" --duration "$DURATION" \
   --warmup 1 --conns "$CONNS" --out "$OUT/rig" -H "X-Xgate-Identity: $IDENTITY" \
   --sut-name xgate --sut-url http://127.0.0.1:18083 \
@@ -55,7 +62,7 @@ sed "s|^path = .*|path = \"$OUT/xgate.db\"|" "$BENCH/xgate-bench.toml" >"$OUT/xg
 }
 
 commit="$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?')"
-echo "# $(date -u +%FT%TZ) commit $commit, identity $IDENTITY, $ROUNDS × ${DURATION}s, raw: $OUT/rig/raw.tsv"
+echo "# $(date -u +%FT%TZ) commit $commit, identity $IDENTITY, workers ${WORKERS:-default}, $ROUNDS × ${DURATION}s, raw: $OUT/rig/raw.tsv"
 # raw.tsv: round conns target rps p50 p90 p99 non2xx sockerr cpu0 cpu1 steal cpu_us_per_req
 awk -F'\t' -v max="$MAX" '
   function median(s,   a, n, i, j, x) {

@@ -17,7 +17,7 @@
 //! - [`metrics`]: the Prometheus metrics of a running proxy.
 //! - [`secret`]: the redacting secret types.
 //! - [`store`]: the token store (SQLite, optionally encrypted).
-//! - [`clock`]: injected time and randomness.
+//! - [`clock`]: injected time and randomness; [`digits`]: decimal digits without `fmt`.
 //! - [`client_key`]: client keys (`xgate key new`) and their hashes.
 //! - [`cli`]: the command line and its commands.
 //! - [`telemetry`]: log setup.
@@ -31,6 +31,7 @@ pub mod client_key;
 pub mod clock;
 pub mod config;
 pub mod costs;
+pub mod digits;
 pub mod endpoints;
 pub mod error;
 pub mod forward;

@@ -143,6 +143,15 @@ fn tls_acceptor(files: &TlsFiles) -> Result<TlsAcceptor, StartError> {
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
+/// HTTP/2 flow-control windows xgate grants a client: what it may send before xgate reads it.
+/// xgate reads a request body only as fast as upstream takes it, so the connection window
+/// bounds what one client connection can make xgate hold (hyper's default is 1 MiB for
+/// both: 10 GiB over `max_connections` idle uploads). 256 KiB per stream still moves an upload
+/// at 2.5 MiB/s over a 100 ms round trip, far more than X's endpoints take; HTTP/1.1's bound is
+/// the read buffer (`max_header_bytes`). README, "Memory".
+const H2_STREAM_WINDOW: u32 = 256 * 1024;
+const H2_CONNECTION_WINDOW: u32 = 512 * 1024;
+
 /// hyper-util's connection builder with the `[server]` settings.
 fn connection_builder(config: &Config) -> auto::Builder<TokioExecutor> {
     let s = &config.server;
@@ -159,6 +168,8 @@ fn connection_builder(config: &Config) -> auto::Builder<TokioExecutor> {
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(s.http2_max_concurrent_streams)
+        .initial_stream_window_size(H2_STREAM_WINDOW)
+        .initial_connection_window_size(H2_CONNECTION_WINDOW)
         .max_header_list_size(u32::try_from(s.max_header_bytes).unwrap_or(u32::MAX));
     builder
 }

@@ -21,6 +21,7 @@ use hmac::{Hmac, Mac};
 use sha1::Sha1;
 
 use crate::clock::{Clock, NonceSource, RandomError};
+use crate::digits::decimal;
 use crate::secret::SecretString;
 
 type HmacSha1 = Hmac<Sha1>;
@@ -196,22 +197,6 @@ pub fn form_decode(raw: &str) -> Result<Vec<u8>, Oauth1Error> {
                 rest
             }
         };
-    }
-}
-
-/// The decimal digits of `n`, in `buf`.
-fn decimal(buf: &mut [u8; 20], mut n: u64) -> &[u8] {
-    let mut at = buf.len();
-    loop {
-        at -= 1;
-        if let Some(d) = buf.get_mut(at) {
-            // `n % 10` is a digit.
-            *d = b'0' + (n % 10) as u8;
-        }
-        n /= 10;
-        if n == 0 || at == 0 {
-            return buf.get(at..).unwrap_or_default();
-        }
     }
 }
 

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use super::{BatchWriter, LogFormat};
 use crate::clock::{Clock, SystemClock};
+use crate::digits::push_decimal;
 use crate::endpoints::EndpointId;
 
 /// Where access lines go once logging is set up.
@@ -116,11 +117,10 @@ pub fn log(a: &Access<'_>) {
         };
         line.clear();
         let now = SystemClock.unix_time();
-        // Writing to a String cannot fail.
-        let _infallible = match sink.format {
+        match sink.format {
             LogFormat::Text => text(&mut line, now, a),
             LogFormat::Json => json(&mut line, now, a),
-        };
+        }
         let mut writer = sink.writer.clone();
         let _never_fails = writer.write_all(line.as_bytes());
     });
@@ -132,8 +132,9 @@ struct Millis(Duration);
 
 impl std::fmt::Display for Millis {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let us = self.0.as_micros();
-        write!(f, "{}.{:03}", us / 1000, us % 1000)
+        let mut s = String::with_capacity(12);
+        push_millis(&mut s, self.0);
+        f.write_str(&s)
     }
 }
 
@@ -143,115 +144,216 @@ struct Usd(u64);
 
 impl std::fmt::Display for Usd {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}.{:06}", self.0 / 1_000_000, self.0 % 1_000_000)
+        let mut s = String::with_capacity(12);
+        push_usd(&mut s, self.0);
+        f.write_str(&s)
     }
+}
+
+// The line is assembled by hand, digits included (`crate::digits`): `write!` with a dozen
+// arguments cost more than the rest of the record (BENCHMARKS.md, "The request path").
+
+fn push_millis(out: &mut String, d: Duration) {
+    let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+    push_decimal(out, us / 1000, 1);
+    out.push('.');
+    push_decimal(out, us % 1000, 3);
+}
+
+fn push_usd(out: &mut String, micros: u64) {
+    push_decimal(out, micros / 1_000_000, 1);
+    out.push('.');
+    push_decimal(out, micros % 1_000_000, 6);
 }
 
 /// `2026-12-01T08:00:00.123456Z`, as tracing-subscriber prints it.
-struct Timestamp(Duration);
-
-impl std::fmt::Display for Timestamp {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let secs = self.0.as_secs();
-        let days = i64::try_from(secs / 86_400).unwrap_or(0);
-        let rem = secs % 86_400;
-        let (year, month, day) = crate::clock::civil_from_days(days);
-        write!(
-            f,
-            "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
-            rem / 3600,
-            rem % 3600 / 60,
-            rem % 60,
-            self.0.subsec_micros()
-        )
+fn push_timestamp(out: &mut String, now: Duration) {
+    let secs = now.as_secs();
+    let days = i64::try_from(secs / 86_400).unwrap_or(0);
+    let rem = secs % 86_400;
+    let (year, month, day) = crate::clock::civil_from_days(days);
+    let fields = [
+        (u64::try_from(year).unwrap_or(0), 4, '-'),
+        (u64::from(month), 2, '-'),
+        (u64::from(day), 2, 'T'),
+        (rem / 3600, 2, ':'),
+        (rem % 3600 / 60, 2, ':'),
+        (rem % 60, 2, '.'),
+        (u64::from(now.subsec_micros()), 6, 'Z'),
+    ];
+    for (n, width, then) in fields {
+        push_decimal(out, n, width);
+        out.push(then);
     }
 }
 
-/// A value tracing's text format would print with `Debug`: quoted, escaped.
-struct Quoted<'a>(&'a str);
+/// Whether `s` prints the same raw as in a quoted string, escaped by Rust's `Debug` or by
+/// JSON: printable ASCII without `"` and `\`.
+fn plain(s: &str) -> bool {
+    s.bytes()
+        .all(|b| (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\')
+}
 
-impl std::fmt::Display for Quoted<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:?}", self.0)
+/// A value as tracing's text format prints it with `Debug`: quoted, escaped.
+fn push_quoted(out: &mut String, s: &str) {
+    if plain(s) {
+        out.push('"');
+        out.push_str(s);
+        out.push('"');
+    } else {
+        // Writing to a String cannot fail.
+        let _infallible = write!(out, "{s:?}");
     }
 }
 
-fn text(out: &mut String, now: Duration, a: &Access<'_>) -> std::fmt::Result {
-    write!(
-        out,
-        "{}  INFO request request_id={} client={} identity={} endpoint={} method={} path={} status={}",
-        Timestamp(now),
-        a.request_id,
-        Quoted(a.client),
-        Quoted(a.identity),
-        Quoted(a.endpoint),
-        a.method,
-        a.path,
-        a.status
-    )?;
-    if let Some(s) = a.upstream_status {
-        write!(out, " upstream_status={s}")?;
+/// A JSON string (escaped by serde_json unless [plain]).
+fn push_json(out: &mut String, s: &str) {
+    if plain(s) {
+        out.push('"');
+        out.push_str(s);
+        out.push('"');
+        return;
     }
-    write!(out, " duration_ms={}", Millis(a.duration))?;
-    if let Some(d) = a.upstream {
-        write!(out, " upstream_ms={}", Millis(d))?;
+    match serde_json::to_string(s) {
+        Ok(s) => out.push_str(&s),
+        Err(_) => out.push_str("\"\""),
     }
-    write!(
-        out,
-        " bytes={} total_ms={} cost_usd={}",
-        a.bytes,
-        Millis(a.total),
-        Usd(a.cost_micros)
-    )?;
-    if let Some(n) = a.messages {
-        write!(out, " messages={n}")?;
-    }
-    writeln!(out)
 }
 
-/// A JSON string (escaped by serde_json).
-struct Json<'a>(&'a str);
+/// The fields of a line, in order.
+#[derive(Clone, Copy)]
+enum Field {
+    RequestId,
+    Client,
+    Identity,
+    Endpoint,
+    Method,
+    Path,
+    Status,
+    UpstreamStatus,
+    DurationMs,
+    UpstreamMs,
+    Bytes,
+    TotalMs,
+    CostUsd,
+    Messages,
+}
 
-impl std::fmt::Display for Json<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match serde_json::to_string(self.0) {
-            Ok(s) => f.write_str(&s),
-            Err(_) => f.write_str("\"\""),
+/// How one format spells a line: what comes before each field's value (the separator and the
+/// name, by [`Field`]), around the timestamp, at the end.
+struct Spelling {
+    open: &'static str,
+    after_time: &'static str,
+    names: [&'static str; 14],
+    close: &'static str,
+    /// How a string value is written.
+    string: fn(&mut String, &str),
+    /// Whether `request_id`, `method` and `path` are written as strings (JSON) or raw (text,
+    /// as tracing's `%` fields are).
+    all_strings: bool,
+}
+
+const TEXT: Spelling = Spelling {
+    open: "",
+    after_time: "  INFO request ",
+    names: [
+        "request_id=",
+        " client=",
+        " identity=",
+        " endpoint=",
+        " method=",
+        " path=",
+        " status=",
+        " upstream_status=",
+        " duration_ms=",
+        " upstream_ms=",
+        " bytes=",
+        " total_ms=",
+        " cost_usd=",
+        " messages=",
+    ],
+    close: "\n",
+    string: push_quoted,
+    all_strings: false,
+};
+
+const JSON: Spelling = Spelling {
+    open: r#"{"timestamp":""#,
+    after_time: r#"","level":"INFO","message":"request","#,
+    names: [
+        r#""request_id":"#,
+        r#","client":"#,
+        r#","identity":"#,
+        r#","endpoint":"#,
+        r#","method":"#,
+        r#","path":"#,
+        r#","status":"#,
+        r#","upstream_status":"#,
+        r#","duration_ms":"#,
+        r#","upstream_ms":"#,
+        r#","bytes":"#,
+        r#","total_ms":"#,
+        r#","cost_usd":"#,
+        r#","messages":"#,
+    ],
+    close: ",\"target\":\"xgate::access\"}\n",
+    string: push_json,
+    all_strings: true,
+};
+
+/// A field's value, as the line writes it.
+enum Value<'a> {
+    Str(&'a str),
+    Raw(&'a str),
+    Int(u64),
+    Millis(Duration),
+    Usd(u64),
+}
+
+fn line(out: &mut String, sp: &Spelling, now: Duration, a: &Access<'_>) {
+    out.push_str(sp.open);
+    push_timestamp(out, now);
+    out.push_str(sp.after_time);
+    let mut put = |field: Field, value: Value<'_>| {
+        out.push_str(sp.names.get(field as usize).copied().unwrap_or_default());
+        match value {
+            Value::Str(v) => (sp.string)(out, v),
+            Value::Raw(v) if sp.all_strings => (sp.string)(out, v),
+            Value::Raw(v) => out.push_str(v),
+            Value::Int(n) => push_decimal(out, n, 1),
+            Value::Millis(d) => push_millis(out, d),
+            Value::Usd(micros) => push_usd(out, micros),
         }
+    };
+    put(Field::RequestId, Value::Raw(a.request_id));
+    put(Field::Client, Value::Str(a.client));
+    put(Field::Identity, Value::Str(a.identity));
+    put(Field::Endpoint, Value::Str(a.endpoint));
+    put(Field::Method, Value::Raw(a.method));
+    put(Field::Path, Value::Raw(a.path));
+    put(Field::Status, Value::Int(u64::from(a.status)));
+    if let Some(s) = a.upstream_status {
+        put(Field::UpstreamStatus, Value::Int(u64::from(s)));
     }
+    put(Field::DurationMs, Value::Millis(a.duration));
+    if let Some(d) = a.upstream {
+        put(Field::UpstreamMs, Value::Millis(d));
+    }
+    put(Field::Bytes, Value::Int(a.bytes));
+    put(Field::TotalMs, Value::Millis(a.total));
+    put(Field::CostUsd, Value::Usd(a.cost_micros));
+    if let Some(n) = a.messages {
+        put(Field::Messages, Value::Int(n));
+    }
+    out.push_str(sp.close);
 }
 
-fn json(out: &mut String, now: Duration, a: &Access<'_>) -> std::fmt::Result {
-    write!(
-        out,
-        r#"{{"timestamp":"{}","level":"INFO","message":"request","request_id":{},"client":{},"identity":{},"endpoint":{},"method":{},"path":{},"status":{}"#,
-        Timestamp(now),
-        Json(a.request_id),
-        Json(a.client),
-        Json(a.identity),
-        Json(a.endpoint),
-        Json(a.method),
-        Json(a.path),
-        a.status
-    )?;
-    if let Some(s) = a.upstream_status {
-        write!(out, r#","upstream_status":{s}"#)?;
-    }
-    write!(out, r#","duration_ms":{}"#, Millis(a.duration))?;
-    if let Some(d) = a.upstream {
-        write!(out, r#","upstream_ms":{}"#, Millis(d))?;
-    }
-    write!(
-        out,
-        r#","bytes":{},"total_ms":{},"cost_usd":{}"#,
-        a.bytes,
-        Millis(a.total),
-        Usd(a.cost_micros)
-    )?;
-    if let Some(n) = a.messages {
-        write!(out, r#","messages":{n}"#)?;
-    }
-    writeln!(out, r#","target":"xgate::access"}}"#)
+fn text(out: &mut String, now: Duration, a: &Access<'_>) {
+    line(out, &TEXT, now, a);
+}
+
+fn json(out: &mut String, now: Duration, a: &Access<'_>) {
+    line(out, &JSON, now, a);
 }
 
 #[cfg(test)]
@@ -282,13 +384,15 @@ mod tests {
 
     #[test]
     fn timestamps_match_rfc_3339_utc() {
-        assert_eq!(Timestamp(NOW).to_string(), "2024-02-29T12:34:56.789012Z");
+        let stamp = |d| {
+            let mut s = String::new();
+            push_timestamp(&mut s, d);
+            s
+        };
+        assert_eq!(stamp(NOW), "2024-02-29T12:34:56.789012Z");
+        assert_eq!(stamp(Duration::ZERO), "1970-01-01T00:00:00.000000Z");
         assert_eq!(
-            Timestamp(Duration::ZERO).to_string(),
-            "1970-01-01T00:00:00.000000Z"
-        );
-        assert_eq!(
-            Timestamp(Duration::from_secs(4_102_444_799)).to_string(),
+            stamp(Duration::from_secs(4_102_444_799)),
             "2099-12-31T23:59:59.000000Z"
         );
     }
@@ -296,7 +400,7 @@ mod tests {
     #[test]
     fn text_lines_look_like_tracings_own() {
         let mut s = String::new();
-        text(&mut s, NOW, &sample()).unwrap();
+        text(&mut s, NOW, &sample());
         assert_eq!(
             s,
             "2024-02-29T12:34:56.789012Z  INFO request request_id=req-1 client=\"backend\" identity=\"main\" endpoint=\"GET /2/tweets/:id\" method=GET path=/2/tweets/20 status=200 upstream_status=200 duration_ms=1.234 upstream_ms=1.000 bytes=35 total_ms=1300.007 cost_usd=0.005000\n"
@@ -307,7 +411,7 @@ mod tests {
             upstream: None,
             ..sample()
         };
-        text(&mut s, NOW, &local).unwrap();
+        text(&mut s, NOW, &local);
         assert!(s.contains(" status=200 duration_ms=1.234 bytes=35"), "{s}");
     }
 
@@ -318,7 +422,7 @@ mod tests {
             path: "/2/x\"y\\z",
             ..sample()
         };
-        json(&mut s, NOW, &odd).unwrap();
+        json(&mut s, NOW, &odd);
         assert!(s.ends_with('\n'));
         let v: serde_json::Value = serde_json::from_str(&s).unwrap();
         assert_eq!(v["path"], "/2/x\"y\\z");
@@ -329,5 +433,25 @@ mod tests {
         assert_eq!(v["timestamp"], "2024-02-29T12:34:56.789012Z");
         assert_eq!(v["endpoint"], "GET /2/tweets/:id");
         assert_eq!(v["cost_usd"], 0.005);
+    }
+
+    proptest::proptest! {
+        /// Any string comes out as tracing's text format (`Debug`) and serde_json would write
+        /// it, whichever path (raw or escaped) the writer takes.
+        #[test]
+        fn fields_escape_like_debug_and_serde_json(value in ".{0,40}") {
+            let a = Access { client: &value, path: &value, request_id: &value, ..sample() };
+            let mut s = String::new();
+            text(&mut s, NOW, &a);
+            let quoted = format!(" client={value:?} ");
+            proptest::prop_assert!(s.contains(&quoted), "{}", s);
+            let mut s = String::new();
+            json(&mut s, NOW, &a);
+            let v: serde_json::Value = serde_json::from_str(&s).unwrap();
+            proptest::prop_assert_eq!(v["client"].as_str(), Some(value.as_str()));
+            proptest::prop_assert_eq!(v["path"].as_str(), Some(value.as_str()));
+            proptest::prop_assert_eq!(v["request_id"].as_str(), Some(value.as_str()));
+            proptest::prop_assert_eq!(v["target"].as_str(), Some("xgate::access"));
+        }
     }
 }

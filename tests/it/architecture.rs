@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 /// The layers, lowest first; ARCHITECTURE.md ("Layers") shows the same table.
 const LAYERS: &[&[&str]] = &[
-    &["secret", "clock", "headers", "body", "metering"],
+    &["secret", "clock", "digits", "headers", "body", "metering"],
     &["config"],
     &["shared"],
     &["client_key", "store", "error"],

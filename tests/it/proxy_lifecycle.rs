@@ -334,7 +334,8 @@ async fn a_stalled_tls_handshake_is_dropped_after_tls_handshake_timeout() {
 }
 
 /// `http2_max_concurrent_streams` and `max_header_bytes` reach HTTP/2 clients in the
-/// server's SETTINGS frame.
+/// server's SETTINGS frame, with the flow-control windows xgate grants (256 KiB per stream,
+/// 512 KiB per connection: README, "Memory").
 #[tokio::test]
 async fn http2_settings_carry_the_configured_limits() {
     let fake = FakeX::start().await;
@@ -376,4 +377,31 @@ async fn http2_settings_carry_the_configured_limits() {
     // SETTINGS_MAX_CONCURRENT_STREAMS (0x3) and SETTINGS_MAX_HEADER_LIST_SIZE (0x6).
     assert_eq!(settings.get(&3), Some(&7), "{settings:?}");
     assert_eq!(settings.get(&6), Some(&20000), "{settings:?}");
+    // SETTINGS_INITIAL_WINDOW_SIZE (0x4).
+    assert_eq!(settings.get(&4), Some(&(256 * 1024)), "{settings:?}");
+    // The connection's window grows from the protocol's 65,535 bytes by a WINDOW_UPDATE
+    // (type 8) on stream 0, among the server's next few frames.
+    let mut increment = None;
+    for _ in 0..4 {
+        let mut head = [0u8; 9];
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio::io::AsyncReadExt::read_exact(&mut tcp, &mut head),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+        let mut payload = vec![0u8; len];
+        tokio::io::AsyncReadExt::read_exact(&mut tcp, &mut payload)
+            .await
+            .unwrap();
+        if head[3] == 8 && head[5..9] == [0, 0, 0, 0] {
+            increment = Some(u32::from_be_bytes([
+                payload[0], payload[1], payload[2], payload[3],
+            ]));
+            break;
+        }
+    }
+    assert_eq!(increment, Some(512 * 1024 - 65_535));
 }
