@@ -1,7 +1,7 @@
-//! The connection to X: a pooled HTTP client over rustls (CONTRACT section 3, "Timing").
+//! The connection to X: pooled connections over rustls (CONTRACT section 3, "Timing").
 //!
-//! Owns the hyper-util client (HTTP/1.1, or HTTP/2 when ALPN picks it; webpki roots plus
-//! `upstream.ca_file`), the upstream URL of a request, `request_timeout` (until the response
+//! Owns the connector (HTTP/1.1, or HTTP/2 when ALPN picks it; webpki roots plus
+//! `upstream.ca_file`), a pool of connections per worker ([`pool`]), the upstream URL of a request, `request_timeout` (until the response
 //! head) and the classification of failures into 502 `upstream-unavailable` (connect, TLS,
 //! reset) and 504 `upstream-timeout`. A request body that crosses `max_body_bytes` while
 //! streaming surfaces here and becomes 413.
@@ -10,13 +10,12 @@ use std::error::Error as StdError;
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::HeaderValue;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri};
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject as _;
 
@@ -24,12 +23,18 @@ use crate::body::{UpstreamBody, find_body_too_large, find_client_body_failure};
 use crate::config;
 use crate::error::{BadRequest, ProxyError, UpstreamFailure};
 
-/// The pooled client and where it sends requests.
+mod pool;
+
+use pool::{Pool, SendError};
+
+/// The pooled connections and where they go.
 #[derive(Debug, Clone)]
 pub struct Upstream {
-    client: Client<HttpsConnector<HttpConnector>, UpstreamBody>,
-    /// What a client with a pool of its own is built from ([`Upstream::with_own_pool`]).
+    pool: Arc<Pool>,
+    /// What a pool of its own is built from ([`Upstream::with_own_pool`]).
     connector: HttpsConnector<HttpConnector>,
+    /// `Host` for HTTP/1.1: the authority, without the scheme's default port.
+    host: HeaderValue,
     pool_idle_timeout: Duration,
     pool_max_idle_per_host: usize,
     scheme: Scheme,
@@ -89,11 +94,6 @@ impl Upstream {
             .enable_http1()
             .enable_http2()
             .wrap_connector(http);
-        let client = pooled_client(
-            connector.clone(),
-            upstream.pool_idle_timeout,
-            upstream.pool_max_idle_per_host,
-        );
         let (Some(scheme), Some(authority)) = (
             upstream.base_url.scheme().cloned(),
             upstream.base_url.authority().cloned(),
@@ -103,9 +103,18 @@ impl Upstream {
                 upstream.base_url
             )));
         };
+        let host = host_header(&scheme, &authority)?;
+        let pool = Arc::new(Pool::new(
+            connector.clone(),
+            authority.clone(),
+            host.clone(),
+            upstream.pool_idle_timeout,
+            upstream.pool_max_idle_per_host,
+        ));
         Ok(Self {
-            client,
+            pool,
             connector,
+            host,
             pool_idle_timeout: upstream.pool_idle_timeout,
             pool_max_idle_per_host: upstream.pool_max_idle_per_host,
             scheme,
@@ -118,11 +127,13 @@ impl Upstream {
     /// configuration and roots are shared, not loaded again.
     pub fn with_own_pool(&self) -> Self {
         Self {
-            client: pooled_client(
+            pool: Arc::new(Pool::new(
                 self.connector.clone(),
+                self.authority.clone(),
+                self.host.clone(),
                 self.pool_idle_timeout,
                 self.pool_max_idle_per_host,
-            ),
+            )),
             ..self.clone()
         }
     }
@@ -144,7 +155,7 @@ impl Upstream {
 
     /// Sends `req` and waits for the response head, at most `request_timeout`.
     pub async fn send(&self, req: Request<UpstreamBody>) -> Result<Response<Incoming>, ProxyError> {
-        match tokio::time::timeout(self.request_timeout, self.client.request(req)).await {
+        match tokio::time::timeout(self.request_timeout, self.pool.send(req)).await {
             Err(_elapsed) => Err(ProxyError::UpstreamTimeout(self.request_timeout)),
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(e)) => Err(classify(&e)),
@@ -152,42 +163,50 @@ impl Upstream {
     }
 }
 
-/// hyper-util's pooled client with the `[upstream]` pool settings.
-fn pooled_client(
-    connector: HttpsConnector<HttpConnector>,
-    idle_timeout: Duration,
-    max_idle_per_host: usize,
-) -> Client<HttpsConnector<HttpConnector>, UpstreamBody> {
-    Client::builder(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(idle_timeout)
-        .pool_max_idle_per_host(max_idle_per_host)
-        .build(connector)
+/// The `Host` value for `authority`: without the port when it is `scheme`'s default.
+fn host_header(scheme: &Scheme, authority: &Authority) -> Result<HeaderValue, UpstreamSetupError> {
+    let default_port = match scheme.as_str() {
+        "https" => Some(443),
+        "http" => Some(80),
+        _ => None,
+    };
+    let host = match authority.port_u16() {
+        Some(port) if Some(port) != default_port => authority.as_str(),
+        _ => authority.host(),
+    };
+    HeaderValue::from_str(host)
+        .map_err(|e| UpstreamSetupError(format!("upstream.base_url host {host}: {e}")))
 }
 
-/// Maps a client error to the contract's answer.
-fn classify(e: &hyper_util::client::legacy::Error) -> ProxyError {
-    if let Some(too_large) = find_body_too_large(e) {
-        return ProxyError::BodyTooLarge {
-            limit: too_large.limit,
-        };
-    }
-    if let Some(failed) = find_client_body_failure(e) {
-        // The client broke its own body while it streamed upstream: a 400, not upstream's
-        // failure (and no upstream error is counted).
-        return ProxyError::BadRequest(BadRequest::Body(describe(failed).into()));
-    }
-    let failure = if chain_has_tls_error(e) {
-        UpstreamFailure::Tls
-    } else if e.is_connect() {
-        UpstreamFailure::Connect
-    } else {
-        UpstreamFailure::Reset
+/// Maps a failed exchange to the contract's answer.
+fn classify(e: &SendError) -> ProxyError {
+    let (failure, err): (UpstreamFailure, &(dyn StdError + 'static)) = match e {
+        SendError::Connect(e) => {
+            let failure = if chain_has_tls_error(e.as_ref()) {
+                UpstreamFailure::Tls
+            } else {
+                UpstreamFailure::Connect
+            };
+            (failure, e.as_ref())
+        }
+        SendError::Handshake(e) => (UpstreamFailure::Connect, e),
+        SendError::Exchange(e) => {
+            if let Some(too_large) = find_body_too_large(e) {
+                return ProxyError::BodyTooLarge {
+                    limit: too_large.limit,
+                };
+            }
+            if let Some(failed) = find_client_body_failure(e) {
+                // The client broke its own body while it streamed upstream: a 400, not
+                // upstream's failure (and no upstream error is counted).
+                return ProxyError::BadRequest(BadRequest::Body(describe(failed).into()));
+            }
+            (UpstreamFailure::Reset, e)
+        }
     };
     ProxyError::UpstreamUnavailable {
         failure,
-        detail: describe(e),
+        detail: describe(err),
     }
 }
 

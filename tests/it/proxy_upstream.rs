@@ -204,17 +204,25 @@ async fn tls_upstream_with_ca_file_and_tls_failures() {
     std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
     let with_ca = Proxy::start_in(
         &TestConfig::new(&fake.base_url())
+            .server("workers", 1)
             .upstream("ca_file", "ca.pem")
             .toml(),
         &dir,
     )
     .await;
-    let a = get(with_ca.addr, "/2/users/me", Some("alice")).await;
-    assert_eq!(a.status, 200, "{}", a.text());
-    assert!(matches!(
-        fake.requests()[0].auth,
-        crate::support::fake_x::Auth::Oauth1 { valid: true, .. }
-    ));
+    // ALPN picks HTTP/2, and one connection carries every request, concurrent ones too.
+    sequential_requests(&with_ca, 2).await;
+    for a in concurrent_gets(&with_ca, (0..4).map(|_| "/2/users/me".to_owned())).await {
+        assert_eq!(a.status, 200, "{}", a.text());
+    }
+    let seen = fake.requests();
+    assert_eq!(seen.len(), 6);
+    assert!(seen.iter().all(|r| r.version == http::Version::HTTP_2
+        && matches!(
+            r.auth,
+            crate::support::fake_x::Auth::Oauth1 { valid: true, .. }
+        )));
+    assert_eq!(fake.connections(), (1, 0), "one HTTP/2 connection");
     // Without the CA the certificate is not trusted: 502, and the request never arrived.
     let without = Proxy::start(&config(&fake.base_url())).await;
     let a = get(without.addr, "/2/users/me", Some("alice")).await;
@@ -223,7 +231,7 @@ async fn tls_upstream_with_ca_file_and_tls_failures() {
         (502, Some("upstream-unavailable"))
     );
     assert!(a.text().contains("upstream tls"), "{}", a.text());
-    assert_eq!(fake.requests().len(), 1);
+    assert_eq!(fake.requests().len(), 6);
 }
 
 #[tokio::test]
@@ -308,6 +316,82 @@ async fn the_upstream_pool_keeps_idle_connections_within_its_settings() {
     );
 }
 
+/// Concurrent requests each take a connection of their own (a kept-alive HTTP/1.1
+/// connection carries one exchange at a time); once answered, all of them are kept, and the
+/// next burst reuses them instead of connecting again.
+#[tokio::test]
+async fn concurrent_requests_reuse_the_connections_of_the_last_burst() {
+    let fake = FakeX::start().await;
+    fake.script(
+        "/2/slow",
+        Reply::json(200, "{}").delay(Duration::from_millis(50)),
+    );
+    let proxy = Proxy::start(
+        &TestConfig::new(&fake.base_url())
+            .server("workers", 1)
+            .toml(),
+    )
+    .await;
+    let burst = || concurrent_gets(&proxy, (0..8).map(|i| format!("/2/slow/{i}")));
+    for a in burst().await {
+        assert_eq!(a.status, 200, "{}", a.text());
+    }
+    let opened = fake.connections().0;
+    assert!(
+        (1..=8).contains(&opened),
+        "{opened} connections for 8 requests"
+    );
+    for a in burst().await {
+        assert_eq!(a.status, 200, "{}", a.text());
+    }
+    assert_eq!(
+        fake.connections(),
+        (opened, 0),
+        "the second burst connected again"
+    );
+    assert_eq!(fake.requests().len(), 16);
+}
+
+/// X may close a kept-alive connection between two requests: the next request goes on a new
+/// connection and is answered, not failed.
+#[tokio::test]
+async fn a_kept_alive_connection_upstream_closed_is_not_used_again() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = std::sync::Arc::clone(&accepted);
+    let upstream = tokio::spawn(async move {
+        for _ in 0..16 {
+            let (mut s, _) = listener.accept().await.unwrap();
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+                // One request head (no body: GETs), one keep-alive answer, then close.
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 64 * 1024 {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let answer = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}";
+                let _closed = s.write_all(answer.as_bytes()).await.is_err();
+                let _closed = s.shutdown().await.is_err();
+            });
+        }
+    });
+    let proxy = Proxy::start(
+        &TestConfig::new(&format!("http://{addr}"))
+            .server("workers", 1)
+            .toml(),
+    )
+    .await;
+    sequential_requests(&proxy, 3).await;
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 3);
+    upstream.abort();
+}
+
 /// `server.workers`: client connections are handed to the workers in turn, and each worker
 /// keeps its own upstream pool, so new client connections one after another use one upstream
 /// connection per worker.
@@ -322,6 +406,19 @@ async fn each_worker_has_its_own_upstream_pool() {
     .await;
     sequential_requests(&proxy, 7).await;
     assert_eq!(fake.connections(), (3, 0));
+}
+
+/// A GET of each path as `alice`, all at once, each on its own client connection.
+async fn concurrent_gets(
+    proxy: &Proxy,
+    paths: impl Iterator<Item = String>,
+) -> Vec<crate::support::http::Answer> {
+    let mut set = tokio::task::JoinSet::new();
+    for path in paths {
+        let addr = proxy.addr;
+        set.spawn(async move { get(addr, &path, Some("alice")).await });
+    }
+    set.join_all().await
 }
 
 /// `n` requests one after another, each on a new client connection.

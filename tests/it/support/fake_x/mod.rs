@@ -56,6 +56,8 @@ pub const ISSUED_BEARER: &str = "AAAAissued%2Fbearer%3D";
 pub struct Recorded {
     pub method: http::Method,
     pub target: String,
+    /// The HTTP version the request came in (HTTP/2 when ALPN picked it).
+    pub version: http::Version,
     pub headers: HeaderMap,
     pub body: Bytes,
     pub trailers: Option<HeaderMap>,
@@ -536,6 +538,7 @@ async fn serve(
     sh.requests.lock().unwrap().push(Recorded {
         method: parts.method.clone(),
         target: target.clone(),
+        version: parts.version,
         headers: parts.headers.clone(),
         body: body.clone(),
         trailers,
