@@ -164,23 +164,30 @@ struct KeyStream {
 
 impl KeyStream {
     fn keyed_from_os() -> Result<Self, RandomError> {
-        use chacha20::cipher::KeyIvInit as _;
         let mut key = zeroize::Zeroizing::new([0u8; 32]);
         fill_random(key.as_mut())?;
-        // A fresh random key per stream, so the all-zero IV is never reused with a key.
+        Ok(Self::keyed(&key))
+    }
+
+    /// The keystream of `key`, whose IV is all zeros: every stream of the proxy gets a fresh
+    /// random key ([`KeyStream::keyed_from_os`]), so no (key, IV) pair is used twice.
+    fn keyed(key: &[u8; 32]) -> Self {
+        use chacha20::cipher::KeyIvInit as _;
         let cipher = chacha20::ChaCha20::new(&(*key).into(), &[0u8; 12].into());
-        Ok(Self {
+        Self {
             cipher,
             buf: [0; 256],
             pos: 256,
             drawn: 0,
-        })
+        }
     }
 
-    /// The next keystream byte, re-keying from the OS every [`REKEY_BYTES`].
-    fn next_byte(&mut self) -> Result<u8, RandomError> {
+    /// The unused keystream bytes, at least one: a fresh block is made when none is left,
+    /// re-keying from the OS every [`REKEY_BYTES`]. The caller zeroes what it uses
+    /// ([`KeyStream::consumed`]).
+    fn available(&mut self) -> Result<&mut [u8], RandomError> {
         use chacha20::cipher::StreamCipher as _;
-        if self.pos == self.buf.len() {
+        if self.pos >= self.buf.len() {
             if self.drawn >= REKEY_BYTES {
                 *self = Self::keyed_from_os()?;
             }
@@ -188,11 +195,41 @@ impl KeyStream {
             self.pos = 0;
             self.drawn += self.buf.len();
         }
-        let slot = self.buf.get_mut(self.pos).ok_or(RandomError::Exhausted)?;
-        let b = *slot;
-        *slot = 0;
-        self.pos += 1;
-        Ok(b)
+        self.buf.get_mut(self.pos..).ok_or(RandomError::Exhausted)
+    }
+
+    /// Marks `n` bytes of [`KeyStream::available`] used.
+    fn consumed(&mut self, n: usize) {
+        self.pos += n;
+    }
+
+    /// A nonce of [`NONCE_LEN`] alphanumerics from the next keystream bytes.
+    fn nonce(&mut self) -> Result<String, RandomError> {
+        let mut out = [0u8; NONCE_LEN];
+        let mut filled = 0;
+        while filled < NONCE_LEN {
+            let bytes = self.available()?;
+            let mut used = 0;
+            for byte in bytes.iter_mut() {
+                if filled == NONCE_LEN {
+                    break;
+                }
+                used += 1;
+                // Rejection sampling: 248 = 4 * 62, so `b % 62` is uniform for b < 248.
+                let b = std::mem::take(byte);
+                if b < 248 {
+                    let c = ALPHANUMERIC.get(usize::from(b % 62));
+                    if let (Some(slot), Some(&c)) = (out.get_mut(filled), c) {
+                        *slot = c;
+                        filled += 1;
+                    }
+                }
+            }
+            self.consumed(used);
+        }
+        let nonce = String::from_utf8(out.to_vec());
+        zeroize::Zeroize::zeroize(&mut out);
+        nonce.map_err(|_not_ascii| RandomError::Exhausted)
     }
 }
 
@@ -216,17 +253,7 @@ impl NonceSource for RandomNonce {
                 Some(stream) => stream,
                 empty => empty.insert(KeyStream::keyed_from_os()?),
             };
-            let mut out = String::with_capacity(NONCE_LEN);
-            while out.len() < NONCE_LEN {
-                // Rejection sampling: 248 = 4 * 62, so `b % 62` is uniform for b < 248.
-                let b = stream.next_byte()?;
-                if b < 248 {
-                    if let Some(&c) = ALPHANUMERIC.get(usize::from(b % 62)) {
-                        out.push(char::from(c));
-                    }
-                }
-            }
-            Ok(out)
+            stream.nonce()
         })
     }
 }
@@ -318,6 +345,39 @@ mod tests {
         for (i, &c) in counts.iter().enumerate() {
             let ratio = f64::from(c) / expected;
             assert!((0.9..1.1).contains(&ratio), "symbol {i}: {ratio}");
+        }
+    }
+
+    /// Known answer: the nonces of a fixed key are the first accepted keystream bytes
+    /// (below 248) mapped to the alphabet, one nonce after the other, across a block's end;
+    /// the bytes used are zeroed.
+    #[test]
+    fn nonces_follow_the_keystream_by_rejection_sampling() {
+        use chacha20::cipher::{KeyIvInit as _, StreamCipher as _};
+        let key = [7u8; 32];
+        let mut reference = [0u8; 1024];
+        chacha20::ChaCha20::new(&key.into(), &[0u8; 12].into()).apply_keystream(&mut reference);
+        let accepted: Vec<u8> = reference
+            .iter()
+            .filter(|&&b| b < 248)
+            .map(|&b| ALPHANUMERIC[usize::from(b % 62)])
+            .collect();
+        assert!(
+            reference.iter().take(256).any(|&b| b >= 248),
+            "the key rejects nothing"
+        );
+        let mut stream = KeyStream::keyed(&key);
+        for i in 0..20 {
+            let nonce = stream.nonce().unwrap();
+            assert_eq!(
+                nonce.as_bytes(),
+                &accepted[i * NONCE_LEN..(i + 1) * NONCE_LEN],
+                "nonce {i}"
+            );
+            assert!(
+                stream.buf[..stream.pos].iter().all(|&b| b == 0),
+                "used bytes kept"
+            );
         }
     }
 

@@ -18,15 +18,19 @@ pub fn decimal(buf: &mut [u8; 20], mut n: u64) -> &[u8] {
     }
 }
 
-/// Appends `n` in decimal to `out`, zero-padded to at least `width` digits.
+/// Appends `n` in decimal to `out`, zero-padded to at least `width` digits: one copy, not a
+/// push per digit.
 pub fn push_decimal(out: &mut String, n: u64, width: usize) {
-    let mut buf = [0; 20];
-    let digits = decimal(&mut buf, n);
-    for _ in digits.len()..width {
+    let mut buf = [b'0'; 20];
+    let len = decimal(&mut buf, n).len();
+    for _ in buf.len()..width {
         out.push('0');
     }
-    // ASCII digits only.
-    out.extend(digits.iter().map(|&d| char::from(d)));
+    // The digits with their padding are the tail of `buf`, which starts as zeros.
+    let from = buf.len().saturating_sub(len.max(width));
+    let padded = buf.get(from..).unwrap_or_default();
+    // ASCII digits only, so this never falls back to the empty default.
+    out.push_str(std::str::from_utf8(padded).unwrap_or_default());
 }
 
 #[cfg(test)]
