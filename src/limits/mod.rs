@@ -27,7 +27,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{HeaderMap, HeaderName};
+use http::{HeaderMap, HeaderValue};
 
 pub use bucket::Refusal;
 
@@ -114,12 +114,29 @@ pub struct Reports {
 }
 
 impl Reports {
-    /// The reports in an answer's headers.
+    /// The reports in an answer's headers, read in one pass over them (nine lookups, each
+    /// hashing a name, cost more than a walk over an answer's few headers); of a repeated
+    /// header the first value counts, as with `HeaderMap::get`.
     pub fn from_headers(headers: &HeaderMap) -> Self {
+        // Per window (primary, user day, app day): limit, remaining, reset; `Some(None)` is
+        // a header that is there but not a number.
+        let mut seen = [[None::<Option<u64>>; 3]; 3];
+        for (name, value) in headers {
+            let Some((window, field)) = report_field(name.as_str()) else {
+                continue;
+            };
+            if let Some(slot @ None) = seen.get_mut(window).and_then(|w| w.get_mut(field)) {
+                *slot = Some(number(value));
+            }
+        }
+        let [primary, user_day, app_day] = seen.map(|fields| {
+            let [limit, remaining, reset] = fields.map(Option::flatten);
+            Some(report_of(limit, remaining?, reset?))
+        });
         Self {
-            primary: report(headers, &PRIMARY_HEADERS),
-            user_day: report(headers, &USER_DAY_HEADERS),
-            app_day: report(headers, &APP_DAY_HEADERS),
+            primary,
+            user_day,
+            app_day,
         }
     }
 }
@@ -361,38 +378,38 @@ impl Admission<'_> {
     }
 }
 
-/// The three headers of one of X's windows: `-limit`, `-remaining`, `-reset`.
-type ReportHeaders = [HeaderName; 3];
-
-const PRIMARY_HEADERS: ReportHeaders = [
-    HeaderName::from_static("x-rate-limit-limit"),
-    HeaderName::from_static("x-rate-limit-remaining"),
-    HeaderName::from_static("x-rate-limit-reset"),
-];
-const USER_DAY_HEADERS: ReportHeaders = [
-    HeaderName::from_static("x-user-limit-24hour-limit"),
-    HeaderName::from_static("x-user-limit-24hour-remaining"),
-    HeaderName::from_static("x-user-limit-24hour-reset"),
-];
-const APP_DAY_HEADERS: ReportHeaders = [
-    HeaderName::from_static("x-app-limit-24hour-limit"),
-    HeaderName::from_static("x-app-limit-24hour-remaining"),
-    HeaderName::from_static("x-app-limit-24hour-reset"),
-];
-
-/// Reads one window's limit, remaining and reset (Unix seconds); `None` unless remaining and
-/// reset are both there and numeric.
-fn report(headers: &HeaderMap, [limit, remaining, reset]: &ReportHeaders) -> Option<Report> {
-    let num = |name: &HeaderName| -> Option<u64> {
-        headers.get(name)?.to_str().ok()?.trim().parse().ok()
+/// Which window and field an `x-…-limit` header reports: (0 primary, 1 user day, 2 app day;
+/// 0 limit, 1 remaining, 2 reset).
+fn report_field(name: &str) -> Option<(usize, usize)> {
+    let rest = name.strip_prefix("x-")?;
+    let (window, field) = if let Some(f) = rest.strip_prefix("rate-limit-") {
+        (0, f)
+    } else if let Some(f) = rest.strip_prefix("user-limit-24hour-") {
+        (1, f)
+    } else {
+        (2, rest.strip_prefix("app-limit-24hour-")?)
     };
-    let remaining = num(remaining)?;
-    let reset_s = num(reset)?;
-    Some(Report {
-        limit: num(limit).map(|l| u32::try_from(l).unwrap_or(u32::MAX)),
+    let field = match field {
+        "limit" => 0,
+        "remaining" => 1,
+        "reset" => 2,
+        _ => return None,
+    };
+    Some((window, field))
+}
+
+/// A header's value as a number, spaces around it allowed.
+fn number(value: &HeaderValue) -> Option<u64> {
+    value.to_str().ok()?.trim().parse().ok()
+}
+
+/// One window's report from its limit, remaining and reset (Unix seconds).
+fn report_of(limit: Option<u64>, remaining: u64, reset_s: u64) -> Report {
+    Report {
+        limit: limit.map(|l| u32::try_from(l).unwrap_or(u32::MAX)),
         remaining: u32::try_from(remaining).unwrap_or(u32::MAX),
         reset_ms: reset_s.saturating_mul(1000),
-    })
+    }
 }
 
 /// Whether an upstream 429 body is X's `usage-capped` problem (its `type` ends in

@@ -586,3 +586,57 @@ async fn the_wait_policy_holds_a_request_within_max_wait_and_no_longer() {
         "refused at once: 10 s is past max_wait"
     );
 }
+
+/// The nine lookups `Reports::from_headers` replaced: the definition it must agree with.
+fn reference_reports(headers: &HeaderMap) -> Reports {
+    let window = |prefix: &str| {
+        let num = |field: &str| -> Option<u64> {
+            headers
+                .get(format!("{prefix}{field}"))?
+                .to_str()
+                .ok()?
+                .trim()
+                .parse()
+                .ok()
+        };
+        let (remaining, reset) = (num("remaining")?, num("reset")?);
+        Some(Report {
+            limit: num("limit").map(|l| u32::try_from(l).unwrap_or(u32::MAX)),
+            remaining: u32::try_from(remaining).unwrap_or(u32::MAX),
+            reset_ms: reset.saturating_mul(1000),
+        })
+    };
+    Reports {
+        primary: window("x-rate-limit-"),
+        user_day: window("x-user-limit-24hour-"),
+        app_day: window("x-app-limit-24hour-"),
+    }
+}
+
+proptest::proptest! {
+    /// Any headers, X's nine among others, repeated, with numbers, spaces, words, bytes that
+    /// are not UTF-8 and numbers past `u32`: the one-pass reader agrees with the lookups.
+    #[test]
+    fn reports_agree_with_one_lookup_per_header(
+        entries in proptest::collection::vec((0usize..12, 0usize..8), 0..24),
+    ) {
+        const NAMES: [&str; 12] = [
+            "x-rate-limit-limit", "x-rate-limit-remaining", "x-rate-limit-reset",
+            "x-user-limit-24hour-limit", "x-user-limit-24hour-remaining",
+            "x-user-limit-24hour-reset", "x-app-limit-24hour-limit",
+            "x-app-limit-24hour-remaining", "x-app-limit-24hour-reset",
+            "x-rate-limit-resets", "x-access-level", "content-type",
+        ];
+        const VALUES: [&[u8]; 8] = [
+            b"0", b"15", b" 900 ", b"1733270400", b"99999999999", b"soon", b"", b"\xff1",
+        ];
+        let mut headers = HeaderMap::new();
+        for (n, v) in entries {
+            headers.append(
+                http::HeaderName::from_static(NAMES[n]),
+                HeaderValue::from_bytes(VALUES[v]).unwrap(),
+            );
+        }
+        proptest::prop_assert_eq!(Reports::from_headers(&headers), reference_reports(&headers));
+    }
+}
