@@ -438,12 +438,24 @@ enum Expiry {
 /// the wait between requests by `keepalive`, and a client that takes none of its response's
 /// bytes by `stalled` (`idle_timeout`). While a request is in flight and its response flows,
 /// nothing runs out.
+///
+/// The watchdog is not told of the connection's changes (that would wake the connection's
+/// task twice per request); it checks the state at its deadline, and at the latest
+/// `soonest` (the shortest of the three limits) after its last check: a deadline that arises
+/// after a check (a head that begins, a connection that becomes idle, a write that begins
+/// to wait) is at least `soonest` after it, so it is never missed nor late.
 async fn expiry(
     activity: &ConnActivity,
     header_read: Duration,
     keepalive: Duration,
     stalled: Duration,
 ) -> Expiry {
+    let soonest = header_read
+        .min(keepalive)
+        .min(stalled)
+        .max(Duration::from_millis(1));
+    let check = tokio::time::sleep(Duration::ZERO);
+    let mut check = std::pin::pin!(check);
     loop {
         let deadline = match activity.state() {
             ConnState::Busy {
@@ -458,16 +470,14 @@ async fn expiry(
                 Some((since + limit, Expiry::Idle))
             }
         };
+        let now = tokio::time::Instant::now();
+        let next = now + soonest;
         match deadline {
-            Some((at, expiry)) if tokio::time::Instant::now() >= at => return expiry,
-            Some((at, _)) => {
-                tokio::select! {
-                    () = tokio::time::sleep_until(at) => {}
-                    () = activity.changed() => {}
-                }
-            }
-            None => activity.changed().await,
+            Some((at, expiry)) if now >= at => return expiry,
+            Some((at, _)) => check.as_mut().reset(at.min(next)),
+            None => check.as_mut().reset(next),
         }
+        check.as_mut().await;
     }
 }
 

@@ -234,9 +234,6 @@ pub struct ConnActivity {
     /// When a write to the client began to wait for the client to read (ms after `base`),
     /// or [`NOT_BLOCKED`].
     write_blocked_since_ms: AtomicU64,
-    /// Told when the connection becomes idle, a head begins or a write begins to wait (for
-    /// its watchdog).
-    changed: tokio::sync::Notify,
 }
 
 /// No write to the client is waiting.
@@ -274,7 +271,6 @@ impl Default for ConnActivity {
             started: AtomicU64::new(0),
             head_since_ms: AtomicU64::new(NO_HEAD),
             write_blocked_since_ms: AtomicU64::new(NOT_BLOCKED),
-            changed: tokio::sync::Notify::new(),
         }
     }
 }
@@ -304,14 +300,12 @@ impl ConnActivity {
         self.start_clock(&self.write_blocked_since_ms, NOT_BLOCKED);
     }
 
-    /// Sets `clock` to now unless it runs already (is not `unset`), and tells the watchdog.
+    /// Sets `clock` to now unless it runs already (is not `unset`).
     fn start_clock(&self, clock: &AtomicU64, unset: u64) {
-        let now = self.elapsed_ms();
-        if clock
-            .compare_exchange(unset, now, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
-        {
-            self.changed.notify_one();
+        if clock.load(Ordering::Acquire) == unset {
+            let now = self.elapsed_ms();
+            // Lost to a concurrent start: that one's time stands.
+            let _started = clock.compare_exchange(unset, now, Ordering::AcqRel, Ordering::Acquire);
         }
     }
 
@@ -321,12 +315,6 @@ impl ConnActivity {
             self.write_blocked_since_ms
                 .store(NOT_BLOCKED, Ordering::Release);
         }
-    }
-
-    /// Completes when the connection became idle, a head began or a write began to wait
-    /// since the last call.
-    pub async fn changed(&self) {
-        self.changed.notified().await;
     }
 
     /// `None` while a request is in flight, else when the connection became idle.
@@ -366,9 +354,7 @@ impl Drop for InflightGuard {
         let a = &self.0;
         let ms = u64::try_from(a.base.elapsed().as_millis()).unwrap_or(u64::MAX);
         a.idle_since_ms.store(ms, Ordering::Release);
-        if a.inflight.fetch_sub(1, Ordering::AcqRel) == 1 {
-            a.changed.notify_one();
-        }
+        a.inflight.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
