@@ -1,10 +1,10 @@
 //! The connection to X: pooled connections over rustls (CONTRACT section 3, "Timing").
 //!
 //! Owns the connector (HTTP/1.1, or HTTP/2 when ALPN picks it; webpki roots plus
-//! `upstream.ca_file`), a pool of connections per worker ([`pool`]), the upstream URL of a request, `request_timeout` (until the response
-//! head) and the classification of failures into 502 `upstream-unavailable` (connect, TLS,
-//! reset) and 504 `upstream-timeout`. A request body that crosses `max_body_bytes` while
-//! streaming surfaces here and becomes 413.
+//! `upstream.ca_file`), a pool of connections per worker ([`pool`]), the upstream URL of a
+//! request, `request_timeout` (until the response head) and the classification of failures
+//! into 502 `upstream-unavailable` (connect, TLS, reset) and 504 `upstream-timeout`. A request
+//! body that crosses `max_body_bytes` while streaming surfaces here and becomes 413.
 
 use std::error::Error as StdError;
 use std::sync::Arc;
@@ -155,11 +155,24 @@ impl Upstream {
 
     /// Sends `req` and waits for the response head, at most `request_timeout`.
     pub async fn send(&self, req: Request<UpstreamBody>) -> Result<Response<Incoming>, ProxyError> {
+        if req.uri().authority().map(Authority::as_str) != Some(self.authority.as_str()) {
+            return Err(foreign_host());
+        }
         match tokio::time::timeout(self.request_timeout, self.pool.send(req)).await {
             Err(_elapsed) => Err(ProxyError::UpstreamTimeout(self.request_timeout)),
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(e)) => Err(classify(&e)),
         }
+    }
+}
+
+/// Every request is built from `upstream.base_url`; one for another host must not go on a
+/// connection to it (nor to that host with X's credentials). Cold: out of the request's code.
+#[cold]
+fn foreign_host() -> ProxyError {
+    ProxyError::UpstreamUnavailable {
+        failure: UpstreamFailure::Connect,
+        detail: "a request for another host than upstream.base_url".to_owned(),
     }
 }
 
@@ -235,4 +248,47 @@ fn chain_has_tls_error(e: &(dyn StdError + 'static)) -> bool {
         };
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upstream(base_url: &str) -> Upstream {
+        let config = config::Upstream {
+            base_url: base_url.parse().unwrap(),
+            ca_file: None,
+            connect_timeout: Duration::from_secs(5),
+            pool_idle_timeout: Duration::from_secs(90),
+            pool_max_idle_per_host: 256,
+            allowed_prefixes: vec!["/2/".to_owned()],
+        };
+        Upstream::new(&config, Duration::from_secs(5)).unwrap()
+    }
+
+    #[test]
+    fn host_is_the_authority_without_a_default_port() {
+        let host = |url: &str| upstream(url).host.to_str().unwrap().to_owned();
+        assert_eq!(host("https://api.x.com"), "api.x.com");
+        assert_eq!(host("https://api.x.com:443"), "api.x.com");
+        assert_eq!(host("http://127.0.0.1:80"), "127.0.0.1");
+        assert_eq!(host("https://127.0.0.1:8443"), "127.0.0.1:8443");
+        assert_eq!(host("http://localhost:18081"), "localhost:18081");
+    }
+
+    /// A request for another host than `upstream.base_url` is refused before any connection
+    /// is made (nothing listens on port 9: a connection attempt would fail differently).
+    #[tokio::test]
+    async fn a_request_for_another_host_is_not_sent() {
+        let up = upstream("http://127.0.0.1:9");
+        let mut req = Request::new(UpstreamBody::Full(None));
+        *req.uri_mut() = "http://127.0.0.2:9/2/users/me".parse().unwrap();
+        match up.send(req).await {
+            Err(ProxyError::UpstreamUnavailable {
+                failure: UpstreamFailure::Connect,
+                detail,
+            }) => assert!(detail.contains("another host"), "{detail}"),
+            other => panic!("{other:?}"),
+        }
+    }
 }

@@ -99,7 +99,8 @@ impl Pool {
         }
     }
 
-    /// Sends `req` (absolute URI on the pool's authority) on a kept-alive connection, or a new
+    /// Sends `req` (absolute URI on the pool's authority, which [`super::Upstream::send`]
+    /// checks) on a kept-alive connection, or a new
     /// one; a request a reused connection could not take (closed meanwhile) goes on the next.
     pub(super) async fn send(
         self: &Arc<Self>,
