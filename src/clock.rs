@@ -183,8 +183,8 @@ impl KeyStream {
     }
 
     /// The unused keystream bytes, at least one: a fresh block is made when none is left,
-    /// re-keying from the OS every [`REKEY_BYTES`]. The caller zeroes what it uses
-    /// ([`KeyStream::consumed`]).
+    /// re-keying from the OS every [`REKEY_BYTES`]. The caller zeroes what it uses and moves
+    /// `pos` past it.
     fn available(&mut self) -> Result<&mut [u8], RandomError> {
         use chacha20::cipher::StreamCipher as _;
         if self.pos >= self.buf.len() {
@@ -196,11 +196,6 @@ impl KeyStream {
             self.drawn += self.buf.len();
         }
         self.buf.get_mut(self.pos..).ok_or(RandomError::Exhausted)
-    }
-
-    /// Marks `n` bytes of [`KeyStream::available`] used.
-    fn consumed(&mut self, n: usize) {
-        self.pos += n;
     }
 
     /// A nonce of [`NONCE_LEN`] alphanumerics from the next keystream bytes.
@@ -225,7 +220,7 @@ impl KeyStream {
                     }
                 }
             }
-            self.consumed(used);
+            self.pos += used;
         }
         let nonce = String::from_utf8(out.to_vec());
         zeroize::Zeroize::zeroize(&mut out);

@@ -202,7 +202,7 @@ impl Pool {
     }
 
     /// A new connection to `uri`'s authority, its protocol's handshake done.
-    async fn connect(self: &Arc<Self>, uri: Uri) -> Result<Fresh, SendError> {
+    async fn connect(&self, uri: Uri) -> Result<Fresh, SendError> {
         let mut connector = self.connector.clone();
         poll_fn(|cx| connector.poll_ready(cx))
             .await
